@@ -1,0 +1,20 @@
+"""``torpor hostagent NAME`` (hidden): run an instance's host agent in the foreground.
+
+``torpor start`` spawns it detached; a service manager (systemd) can run it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name")
+
+
+def run(args: argparse.Namespace) -> int:
+    from torpor.hostagent.agent import main
+    from torpor.store.instance import home, inspect
+
+    inst = inspect(args.name)
+    return main(args.name, inst.dir, home())

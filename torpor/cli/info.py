@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["text", "json"], default="text")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torpor
+    from torpor.driver.qemu import host
+    from torpor.guest import builder
+    from torpor.store.instance import home
+
+    qemu = host.find_qemu()
+    built = builder.find_built()
+    accel = host.probe_accel(qemu, built.kernel if built else None, builder.cache_root())
+    info = {
+        "version": torpor.__version__,
+        "qemu": {"binary": qemu.binary, "version": qemu.version},
+        "accel": {"name": accel.name, "reason": accel.reason},
+        "home": str(home()),
+        "cache": str(builder.cache_root()),
+        "defaultGuest": str(built.kernel.parent) if built else None,
+    }
+    if args.format == "json":
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"torpor {info['version']}")
+    print(f"QEMU:          {qemu.version} ({qemu.binary})")
+    print(f"accelerator:   {accel.name.upper()} - {accel.reason}")
+    print(f"home:          {info['home']}")
+    print(f"cache:         {info['cache']}")
+    print(f"default guest: {info['defaultGuest'] or 'not built yet (`torpor image build`)'}")
+    return 0

@@ -1,0 +1,70 @@
+"""The CLI entry point: global flags, verb dispatch, and the one place errors become messages and exit codes.
+
+Verb modules are imported only for the verb being run, and heavy libraries only where they are used, so that
+``torpor`` starts fast (a restore is only as quick as the CLI gets out of the way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# verb -> (module, one-line help); hidden verbs have no help.
+VERBS: dict[str, tuple[str, str | None]] = {
+    "create": ("torpor.cli.create", "create an instance from a template"),
+    "start": ("torpor.cli.start", "start an instance (creating it from the default template if needed)"),
+    "stop": ("torpor.cli.stop", "stop an instance"),
+    "list": ("torpor.cli.list", "list instances"),
+    "delete": ("torpor.cli.delete", "delete an instance and its disk"),
+    "info": ("torpor.cli.info", "show facts about the host: QEMU, KVM or TCG, directories"),
+    "image": ("torpor.cli.image", "build the default guest image"),
+    "hostagent": ("torpor.cli.hostagent", None),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torpor", description="Developer VMs on QEMU that can save their whole running state on stop."
+    )
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument(
+        "--tty",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="interactive terminal output (default: whether stdout is a terminal)",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    for verb, (module, help_) in VERBS.items():
+        kwargs = {"help": help_} if help_ else {}
+        p = sub.add_parser(verb, description=help_, **kwargs)  # type: ignore[arg-type]
+        p.set_defaults(module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.tty is None:
+        args.tty = sys.stdout.isatty()
+    level = logging.DEBUG if args.debug else getattr(logging, args.log_level.upper())
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from torpor.errors import TorporError
+
+    try:
+        code: int = importlib.import_module(args.module).run(args)
+        return code
+    except TorporError as e:
+        if args.debug:
+            logging.exception("failed")
+        print(f"torpor: error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"torpor: hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("torpor: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,142 @@
+"""Configuration layering, written once for every field:
+
+    built-in defaults (the schema) < $TORPOR_HOME/_config/default.yaml < the instance file < _config/override.yaml
+
+Mappings merge key by key, scalars from the higher layer win, lists from the higher layer replace the lower
+layer's, except the lists in ``APPEND_LISTS``, which combine with the higher layer's entries first (as in Lima).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from torpor.config.schema import NOT_YET_IMPLEMENTED, Config
+from torpor.errors import ConfigError
+from torpor.store import filenames
+
+APPEND_LISTS = frozenset({"portForwards", "provision"})
+
+
+@dataclass(frozen=True)
+class Effective:
+    config: Config
+    warnings: list[str]
+
+    def digest(self) -> str:
+        """A stable hash of the effective configuration (what a saved state is checked against)."""
+        data = json.dumps(self.config.model_dump(mode="json"), sort_keys=True)
+        return "sha256:" + hashlib.sha256(data.encode()).hexdigest()
+
+
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
+    """Parse one YAML layer; an empty document is an empty mapping."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = ""
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f":{mark.line + 1}:{mark.column + 1}"
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{source}{where}: not valid YAML: {problem}", hint="fix the file and try again") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of fields at the top level, got {type(data).__name__}")
+    return data
+
+
+def merge(low: Any, high: Any, key: str = "") -> Any:
+    """Merge two layers; ``high`` wins.  A ``null`` in ``high`` leaves ``low`` in place."""
+    if high is None:
+        return low
+    if isinstance(low, dict) and isinstance(high, dict):
+        out = dict(low)
+        for k, v in high.items():
+            out[k] = merge(low.get(k), v, k)
+        return out
+    if key in APPEND_LISTS and isinstance(low, list) and isinstance(high, list):
+        return high + low
+    return high
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _problem(err: Any) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged-"))))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field (torpor does not support it; remove it)"
+    elif msg.startswith("Value error, "):
+        msg = msg.removeprefix("Value error, ")
+    return f"{_path(loc)}: {msg}"
+
+
+def validate(data: dict[str, Any], source: str) -> Config:
+    """Validate merged layers, reporting every problem at once, each with its field path."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems = [_problem(err) for err in e.errors()]
+        raise ConfigError(f"{source}: invalid configuration", problems, hint="fix the fields listed above") from None
+
+
+def layer_files(home: Path) -> tuple[Path, Path]:
+    cfg = home / filenames.CONFIG_DIR
+    return cfg / filenames.DEFAULT_YAML, cfg / filenames.OVERRIDE_YAML
+
+
+def load_effective(home: Path, instance_text: str, source: str) -> Effective:
+    """The effective configuration of an instance whose YAML is ``instance_text`` (named ``source`` in errors)."""
+    default_file, override_file = layer_files(home)
+    layers: list[tuple[dict[str, Any], str]] = []
+    if default_file.exists():
+        layers.append((parse_yaml(default_file.read_text(), str(default_file)), str(default_file)))
+    layers.append((parse_yaml(instance_text, source), source))
+    if override_file.exists():
+        layers.append((parse_yaml(override_file.read_text(), str(override_file)), str(override_file)))
+    merged: dict[str, Any] = {}
+    for data, _ in layers:
+        merged = merge(merged, data)
+    names = " < ".join(s for _, s in layers)
+    config = validate(merged, source if len(layers) == 1 else f"{source} (layered: {names})")
+    warnings = [
+        f"`{field}` is accepted but not implemented yet in this torpor version; it has no effect"
+        for field in NOT_YET_IMPLEMENTED
+        if merged.get(field)
+    ]
+    return Effective(config, warnings)
+
+
+def template_names() -> list[str]:
+    pkg = resources.files("torpor.config") / "templates"
+    return sorted(p.name.removesuffix(".yaml") for p in pkg.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_template_text(spec: str) -> tuple[str, str]:
+    """Read a template given as ``template:NAME`` or a path; return its text and the instance name it suggests."""
+    if spec.startswith("template:") or spec.startswith("template://"):
+        name = spec.split(":", 1)[1].lstrip("/")
+        if name not in template_names():
+            raise ConfigError(f"no template named {name!r}", hint=f"available templates: {', '.join(template_names())}")
+        text = (resources.files("torpor.config") / "templates" / f"{name}.yaml").read_text()
+        return text, name
+    path = Path(spec)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {spec}: {e.strerror}", hint="give a YAML file or template:default") from None
+    return text, path.name.removesuffix(".yaml").removesuffix(".yml")

@@ -1,0 +1,153 @@
+"""The instance YAML schema.  Field names follow Lima's ``lima.yaml`` where torpor has the same concept.
+
+Unknown fields are errors (``extra="forbid"``): a field torpor does not implement must not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+
+
+def parse_size(value: object) -> int:
+    """Parse a byte size such as ``4GiB``, ``512MiB``, ``10G`` or a plain number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 4GiB")
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a size such as 4GiB")
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"{value!r} is not a size; use a number with a unit such as 512MiB or 4GiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def format_size(n: int) -> str:
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        size = _UNITS[unit.lower()]
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n}B"
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class File(Model):
+    location: str
+    digest: str | None = None
+
+    @field_validator("digest")
+    @classmethod
+    def _digest(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", v):
+            raise ValueError("digest must be sha256: followed by 64 lowercase hex digits")
+        return v
+
+
+class Kernel(File):
+    cmdline: str = ""
+
+
+class Image(Model):
+    """One entry of ``images``: a disk image (``location``) and/or a kernel and initrd to boot directly.
+
+    ``location: build:default`` names the guest torpor builds itself from Debian packages (see ``torpor image``).
+    """
+
+    location: str | None = None
+    arch: str = "x86_64"
+    digest: str | None = None
+    kernel: Kernel | None = None
+    initrd: File | None = None
+
+    @model_validator(mode="after")
+    def _something_to_boot(self) -> Image:
+        if self.location is None and self.kernel is None:
+            raise ValueError("an image needs a location (disk image) or a kernel")
+        if self.initrd is not None and self.kernel is None:
+            raise ValueError("initrd given without kernel")
+        return self
+
+
+class SSH(Model):
+    localPort: int = Field(0, ge=0, le=65535)  # noqa: N815 - Lima's field names
+    loadDotSSHPubKeys: bool = False  # noqa: N815
+
+
+class PortForward(Model):
+    guestPort: int | None = Field(None, ge=1, le=65535)  # noqa: N815
+    guestPortRange: tuple[int, int] | None = None  # noqa: N815
+    hostIP: str = "127.0.0.1"  # noqa: N815
+    hostPort: int | None = Field(None, ge=0, le=65535)  # noqa: N815
+    proto: Literal["tcp"] = "tcp"
+    ignore: bool = False
+
+
+class Provision(Model):
+    mode: Literal["system", "user", "boot"] = "system"
+    script: str
+
+
+class Config(Model):
+    """The effective configuration of an instance (after layering)."""
+
+    vmType: Literal["qemu"] = "qemu"  # noqa: N815
+    arch: Literal["x86_64"] = "x86_64"
+    cpus: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1, le=255)
+    memory: Size = Field(parse_size("1GiB"), ge=parse_size("64MiB"))
+    disk: Size = Field(parse_size("10GiB"), ge=parse_size("256MiB"))
+    images: list[Image] = Field(default_factory=list)
+    ssh: SSH = SSH()
+    portForwards: list[PortForward] = Field(default_factory=list)  # noqa: N815
+    provision: list[Provision] = Field(default_factory=list)
+    bootTimeout: int = Field(300, ge=1, description="seconds to wait for the guest to report ready")  # noqa: N815
+    shutdownTimeout: int = Field(60, ge=1, description="seconds to wait for a clean guest shutdown")  # noqa: N815
+
+    @field_validator("images")
+    @classmethod
+    def _has_images(cls, v: list[Image]) -> list[Image]:
+        if not v:
+            raise ValueError("at least one image is required")
+        return v
+
+    def image_for_arch(self) -> Image:
+        for img in self.images:
+            if img.arch == self.arch:
+                return img
+        raise ValueError(f"no image for arch {self.arch}")
+
+
+# Fields accepted by the schema whose behaviour arrives in a later torpor version: warn instead of pretending.
+NOT_YET_IMPLEMENTED = ("ssh", "portForwards", "provision")
+
+
+def host_arch() -> str:
+    m = platform.machine()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)

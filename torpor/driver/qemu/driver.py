@@ -1,0 +1,174 @@
+"""The QEMU driver: runs one VM under the host agent, over one long-lived QMP session."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import logging
+import signal
+import subprocess
+from pathlib import Path
+
+from torpor import subp
+from torpor.config.schema import Config
+from torpor.driver.base import BeforeRun, Features, StopOutcome, VMState
+from torpor.driver.qemu import cmdline
+from torpor.driver.qemu.host import Accel, Qemu
+from torpor.driver.qemu.qmp import QMPSession
+from torpor.errors import DriverError
+from torpor.store import filenames
+
+log = logging.getLogger(__name__)
+
+QMP_CONNECT_TIMEOUT = 30.0
+QUIT_TIMEOUT = 10.0
+
+
+def _die_with_parent() -> None:
+    # If the host agent dies (even by SIGKILL), QEMU must not linger holding the disk lock.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def vm_spec(inst_dir: Path, name: str, config: Config, accel: Accel, kernel_cmdline: str) -> cmdline.VMSpec:
+    kernel = inst_dir / filenames.KERNEL
+    initrd = inst_dir / filenames.INITRD
+    return cmdline.VMSpec(
+        name=name,
+        arch=config.arch,
+        accel=accel.name,
+        cpus=config.cpus,
+        memory=config.memory,
+        disk=inst_dir / filenames.DISK,
+        kernel=kernel if kernel.exists() else None,
+        initrd=initrd if initrd.exists() else None,
+        kernel_cmdline=kernel_cmdline,
+        qmp_socket=inst_dir / filenames.QMP_SOCK,
+        ready_socket=inst_dir / filenames.READY_SOCK,
+        serial_log=inst_dir / filenames.SERIAL_LOG,
+        pidfile=inst_dir / filenames.QEMU_PID,
+    )
+
+
+class QemuDriver:
+    features = Features(save_restore=False, snapshots=False)
+
+    def __init__(self, qemu: Qemu, spec: cmdline.VMSpec, disk_size: int) -> None:
+        self.qemu = qemu
+        self.spec = spec
+        self.disk_size = disk_size
+        self.qmp = QMPSession(f"torpor-{spec.name}")
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
+        self._stderr_task: asyncio.Task[None] | None = None
+
+    # -- CLI side -------------------------------------------------------------------------------------------
+    def create_disk(self, base: Path | None) -> None:
+        disk = self.spec.disk
+        if disk.exists():
+            return
+        tmp = disk.with_name(f".{disk.name}.tmp")
+        argv: list[str] = ["qemu-img", "create", "-q", "-f", "qcow2"]
+        if base is not None:
+            info = subp.run(["qemu-img", "info", "--output=json", base]).stdout
+            fmt = "qcow2" if '"format": "qcow2"' in info else "raw"
+            argv += ["-b", str(base), "-F", fmt]
+        argv += [str(tmp), str(self.disk_size)]
+        subp.run(argv)
+        tmp.rename(disk)
+
+    # -- host agent side ------------------------------------------------------------------------------------
+    @property
+    def argv(self) -> list[str]:
+        return cmdline.build(self.qemu.binary, self.spec)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def stderr_tail(self) -> str:
+        return "\n".join(self._stderr_tail)
+
+    async def start(self, before_run: BeforeRun) -> None:
+        argv = self.argv
+        log.info("starting QEMU: %s", subprocess.list2cmdline(argv))
+        self._proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,
+            # Its own process group: a Ctrl-C meant for a foreground host agent must not reach QEMU directly;
+            # the agent decides how the VM stops.
+            process_group=0,
+        )
+        self._stderr_task = asyncio.create_task(self._read_stderr())
+        try:
+            await self.qmp.connect(self.spec.qmp_socket, QMP_CONNECT_TIMEOUT, alive=self._running)
+        except DriverError:
+            code = await self.wait() if not self._running() else None
+            tail = self.stderr_tail()
+            raise DriverError(
+                f"QEMU did not start{f' (exit code {code})' if code is not None else ''}"
+                + (f": {tail}" if tail else "")
+            ) from None
+        await before_run()
+        await self.qmp.execute("cont")
+
+    def _running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def _read_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        async for raw in self._proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self._stderr_tail.append(line)
+                log.warning("qemu: %s", line)
+
+    async def stop(self, timeout: float) -> StopOutcome:
+        if not self._running():
+            return StopOutcome(True, "QEMU had already exited")
+        with contextlib.suppress(DriverError):
+            await self.qmp.execute("system_powerdown")
+        try:
+            await asyncio.wait_for(self.wait(), timeout)
+            return StopOutcome(True, "the guest shut down")
+        except TimeoutError:
+            pass
+        log.warning("the guest did not shut down within %.0f s; quitting QEMU", timeout)
+        with contextlib.suppress(DriverError):
+            await self.qmp.execute("quit")
+        try:
+            await asyncio.wait_for(self.wait(), QUIT_TIMEOUT)
+        except TimeoutError:
+            await self.kill()
+        return StopOutcome(False, f"the guest did not shut down within {timeout:.0f} s; QEMU was stopped")
+
+    async def kill(self) -> None:
+        if self._running():
+            assert self._proc is not None
+            self._proc.kill()
+        await self.wait()
+
+    async def inspect(self) -> dict[str, object]:
+        state = VMState.NOT_STARTED
+        if self._proc is not None:
+            state = VMState.EXITED
+            if self._running():
+                status = await self.qmp.execute("query-status")
+                state = VMState.RUNNING if status.get("running") else VMState.PAUSED
+        return {"state": state.value, "qemuPid": self.pid, "qemuVersion": self.qemu.version, "accel": self.spec.accel}
+
+    async def wait(self) -> int:
+        if self._proc is None:
+            return 0
+        code = await self._proc.wait()
+        if self._stderr_task is not None:
+            await self._stderr_task
+        return code
+
+    async def close(self) -> None:
+        await self.qmp.close()

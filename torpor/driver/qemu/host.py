@@ -1,0 +1,131 @@
+"""Facts about the host's QEMU: which binary, which version, and whether KVM really works.
+
+The KVM probe boots the guest kernel under KVM with no root filesystem: a working KVM reaches the kernel's
+"unable to mount root" panic in about a second and QEMU exits (``-no-reboot``).  Where nested virtualisation is
+broken the kernel hangs, so the probe is bounded; its answer is cached per QEMU version and host boot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from torpor import subp
+from torpor.errors import DriverError
+from torpor.store import atomic, filenames
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class Qemu:
+    binary: str
+    version: str  # "7.2.19"
+
+    @property
+    def version_tuple(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in re.findall(r"\d+", self.version)[:3])
+
+
+@dataclass(frozen=True)
+class Accel:
+    name: str  # "kvm" or "tcg"
+    reason: str  # why (shown by `torpor info` and as the fallback notice)
+
+
+def find_qemu(arch: str = "x86_64") -> Qemu:
+    """The QEMU system emulator for ``arch``: ``$TORPOR_QEMU`` if set, else from ``PATH``."""
+    binary = os.environ.get("TORPOR_QEMU") or shutil.which(f"qemu-system-{arch}")
+    if not binary:
+        raise DriverError(
+            f"qemu-system-{arch} not found",
+            hint="install QEMU (Debian/Ubuntu: `sudo apt-get install qemu-system-x86 qemu-utils`)",
+        )
+    out = subp.run([binary, "--version"], timeout=30).stdout
+    m = re.search(r"version (\d+\.\d+(?:\.\d+)?)", out)
+    if not m:
+        raise DriverError(f"cannot tell the version of {binary} from: {out.strip()[:200]}")
+    return Qemu(binary, m.group(1))
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def probe_accel(qemu: Qemu, kernel: Path | None, cache_dir: Path) -> Accel:
+    """KVM if it is usable and really runs a guest kernel, else TCG; the answer is cached."""
+    if not os.path.exists("/dev/kvm"):
+        return Accel("tcg", "/dev/kvm does not exist")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return Accel("tcg", "/dev/kvm is not accessible to this user (add yourself to the kvm group)")
+    if kernel is None:
+        return Accel("tcg", "KVM not probed yet (it is probed with the guest kernel at the first start)")
+    key = {"qemu": qemu.binary, "version": qemu.version, "bootId": _boot_id()}
+    cache = cache_dir / filenames.ACCEL_PROBE
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return Accel(cached["name"], cached["reason"])
+    except (OSError, ValueError, KeyError):
+        pass
+    accel = _run_probe(qemu, kernel)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(cache, json.dumps({"key": key, **asdict(accel)}))
+    return accel
+
+
+def _run_probe(qemu: Qemu, kernel: Path) -> Accel:
+    with tempfile.TemporaryDirectory(prefix="torpor-kvm-probe-") as tmp:
+        serial = Path(tmp) / "serial.log"
+        argv = [
+            qemu.binary,
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-machine",
+            "q35",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "256M",
+            "-kernel",
+            str(kernel),
+            "-append",
+            "console=ttyS0 panic=-1 root=/dev/nonexistent",
+            "-serial",
+            f"file:{serial}",
+        ]
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _, err = proc.communicate(timeout=PROBE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return Accel(
+                "tcg",
+                f"KVM is present but a guest kernel hung under it (probe timed out after "
+                f"{PROBE_TIMEOUT:.0f} s; nested virtualisation?)",
+            )
+        text = serial.read_text(errors="replace") if serial.exists() else ""
+        if "Kernel panic" in text or "Linux version" in text:
+            return Accel("kvm", f"KVM works (probe kernel ran in {time.monotonic() - started:.1f} s)")
+        detail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output from the guest kernel"]
+        return Accel("tcg", f"KVM is present but unusable: {detail[0]}")

@@ -1,0 +1,121 @@
+"""Fetch images by location (local path, ``file://``, ``http(s)://``) into the cache, verifying sha256 digests.
+
+A download goes to a temporary file beside its final place and is renamed only once complete and verified, so a
+mismatched digest or an interrupted transfer leaves nothing that a later run could mistake for the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from torpor.errors import ImageError
+
+CHUNK = 1 << 20
+Progress = Callable[[int, int | None], None]
+
+
+def cache_path(cache: Path, location: str) -> Path:
+    key = hashlib.sha256(location.encode()).hexdigest()
+    return cache / "download" / "by-url-sha256" / key / "data"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _open(location: str) -> tuple[BinaryIO, int | None]:
+    parsed = urllib.parse.urlparse(location)
+    if parsed.scheme in ("http", "https"):
+        try:
+            resp = urllib.request.urlopen(location, timeout=60)
+        except OSError as e:
+            raise ImageError(f"cannot download {location}: {e}") from None
+        length = resp.headers.get("Content-Length")
+        return resp, int(length) if length else None
+    if parsed.scheme == "file":
+        path = Path(urllib.parse.unquote(parsed.path))
+    elif parsed.scheme == "":
+        path = Path(location).expanduser()
+    else:
+        raise ImageError(f"unsupported image location {location!r}", hint="use a path, file:// or http(s)://")
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise ImageError(f"cannot read image {path}: {e.strerror}") from None
+    return f, path.stat().st_size
+
+
+def fetch(location: str, digest: str | None, cache: Path, progress: Progress | None = None) -> Path:
+    """Return the cached copy of ``location``, downloading (and verifying ``digest``) if needed."""
+    dest = cache_path(cache, location)
+    if dest.exists() and (digest is None or _sha256_file(dest) == digest):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".data.tmp.{os.getpid()}")
+    h = hashlib.sha256()
+    src, total = _open(location)
+    done = 0
+    try:
+        with src, tmp.open("wb") as out:
+            while chunk := src.read(CHUNK):
+                out.write(chunk)
+                h.update(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+            out.flush()
+            os.fsync(out.fileno())
+        got = "sha256:" + h.hexdigest()
+        if digest is not None and got != digest:
+            raise ImageError(
+                f"digest mismatch for {location}: expected {digest}, got {got}",
+                hint="the image changed or is corrupt; check the location and the digest in the YAML",
+            )
+        os.replace(tmp, dest)
+        (dest.parent / "url").write_text(location + "\n")
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, label: str, enabled: bool | None = None) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._last = 0.0
+        self._start = time.monotonic()
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < 0.1 and done != total:
+            return
+        self._last = now
+        rate = done / max(now - self._start, 1e-6) / 1e6
+        width = shutil.get_terminal_size().columns
+        if total:
+            frac = done / total
+            bar = "#" * int(frac * 30)
+            line = f"{self.label} [{bar:<30}] {frac:6.1%} {rate:6.1f} MB/s"
+        else:
+            line = f"{self.label} {done / 1e6:.1f} MB {rate:6.1f} MB/s"
+        sys.stderr.write("\r" + line[: width - 1])
+        if total and done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()

@@ -1,0 +1,60 @@
+"""Turn an instance's ``images`` entry into files in the instance directory, once, at the first start.
+
+The instance keeps its own copies of kernel and initrd (and its base disk), so it never depends on the cache
+after creation and always boots exactly what it was created with.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from torpor.config.schema import Config, Image
+from torpor.errors import ImageError
+from torpor.guest import builder, fetch
+from torpor.store import filenames
+
+BUILD_SCHEME = "build:"
+DEFAULT_CMDLINE = "console=ttyS0 quiet panic=-1"
+
+
+def kernel_cmdline(image: Image) -> str:
+    if image.location and image.location.startswith(BUILD_SCHEME):
+        return DEFAULT_CMDLINE
+    return image.kernel.cmdline if image.kernel else ""
+
+
+def prepare(
+    inst_dir: Path, config: Config, cache: Path, report: Callable[[str], None], show_progress: bool
+) -> Path | None:
+    """Put the image's boot files into ``inst_dir``; return the base disk to create the instance disk over."""
+    image = config.image_for_arch()
+    if image.location and image.location.startswith(BUILD_SCHEME):
+        name = image.location.removeprefix(BUILD_SCHEME)
+        if name != "default":
+            raise ImageError(f"unknown built guest {name!r}", hint="the only built guest is build:default")
+        built = builder.build_default(cache, report)
+        _copy(built.kernel, inst_dir / filenames.KERNEL)
+        _copy(built.initrd, inst_dir / filenames.INITRD)
+        return None
+    if image.kernel is not None:
+        _copy(_get(image.kernel.location, image.kernel.digest, cache, show_progress), inst_dir / filenames.KERNEL)
+    if image.initrd is not None:
+        _copy(_get(image.initrd.location, image.initrd.digest, cache, show_progress), inst_dir / filenames.INITRD)
+    if image.location is None:
+        return None
+    base = inst_dir / filenames.BASE_DISK
+    _copy(_get(image.location, image.digest, cache, show_progress), base)
+    return base
+
+
+def _get(location: str, digest: str | None, cache: Path, show_progress: bool) -> Path:
+    bar = fetch.ProgressBar(f"fetching {location.rsplit('/', 1)[-1]}", enabled=None if show_progress else False)
+    return fetch.fetch(location, digest, cache, bar)
+
+
+def _copy(src: Path, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.rename(dest)

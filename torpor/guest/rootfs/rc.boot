@@ -1,0 +1,24 @@
+#!/bin/sh
+# torpor default guest, stage 2: bring the system up, then tell the host agent the guest is ready.
+export PATH=/bin:/sbin
+mkdir -p /dev/pts /dev/shm /run /tmp
+mount -t devpts devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mount -t tmpfs -o mode=0755 tmpfs /run
+[ -f /etc/hostname ] && hostname -F /etc/hostname
+
+ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+    ip link set eth0 up
+    udhcpc -b -q -S -i eth0 -s /lib/torpor/udhcpc.script >/dev/null 2>&1
+fi
+# ACPI power button -> /etc/acpi/PWRF/00000080 -> poweroff: how the host agent asks for a clean shutdown.
+mkdir -p /etc/acpi/PWRF
+cp /lib/torpor/power-button /etc/acpi/PWRF/00000080
+acpid -c /etc/acpi
+
+for port in /sys/class/virtio-ports/*; do
+    if [ "$(cat "$port/name" 2>/dev/null)" = io.torpor.ready ]; then
+        (echo "ready $(cut -d' ' -f1 /proc/uptime)" > "/dev/${port##*/}") &
+    fi
+done

@@ -1,0 +1,1 @@
+"""Instance operations (create, start, stop, delete): what the CLI verbs call."""

@@ -1,0 +1,63 @@
+"""Spawning the host agent and following its event stream."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from torpor.hostagent.events import EXITING, Event, EventReader
+from torpor.store import filenames
+
+POLL = 0.02
+
+
+def spawn_hostagent(name: str, inst_dir: Path, home: Path) -> subprocess.Popen[bytes]:
+    """Start ``torpor hostagent NAME`` detached (own session), events to ha.stdout.log, log to ha.stderr.log."""
+    env = dict(os.environ, TORPOR_HOME=str(home))
+    with (inst_dir / filenames.HA_STDOUT).open("wb") as out, (inst_dir / filenames.HA_STDERR).open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "torpor", "hostagent", name],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+            env=env,
+            cwd=inst_dir,
+        )
+
+
+def follow(
+    reader: EventReader,
+    alive: Callable[[], bool],
+    until: Callable[[Event], bool],
+    on_event: Callable[[Event], None],
+    timeout: float,
+) -> Event | None:
+    """Pass events to ``on_event`` until one satisfies ``until`` (returned), the agent dies or time runs out (None)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for ev in reader.read():
+            on_event(ev)
+            if until(ev) or ev.type == EXITING:
+                return ev
+        if not alive():
+            for ev in reader.read():  # what it wrote just before dying
+                on_event(ev)
+                if until(ev) or ev.type == EXITING:
+                    return ev
+            return None
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(POLL)
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])

@@ -1,0 +1,116 @@
+"""Start an instance: prepare its disk on the first start, recover from a crashed run, spawn the host agent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from torpor.config.layering import load_effective
+from torpor.config.schema import Config
+from torpor.driver.qemu import host
+from torpor.driver.qemu.driver import QemuDriver, vm_spec
+from torpor.errors import HostAgentError, InstanceNotFound, InstanceStateError
+from torpor.guest import builder, images
+from torpor.hostagent import events
+from torpor.instance import spawn
+from torpor.instance.create import DEFAULT_TEMPLATE, create
+from torpor.store import filenames, lock
+from torpor.store.instance import Status, clear_runtime_files, home, inspect, pid_alive, read_instance_yaml
+
+Report = Callable[[str], None]
+# Time allowed beyond the guest's bootTimeout for the agent's own start-up (KVM probe, QEMU start).
+AGENT_MARGIN = 60.0
+
+
+def start(name: str, report: Report, tty: bool, root: Path | None = None) -> events.Event:
+    """Start ``name`` (creating it from the default template if it does not exist); return the ready event."""
+    root = root or home()
+    try:
+        inspect(name, root)
+    except InstanceNotFound:
+        report(f"creating instance {name!r} from {DEFAULT_TEMPLATE}")
+        _, warnings = create(DEFAULT_TEMPLATE, name, root)
+        for w in warnings:
+            report(f"warning: {w}")
+    inst_dir = root / name
+    with lock.exclusive(inst_dir / filenames.LOCK, f"instance {name!r}"):
+        inst = inspect(name, root)
+        if inst.status is Status.RUNNING:
+            raise InstanceStateError(f"instance {name!r} is already running", hint=f"`torpor stop {name}` stops it")
+        if inst.status is Status.BROKEN:
+            _recover(inst.dir, inst.agent_pid, inst.qemu_pid, inst.reason, report)
+        effective = load_effective(root, read_instance_yaml(inst_dir), str(inst_dir / filenames.INSTANCE_YAML))
+        for w in effective.warnings:
+            report(f"warning: {w}")
+        if not (inst_dir / filenames.DISK).exists():
+            _first_start(name, inst_dir, effective.config, report, tty)
+        clear_runtime_files(inst_dir)
+        reader = events.EventReader(inst_dir / filenames.HA_STDOUT, 0)
+        proc = spawn.spawn_hostagent(name, inst_dir, root)
+        timeout = effective.config.bootTimeout + AGENT_MARGIN
+        last = spawn.follow(
+            reader,
+            alive=lambda: proc.poll() is None,
+            until=lambda ev: ev.type == events.READY,
+            on_event=lambda ev: _show(ev, report),
+            timeout=timeout,
+        )
+    if last is not None and last.type == events.READY:
+        return last
+    if last is None and proc.poll() is None:
+        reason = f"the instance did not become ready within {timeout:.0f} s"
+    else:
+        reason = last.message if last is not None else f"the host agent exited with code {proc.poll()}"
+    logs = spawn.tail(inst_dir / filenames.HA_STDERR)
+    serial = spawn.tail(inst_dir / filenames.SERIAL_LOG)
+    detail = reason
+    if logs:
+        detail += f"\n--- last lines of {inst_dir / filenames.HA_STDERR}:\n{logs}"
+    if serial:
+        detail += f"\n--- last lines of the guest console {inst_dir / filenames.SERIAL_LOG}:\n{serial}"
+    raise HostAgentError(
+        f"instance {name!r} failed to start: {detail}",
+        hint=f"`torpor stop --force {name}` cleans up if anything is left running",
+    )
+
+
+def _show(ev: events.Event, report: Report) -> None:
+    if ev.type in (events.STARTING, events.EXITING):
+        return
+    report(ev.message)
+
+
+def _first_start(name: str, inst_dir: Path, config: Config, report: Report, tty: bool) -> None:
+    base = images.prepare(inst_dir, config, builder.cache_root(), report, show_progress=tty)
+    qemu = host.find_qemu(config.arch)
+    spec = vm_spec(inst_dir, name, config, host.Accel("tcg", "disk creation only"), "")
+    QemuDriver(qemu, spec, config.disk).create_disk(base)
+
+
+def _recover(inst_dir: Path, agent_pid: int | None, qemu_pid: int | None, reason: str, report: Report) -> None:
+    if agent_pid is not None:
+        raise InstanceStateError(
+            f"instance {inst_dir.name!r} is broken: {reason}",
+            hint=f"`torpor stop --force {inst_dir.name}` kills it, then start again",
+        )
+    report(f"recovering: {reason}")
+    if qemu_pid is not None:
+        kill_and_wait(qemu_pid)
+    clear_runtime_files(inst_dir)
+
+
+def kill_and_wait(pid: int, timeout: float = 10.0) -> bool:
+    """SIGKILL ``pid`` and wait until it is gone; return whether it went."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -1,0 +1,91 @@
+"""Stop an instance: SIGINT to its host agent and wait for the agent's exit event; or force it off."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from torpor.config.layering import load_effective
+from torpor.errors import ConfigError, HostAgentError, InstanceStateError
+from torpor.hostagent import events
+from torpor.instance import spawn
+from torpor.instance.start import kill_and_wait
+from torpor.store import filenames, lock
+from torpor.store.instance import (
+    Instance,
+    Status,
+    clear_runtime_files,
+    home,
+    inspect,
+    pid_alive,
+    read_instance_yaml,
+)
+
+Report = Callable[[str], None]
+STOP_MARGIN = 30.0  # beyond the guest's shutdownTimeout: QEMU quit and the agent's cleanup
+
+
+def stop(name: str, report: Report, root: Path | None = None) -> events.Event:
+    """Stop ``name`` gracefully; return the host agent's exit event."""
+    root = root or home()
+    inst = inspect(name, root)
+    with lock.exclusive(inst.dir / filenames.LOCK, f"instance {name!r}"):
+        inst = inspect(name, root)
+        if inst.status is Status.STOPPED:
+            raise InstanceStateError(f"instance {name!r} is not running")
+        if inst.agent_pid is None:
+            raise InstanceStateError(
+                f"instance {name!r} is broken: {inst.reason}",
+                hint=f"`torpor stop --force {name}` cleans up, `torpor start {name}` starts it again",
+            )
+        timeout = _shutdown_timeout(inst, root) + STOP_MARGIN
+        reader = events.EventReader.at_end(inst.dir / filenames.HA_STDOUT)
+        pid = inst.agent_pid
+
+        def show(ev: events.Event) -> None:
+            if ev.type == events.STOPPING:
+                report(ev.message)
+
+        os.kill(pid, signal.SIGINT)
+        last = spawn.follow(
+            reader, alive=lambda: pid_alive(pid), until=lambda ev: False, on_event=show, timeout=timeout
+        )
+    if last is None:
+        if pid_alive(pid):
+            raise HostAgentError(
+                f"instance {name!r} did not stop within {timeout:.0f} s",
+                hint=f"`torpor stop --force {name}` turns it off at once",
+            )
+        raise HostAgentError(
+            f"the host agent of {name!r} exited without reporting how the stop went",
+            hint=f"see {inst.dir / filenames.HA_STDERR}",
+        )
+    return last
+
+
+def _shutdown_timeout(inst: Instance, root: Path) -> float:
+    try:
+        effective = load_effective(root, read_instance_yaml(inst.dir), str(inst.dir / filenames.INSTANCE_YAML))
+    except ConfigError:
+        return 60.0  # the YAML was edited into something invalid while running; the agent has its own copy
+    return float(effective.config.shutdownTimeout)
+
+
+def force_stop(name: str, report: Report, root: Path | None = None) -> None:
+    """Kill the host agent and QEMU at once and clear their runtime files.  Never saves anything."""
+    root = root or home()
+    inst = inspect(name, root)
+    killed = []
+    if inst.agent_pid is not None and kill_and_wait(inst.agent_pid):
+        killed.append(f"host agent (pid {inst.agent_pid})")
+    # Re-inspect: QEMU dies with its agent (PDEATHSIG), but an orphan from an older crash may remain.
+    qemu_pid = inspect(name, root).qemu_pid
+    if qemu_pid is not None and kill_and_wait(qemu_pid):
+        killed.append(f"QEMU (pid {qemu_pid})")
+    removed = clear_runtime_files(inst.dir)
+    if killed:
+        report(f"killed {' and '.join(killed)}")
+    elif not removed:
+        raise InstanceStateError(f"instance {name!r} is not running")

@@ -1,0 +1,31 @@
+"""Every file name torpor uses, in one place (like Lima's ``filenames`` package).
+
+Socket names are short on purpose: a unix socket path must fit in 108 bytes.
+"""
+
+# Directly under $TORPOR_HOME
+CONFIG_DIR = "_config"  # default.yaml, override.yaml, the SSH key pair
+DEFAULT_YAML = "default.yaml"
+OVERRIDE_YAML = "override.yaml"
+
+# In an instance directory
+INSTANCE_YAML = "torpor.yaml"  # the user's instance file, as given to `create` and edited since
+DISK = "disk.qcow2"  # the guest's persistent disk (qcow2, possibly over BASE_DISK)
+BASE_DISK = "basedisk"  # the image the disk was created from, when the image is a disk image
+KERNEL = "kernel"  # copies of the boot files, so an instance never depends on the cache after creation
+INITRD = "initrd"
+LOCK = "instance.lock"  # held by CLI commands that change the instance (start, stop, delete)
+HA_PID = "ha.pid"  # the host agent's pid; the agent holds an exclusive flock on it while alive
+HA_SOCK = "ha.sock"  # the host agent's HTTP API
+HA_STDOUT = "ha.stdout.log"  # the host agent's events, JSON lines
+HA_STDERR = "ha.stderr.log"  # the host agent's log
+QEMU_PID = "qemu.pid"
+QMP_SOCK = "qmp.sock"
+READY_SOCK = "ready.sock"  # virtio-serial channel on which the default guest reports that it is up
+SERIAL_LOG = "serial.log"  # the guest's serial console
+
+# In the cache ($TORPOR_CACHE)
+ACCEL_PROBE = "accel-probe.json"
+
+# Files that belong to one run of the host agent and must be cleared before the next.
+RUNTIME_FILES = (HA_PID, HA_SOCK, QEMU_PID, QMP_SOCK, READY_SOCK)
