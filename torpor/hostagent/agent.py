@@ -45,6 +45,7 @@ class HostAgent:
         self.ready = False
         self.started_at = time.time()
         self.boot_seconds: float | None = None
+        self.guest: dict[str, str] = {}  # what the guest said in its ready report
         self.effective: Effective | None = None
         self.driver: QemuDriver | None = None
         self.api = APIServer({("GET", "/v1/info"): self._get_info})
@@ -136,7 +137,10 @@ class HostAgent:
         if ready_line in done:
             self.ready = True
             self.boot_seconds = time.monotonic() - t0
-            self.events.emit(events.READY, f"ready in {self.boot_seconds:.1f} s", seconds=self.boot_seconds)
+            self.guest = parse_ready(ready_line.result())
+            self.events.emit(
+                events.READY, f"ready in {self.boot_seconds:.1f} s", seconds=self.boot_seconds, guest=self.guest
+            )
             return
         if exited in done:
             raise TorporError(f"QEMU exited during boot (exit code {exited.result()})")
@@ -192,6 +196,7 @@ class HostAgent:
             "ready": self.ready,
             "startedAt": self.started_at,
             "bootSeconds": self.boot_seconds,
+            "guest": self.guest,
         }
         if self.driver is not None:
             info["vm"] = await self.driver.inspect()
@@ -200,8 +205,14 @@ class HostAgent:
         return 200, info
 
 
+def parse_ready(line: str) -> dict[str, str]:
+    """The ``key=value`` fields of the guest's ready report (``ready uptime=3.1 boots=2``)."""
+    return dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
+
+
 def main(name: str, inst_dir: Path, home: Path) -> int:
     """Entry point of ``torpor hostagent NAME``: events on stdout, log on stderr."""
+    os.umask(0o077)  # QEMU's sockets and logs are for this user only
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )

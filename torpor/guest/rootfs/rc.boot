@@ -17,8 +17,15 @@ mkdir -p /etc/acpi/PWRF
 cp /lib/torpor/power-button /etc/acpi/PWRF/00000080
 acpid -c /etc/acpi
 
+# A boot counter on the persistent disk: visible to the host in the ready report, it shows that what the
+# guest writes to its disk survives a stop and start.
+mkdir -p /var/lib/torpor
+boots=$(( $(cat /var/lib/torpor/boots 2>/dev/null || echo 0) + 1 ))
+echo "$boots" > /var/lib/torpor/boots
+sync
+
 for port in /sys/class/virtio-ports/*; do
     if [ "$(cat "$port/name" 2>/dev/null)" = io.torpor.ready ]; then
-        (echo "ready $(cut -d' ' -f1 /proc/uptime)" > "/dev/${port##*/}") &
+        (echo "ready uptime=$(cut -d' ' -f1 /proc/uptime) boots=$boots" > "/dev/${port##*/}") &
     fi
 done

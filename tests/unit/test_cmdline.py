@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+
+from torpor.driver.qemu import cmdline
+
+D = Path("/inst")
+
+
+def spec(**kw: object) -> cmdline.VMSpec:
+    base: dict[str, object] = dict(
+        name="dev", arch="x86_64", accel="tcg", cpus=2, memory=1024**3, disk=D / "disk.qcow2",
+        kernel=D / "kernel", initrd=D / "initrd", kernel_cmdline="console=ttyS0", qmp_socket=D / "qmp.sock",
+        ready_socket=D / "ready.sock", serial_log=D / "serial.log", pidfile=D / "qemu.pid",
+    )
+    base.update(kw)
+    return cmdline.VMSpec(**base)  # type: ignore[arg-type]
+
+
+def pairs(args: list[str]) -> list[tuple[str, str]]:
+    return [(args[i], args[i + 1]) for i in range(len(args) - 1) if args[i].startswith("-")]
+
+
+def test_machine_tcg_uses_max_cpu_and_multithreaded_tcg() -> None:
+    assert cmdline.machine(spec()) == ["-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max"]
+
+
+def test_machine_kvm_uses_host_cpu() -> None:
+    assert cmdline.machine(spec(accel="kvm")) == ["-machine", "q35", "-accel", "kvm", "-cpu", "host"]
+
+
+def test_machine_rejects_unknown_arch() -> None:
+    with pytest.raises(ValueError, match="arch"):
+        cmdline.machine(spec(arch="riscv64"))
+
+
+def test_resources_memory_in_mib() -> None:
+    assert cmdline.resources(spec(cpus=4, memory=3 * 1024**3)) == ["-smp", "4", "-m", "3072M"]
+
+
+def test_boot_with_kernel_initrd_and_cmdline() -> None:
+    assert cmdline.boot(spec()) == ["-kernel", "/inst/kernel", "-initrd", "/inst/initrd", "-append", "console=ttyS0"]
+
+
+def test_boot_without_kernel_is_empty() -> None:
+    assert cmdline.boot(spec(kernel=None, initrd=None)) == []
+
+
+def test_disk_is_virtio_qcow2() -> None:
+    args = cmdline.disk(spec())
+    assert ("-drive", "file=/inst/disk.qcow2,if=none,id=disk0,format=qcow2,discard=unmap,cache=writeback") in pairs(
+        args
+    )
+    assert ("-device", "virtio-blk-pci,drive=disk0") in pairs(args)
+
+
+def test_network_forwards_bind_the_given_host_ip() -> None:
+    fwd = cmdline.HostForward("127.0.0.1", 60022, 22)
+    args = cmdline.network(spec(forwards=(fwd,)))
+    assert args[1] == "user,id=net0,hostfwd=tcp:127.0.0.1:60022-:22"
+
+
+def test_ready_channel_only_when_requested() -> None:
+    assert "name=io.torpor.ready" in " ".join(cmdline.channels(spec()))
+    assert "io.torpor.ready" not in " ".join(cmdline.channels(spec(ready_socket=None)))
+
+
+def test_console_goes_to_a_file() -> None:
+    assert cmdline.console(spec()) == ["-chardev", "file,id=serial0,path=/inst/serial.log", "-serial", "chardev:serial0"]
+
+
+def test_build_starts_paused_with_qmp_and_pidfile() -> None:
+    argv = cmdline.build("/usr/bin/qemu-system-x86_64", spec())
+    assert argv[0] == "/usr/bin/qemu-system-x86_64"
+    assert "-S" in argv
+    assert ("-qmp", "unix:/inst/qmp.sock,server=on,wait=off") in pairs(argv)
+    assert ("-pidfile", "/inst/qemu.pid") in pairs(argv)
+    assert "-nodefaults" in argv

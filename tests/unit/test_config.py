@@ -1,0 +1,130 @@
+from pathlib import Path
+
+import pytest
+
+from torpor.config.layering import load_effective, load_template_text, merge
+from torpor.config.schema import format_size, parse_size
+from torpor.errors import ConfigError
+
+BASE = "images: [{location: build:default}]\n"
+
+
+def write_layers(home: Path, default: str | None = None, override: str | None = None) -> None:
+    cfg = home / "_config"
+    cfg.mkdir(parents=True, exist_ok=True)
+    if default is not None:
+        (cfg / "default.yaml").write_text(default)
+    if override is not None:
+        (cfg / "override.yaml").write_text(override)
+
+
+def test_builtin_defaults_apply(tmp_path: Path) -> None:
+    cfg = load_effective(tmp_path, BASE, "i.yaml").config
+    assert cfg.memory == 1024**3
+    assert cfg.disk == 10 * 1024**3
+    assert cfg.vmType == "qemu"
+
+
+def test_layer_precedence_default_instance_override(tmp_path: Path) -> None:
+    write_layers(tmp_path, default="cpus: 1\nmemory: 2GiB\ndisk: 20GiB\n", override="memory: 3GiB\n")
+    cfg = load_effective(tmp_path, BASE + "cpus: 3\nmemory: 512MiB\n", "i.yaml").config
+    assert cfg.cpus == 3  # instance beats default.yaml
+    assert cfg.memory == 3 * 1024**3  # override.yaml beats the instance
+    assert cfg.disk == 20 * 1024**3  # default.yaml beats the builtin
+
+
+def test_nested_mappings_merge_key_by_key(tmp_path: Path) -> None:
+    write_layers(tmp_path, override="ssh: {loadDotSSHPubKeys: true}\n")
+    cfg = load_effective(tmp_path, BASE + "ssh: {localPort: 2222}\n", "i.yaml").config
+    assert cfg.ssh.localPort == 2222
+    assert cfg.ssh.loadDotSSHPubKeys is True
+
+
+def test_append_lists_combine_override_first(tmp_path: Path) -> None:
+    write_layers(
+        tmp_path,
+        default="provision: [{script: from-default}]\n",
+        override="provision: [{script: from-override}]\n",
+    )
+    cfg = load_effective(tmp_path, BASE + "provision: [{script: from-instance}]\n", "i.yaml").config
+    assert [p.script for p in cfg.provision] == ["from-override", "from-instance", "from-default"]
+
+
+def test_other_lists_are_replaced_by_the_higher_layer(tmp_path: Path) -> None:
+    write_layers(tmp_path, override="images: [{location: /tmp/other.qcow2}]\n")
+    cfg = load_effective(tmp_path, BASE, "i.yaml").config
+    assert [i.location for i in cfg.images] == ["/tmp/other.qcow2"]
+
+
+def test_null_in_higher_layer_keeps_lower_value() -> None:
+    assert merge({"cpus": 2}, {"cpus": None}) == {"cpus": 2}
+
+
+def test_validation_reports_every_problem_with_its_path(tmp_path: Path) -> None:
+    text = "cpus: 0\nmemory: lots\nmounts: []\nimages: [{arch: x86_64}]\nssh: {localPort: 70000}\n"
+    with pytest.raises(ConfigError) as exc:
+        load_effective(tmp_path, text, "bad.yaml")
+    problems = exc.value.problems
+    assert any(p.startswith("cpus:") for p in problems)
+    assert any(p.startswith("memory:") and "not a size" in p for p in problems)
+    assert any(p.startswith("mounts:") and "unknown field" in p for p in problems)
+    assert any(p.startswith("images[0]:") for p in problems)
+    assert any(p.startswith("ssh.localPort:") for p in problems)
+    assert len(problems) == 5
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_effective(tmp_path, "cpus: 2\nmemory: [1\n", "broken.yaml")
+    assert "broken.yaml:" in str(exc.value)
+    assert "not valid YAML" in str(exc.value)
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mapping"):
+        load_effective(tmp_path, "- a\n- b\n", "list.yaml")
+
+
+def test_error_in_override_is_reported_too(tmp_path: Path) -> None:
+    write_layers(tmp_path, override="cpus: many\n")
+    with pytest.raises(ConfigError) as exc:
+        load_effective(tmp_path, BASE, "i.yaml")
+    assert any(p.startswith("cpus:") for p in exc.value.problems)
+
+
+def test_unimplemented_fields_warn(tmp_path: Path) -> None:
+    eff = load_effective(tmp_path, BASE + "portForwards: [{guestPort: 80}]\n", "i.yaml")
+    assert any("portForwards" in w for w in eff.warnings)
+
+
+def test_digest_changes_with_config(tmp_path: Path) -> None:
+    a = load_effective(tmp_path, BASE + "cpus: 1\n", "i.yaml").digest()
+    b = load_effective(tmp_path, BASE + "cpus: 2\n", "i.yaml").digest()
+    assert a != b
+    assert a == load_effective(tmp_path, BASE + "cpus: 1\n", "i.yaml").digest()
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("4GiB", 4 * 1024**3), ("512MiB", 512 * 1024**2), ("1G", 10**9), (2048, 2048), ("1.5GiB", 3 * 1024**3 // 2)],
+)
+def test_parse_size(text: str | int, value: int) -> None:
+    assert parse_size(text) == value
+
+
+def test_format_size() -> None:
+    assert format_size(4 * 1024**3) == "4GiB"
+    assert format_size(512 * 1024**2) == "512MiB"
+
+
+def test_default_template_is_valid(tmp_path: Path) -> None:
+    text, name = load_template_text("template:default")
+    assert name == "default"
+    cfg = load_effective(tmp_path, text, "template:default").config
+    assert cfg.images[0].location == "build:default"
+
+
+def test_unknown_template_lists_the_available_ones() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_template_text("template:nope")
+    assert exc.value.hint is not None and "default" in exc.value.hint

@@ -1,0 +1,95 @@
+import io
+import stat
+from pathlib import Path
+
+import pytest
+
+from torpor.errors import ImageError
+from torpor.guest import builder, cpio, debs, kmod
+
+
+def read_newc(data: bytes) -> dict[str, tuple[int, bytes]]:
+    """A minimal reader of the newc format, independent of the writer under test."""
+    out: dict[str, tuple[int, bytes]] = {}
+    pos = 0
+    while True:
+        assert data[pos : pos + 6] == b"070701"
+        fields = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        name_start = pos + 110
+        name = data[name_start : name_start + namesize - 1].decode()
+        pos = (name_start + namesize + 3) & ~3
+        body = data[pos : pos + size]
+        pos = (pos + size + 3) & ~3
+        if name == "TRAILER!!!":
+            return out
+        out[name] = (mode, body)
+
+
+def test_cpio_round_trip_and_types() -> None:
+    buf = io.BytesIO()
+    cpio.write(buf, [cpio.file("etc/x", b"hello", 0o600), cpio.directory("etc"), cpio.symlink("bin/sh", "busybox"),
+                     cpio.chardev("dev/console", 5, 1)])
+    entries = read_newc(buf.getvalue())
+    assert list(entries) == ["bin/sh", "dev/console", "etc", "etc/x"]  # sorted: parents before children
+    assert entries["etc/x"] == (stat.S_IFREG | 0o600, b"hello")
+    assert stat.S_ISLNK(entries["bin/sh"][0]) and entries["bin/sh"][1] == b"busybox"
+    assert stat.S_ISCHR(entries["dev/console"][0])
+
+
+def test_cpio_is_deterministic() -> None:
+    def build() -> bytes:
+        buf = io.BytesIO()
+        cpio.write(buf, [cpio.file("b", b"2"), cpio.file("a", b"1")])
+        return buf.getvalue()
+
+    assert build() == build()
+
+
+def test_cpio_rejects_duplicates() -> None:
+    with pytest.raises(ValueError, match="duplicate"):
+        cpio.write(io.BytesIO(), [cpio.file("a", b""), cpio.file("a", b"")])
+
+
+def test_load_order_puts_dependencies_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    deps = {"ext4": "jbd2,mbcache,crc16", "jbd2": "", "mbcache": "", "crc16": "", "virtio_blk": "virtio,virtio_ring",
+            "virtio": "", "virtio_ring": ""}
+    paths = {}
+    for name in deps:
+        p = tmp_path / f"{name}.ko"
+        p.write_bytes(name.encode())
+        paths[name] = p
+    monkeypatch.setattr(kmod, "modinfo", lambda ko: {"depends": deps[ko.decode()]})
+    order = kmod.load_order(["virtio_blk", "ext4"], paths, builtin={"crc16"})
+    assert order.index("virtio") < order.index("virtio_blk")
+    assert order.index("jbd2") < order.index("ext4")
+    assert "crc16" not in order  # built into the kernel
+    assert len(order) == len(set(order))
+
+
+def test_load_order_missing_module_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    p = tmp_path / "a.ko"
+    p.write_bytes(b"a")
+    monkeypatch.setattr(kmod, "modinfo", lambda ko: {"depends": "b"})
+    with pytest.raises(ImageError, match="b not found .*needed by a"):
+        kmod.load_order(["a"], {"a": p})
+
+
+def test_parse_control_first_stanza() -> None:
+    text = "Package: busybox-static\nVersion: 1:1.35.0-4\nDepends: libc6,\n foo\n\nPackage: other\nVersion: 2\n"
+    fields = debs.parse_control(text)
+    assert fields["Version"] == "1:1.35.0-4"
+    assert fields["Depends"] == "libc6,\nfoo"
+
+
+def test_build_key_depends_on_versions_and_scripts() -> None:
+    p1 = [debs.Package("busybox-static", "1")]
+    p2 = [debs.Package("busybox-static", "2")]
+    assert builder.build_key(p1, {"init": b"a"}) != builder.build_key(p2, {"init": b"a"})
+    assert builder.build_key(p1, {"init": b"a"}) != builder.build_key(p1, {"init": b"b"})
+    assert builder.build_key(p1, {"init": b"a"}) == builder.build_key(p1, {"init": b"a"})
+
+
+def test_deb_version_from_file_name() -> None:
+    assert builder._deb_version(Path("busybox-static_1%3a1.35.0-4_amd64.deb")) == "1:1.35.0-4"
+
