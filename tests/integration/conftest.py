@@ -32,7 +32,12 @@ class Torpor:
     def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "-m", "torpor", "--no-tty", *args],
-            env=self.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"torpor {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

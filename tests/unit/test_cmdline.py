@@ -9,9 +9,19 @@ D = Path("/inst")
 
 def spec(**kw: object) -> cmdline.VMSpec:
     base: dict[str, object] = dict(
-        name="dev", arch="x86_64", accel="tcg", cpus=2, memory=1024**3, disk=D / "disk.qcow2",
-        kernel=D / "kernel", initrd=D / "initrd", kernel_cmdline="console=ttyS0", qmp_socket=D / "qmp.sock",
-        ready_socket=D / "ready.sock", serial_log=D / "serial.log", pidfile=D / "qemu.pid",
+        name="dev",
+        arch="x86_64",
+        accel="tcg",
+        cpus=2,
+        memory=1024**3,
+        disk=D / "disk.qcow2",
+        kernel=D / "kernel",
+        initrd=D / "initrd",
+        kernel_cmdline="console=ttyS0",
+        qmp_socket=D / "qmp.sock",
+        ready_socket=D / "ready.sock",
+        serial_log=D / "serial.log",
+        pidfile=D / "qemu.pid",
     )
     base.update(kw)
     return cmdline.VMSpec(**base)  # type: ignore[arg-type]
@@ -66,7 +76,12 @@ def test_ready_channel_only_when_requested() -> None:
 
 
 def test_console_goes_to_a_file() -> None:
-    assert cmdline.console(spec()) == ["-chardev", "file,id=serial0,path=/inst/serial.log", "-serial", "chardev:serial0"]
+    assert cmdline.console(spec()) == [
+        "-chardev",
+        "file,id=serial0,path=/inst/serial.log",
+        "-serial",
+        "chardev:serial0",
+    ]
 
 
 def test_build_starts_paused_with_qmp_and_pidfile() -> None:

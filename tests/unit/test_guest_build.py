@@ -28,8 +28,15 @@ def read_newc(data: bytes) -> dict[str, tuple[int, bytes]]:
 
 def test_cpio_round_trip_and_types() -> None:
     buf = io.BytesIO()
-    cpio.write(buf, [cpio.file("etc/x", b"hello", 0o600), cpio.directory("etc"), cpio.symlink("bin/sh", "busybox"),
-                     cpio.chardev("dev/console", 5, 1)])
+    cpio.write(
+        buf,
+        [
+            cpio.file("etc/x", b"hello", 0o600),
+            cpio.directory("etc"),
+            cpio.symlink("bin/sh", "busybox"),
+            cpio.chardev("dev/console", 5, 1),
+        ],
+    )
     entries = read_newc(buf.getvalue())
     assert list(entries) == ["bin/sh", "dev/console", "etc", "etc/x"]  # sorted: parents before children
     assert entries["etc/x"] == (stat.S_IFREG | 0o600, b"hello")
@@ -52,8 +59,15 @@ def test_cpio_rejects_duplicates() -> None:
 
 
 def test_load_order_puts_dependencies_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    deps = {"ext4": "jbd2,mbcache,crc16", "jbd2": "", "mbcache": "", "crc16": "", "virtio_blk": "virtio,virtio_ring",
-            "virtio": "", "virtio_ring": ""}
+    deps = {
+        "ext4": "jbd2,mbcache,crc16",
+        "jbd2": "",
+        "mbcache": "",
+        "crc16": "",
+        "virtio_blk": "virtio,virtio_ring",
+        "virtio": "",
+        "virtio_ring": "",
+    }
     paths = {}
     for name in deps:
         p = tmp_path / f"{name}.ko"
@@ -71,7 +85,7 @@ def test_load_order_missing_module_is_an_error(monkeypatch: pytest.MonkeyPatch, 
     p = tmp_path / "a.ko"
     p.write_bytes(b"a")
     monkeypatch.setattr(kmod, "modinfo", lambda ko: {"depends": "b"})
-    with pytest.raises(ImageError, match="b not found .*needed by a"):
+    with pytest.raises(ImageError, match=r"b not found .*needed by a"):
         kmod.load_order(["a"], {"a": p})
 
 
@@ -92,4 +106,3 @@ def test_build_key_depends_on_versions_and_scripts() -> None:
 
 def test_deb_version_from_file_name() -> None:
     assert builder._deb_version(Path("busybox-static_1%3a1.35.0-4_amd64.deb")) == "1:1.35.0-4"
-
