@@ -54,10 +54,13 @@ def run(
     return proc
 
 
-def which(name: str) -> str | None:
-    import shutil
+def die_with_parent() -> None:
+    """``preexec_fn`` for long-lived children (QEMU, the SSH master): SIGKILL them if their parent dies."""
+    import ctypes
+    import signal
 
-    return shutil.which(name)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def stream_stdout(argv: Sequence[str | os.PathLike[str]]) -> subprocess.Popen[bytes]:

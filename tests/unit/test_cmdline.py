@@ -61,7 +61,20 @@ def test_disk_is_virtio_qcow2() -> None:
     assert ("-drive", "file=/inst/disk.qcow2,if=none,id=disk0,format=qcow2,discard=unmap,cache=writeback") in pairs(
         args
     )
-    assert ("-device", "virtio-blk-pci,drive=disk0") in pairs(args)
+    assert ("-device", "virtio-blk-pci,drive=disk0,serial=root") in pairs(args)
+    assert "cidata" not in " ".join(args)
+
+
+def test_cidata_is_a_read_only_disk_with_its_own_serial() -> None:
+    args = cmdline.disk(spec(cidata=D / "cidata.iso"))
+    assert ("-drive", "file=/inst/cidata.iso,if=none,id=cidata,format=raw,readonly=on") in pairs(args)
+    assert ("-device", "virtio-blk-pci,drive=cidata,serial=cidata") in pairs(args)
+
+
+def test_guest_agent_channel_has_the_standard_name() -> None:
+    args = " ".join(cmdline.channels(spec(qga_socket=D / "qga.sock")))
+    assert "socket,id=qga,path=/inst/qga.sock,server=on,wait=off" in args
+    assert "name=org.qemu.guest_agent.0" in args
 
 
 def test_network_forwards_bind_the_given_host_ip() -> None:

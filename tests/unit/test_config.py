@@ -92,11 +92,6 @@ def test_error_in_override_is_reported_too(tmp_path: Path) -> None:
     assert any(p.startswith("cpus:") for p in exc.value.problems)
 
 
-def test_unimplemented_fields_warn(tmp_path: Path) -> None:
-    eff = load_effective(tmp_path, BASE + "portForwards: [{guestPort: 80}]\n", "i.yaml")
-    assert any("portForwards" in w for w in eff.warnings)
-
-
 def test_digest_changes_with_config(tmp_path: Path) -> None:
     a = load_effective(tmp_path, BASE + "cpus: 1\n", "i.yaml").digest()
     b = load_effective(tmp_path, BASE + "cpus: 2\n", "i.yaml").digest()

@@ -12,5 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from torpor.instance.start import start
 
-    start(args.name, report, args.tty)
+    ready = start(args.name, report, args.tty)
+    if ready.fields.get("degraded"):
+        report(f"torpor: error: instance {args.name!r} is running but degraded: provisioning failed")
+        return 2
     return 0

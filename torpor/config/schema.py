@@ -145,7 +145,7 @@ class Config(Model):
 
 
 # Fields accepted by the schema whose behaviour arrives in a later torpor version: warn instead of pretending.
-NOT_YET_IMPLEMENTED = ("ssh", "portForwards", "provision")
+NOT_YET_IMPLEMENTED: tuple[str, ...] = ()
 
 
 def host_arch() -> str:

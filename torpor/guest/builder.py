@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from torpor.errors import ImageError
-from torpor.guest import cpio, debs, kmod
+from torpor.guest import cpio, debs, elf, kmod
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,22 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 KERNEL_META = "linux-image-amd64"
 USERLAND = ("busybox-static",)
+# Programs taken from Debian packages, with the shared libraries they need (found from their ELF headers in the
+# packages' library dependencies): an SSH server with SFTP, the QEMU guest agent, sudo with PAM.
+PROGRAMS: dict[str, tuple[str, ...]] = {
+    "dropbear-bin": ("usr/sbin/dropbear", "usr/bin/dropbearkey"),
+    "e2fsprogs": ("sbin/mke2fs",),  # ext4 with a journal: busybox's mke2fs only makes ext2
+    "openssh-sftp-server": ("usr/lib/openssh/sftp-server",),
+    "qemu-guest-agent": ("usr/sbin/qemu-ga",),
+    "sudo": ("usr/bin/sudo", "usr/libexec/sudo/sudoers.so"),
+    "libpam-modules": ("lib/x86_64-linux-gnu/security/pam_permit.so", "lib/x86_64-linux-gnu/security/pam_deny.so"),
+}
+SETUID = frozenset({"usr/bin/sudo"})
+LINKS = {  # path in the guest -> symlink target
+    "bin/sh": "busybox",
+    "usr/lib/sftp-server": "openssh/sftp-server",  # where dropbear looks for it
+    "sbin/hwclock": "/bin/busybox",  # qemu-ga's guest-set-time runs it
+}
 # Drivers the default guest loads at boot; their dependencies are added from the modules' own metadata.
 MODULES = (
     "virtio_pci",
@@ -50,8 +66,16 @@ ROOTFS_FILES = {  # package data file -> path in the initramfs, mode
     "rc.shutdown": ("lib/torpor/rc.shutdown", 0o755),
     "power-button": ("lib/torpor/power-button", 0o755),
     "udhcpc.script": ("lib/torpor/udhcpc.script", 0o755),
+    "service": ("lib/torpor/service", 0o755),
+    "cidata": ("lib/torpor/cidata", 0o755),
+    "provision": ("lib/torpor/provision", 0o755),
 }
 ETC_FILES = {
+    "etc/shells": "/bin/sh\n/bin/ash\n",
+    "etc/sudoers": "Defaults !fqdn\nroot ALL=(ALL:ALL) ALL\n@includedir /etc/sudoers.d\n",
+    # sudo's own policy (NOPASSWD for the torpor user) decides; PAM only has to let it through.
+    "etc/pam.d/sudo": "auth sufficient pam_permit.so\naccount sufficient pam_permit.so\nsession optional pam_permit.so\n",
+    "etc/pam.d/other": "auth required pam_deny.so\naccount required pam_deny.so\nsession optional pam_deny.so\n",
     "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
     "etc/shadow": "root:*:19000:0:99999:7:::\n",
     "etc/group": "root:x:0:\n",
@@ -89,6 +113,8 @@ def build_key(packages: list[debs.Package], scripts: dict[str, bytes]) -> str:
         "format": FORMAT,
         "packages": [str(p) for p in packages],
         "modules": list(MODULES),
+        "programs": PROGRAMS,
+        "links": LINKS,
         "scripts": {k: hashlib.sha256(v).hexdigest() for k, v in scripts.items()},
         "etc": ETC_FILES,
     }
@@ -111,7 +137,8 @@ def build_default(cache: Path | None = None, report: Callable[[str], None] = log
     """Build the default guest into the cache unless the current package versions are built already."""
     cache = cache or cache_root()
     kernel_pkg = debs.resolve_kernel(KERNEL_META)
-    packages = [kernel_pkg, *(debs.resolve(n) for n in USERLAND)]
+    libs = debs.resolve_closure([*USERLAND, *PROGRAMS], _is_library)
+    packages = [kernel_pkg, *libs]
     scripts = _rootfs_sources()
     key = build_key(packages, scripts)
     out = cache / "guests" / "default" / key[:16]
@@ -120,13 +147,16 @@ def build_default(cache: Path | None = None, report: Callable[[str], None] = log
 
     report(f"building the default guest from {', '.join(map(str, packages))}")
     debdir = cache / "debs"
-    files = {p.name: _cached_download(p, debdir, report) for p in packages}
+    files = _cached_downloads(packages, debdir, report)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
         work = Path(tmp)
         report(f"unpacking {kernel_pkg.name}")
         kernel, moddir = _unpack_kernel(files[kernel_pkg.name], work / "kernel")
-        debs.extract(files["busybox-static"], work / "busybox", lambda p: p == "bin/busybox")
+        tree = work / "userland"
+        for p in libs:
+            debs.extract(files[p.name], tree, _keep_in_userland)
+        programs = elf.closure(tree, ["bin/busybox", *(f for fs in PROGRAMS.values() for f in fs)])
         order = kmod.load_order(MODULES, kmod.index_modules(moddir), kmod.builtin_modules(moddir))
         manifest: dict[str, object] = {
             "key": key,
@@ -134,7 +164,7 @@ def build_default(cache: Path | None = None, report: Callable[[str], None] = log
             "modules": order,
             "kernelVersion": moddir.name,
         }
-        entries = _entries(work / "busybox/bin/busybox", kmod.index_modules(moddir), order, scripts, manifest)
+        entries = _entries(programs, kmod.index_modules(moddir), order, scripts, manifest)
         raw = io.BytesIO()
         cpio.write(raw, entries)
         stage = work / "out"
@@ -151,17 +181,33 @@ def build_default(cache: Path | None = None, report: Callable[[str], None] = log
     return _load(out)
 
 
-def _cached_download(pkg: debs.Package, debdir: Path, report: Callable[[str], None]) -> Path:
+def _is_library(name: str) -> bool:
+    # Follow only library packages: the programs' other dependencies (debconf, perl, init helpers) hold nothing
+    # the guest runs.
+    return name.startswith(("lib", "zlib"))
+
+
+def _keep_in_userland(path: str) -> bool:
+    return not path.startswith(("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/lintian"))
+
+
+def _cached_downloads(packages: list[debs.Package], debdir: Path, report: Callable[[str], None]) -> dict[str, Path]:
+    """The .deb of each package, downloading (in one apt-get call) those not in the cache yet."""
     debdir.mkdir(parents=True, exist_ok=True)
-    existing = [p for p in debdir.glob(f"{pkg.name}_*.deb") if _deb_version(p) == pkg.version]
-    if existing:
-        return existing[0]
-    report(f"downloading {pkg} with apt-get")
-    with tempfile.TemporaryDirectory(dir=debdir, prefix=".dl-") as tmp:
-        got = debs.download(pkg, Path(tmp))
-        final = debdir / got.name
-        got.rename(final)
-    return final
+    have: dict[str, Path] = {}
+    for pkg in packages:
+        hit = [p for p in debdir.glob(f"{pkg.name}_*.deb") if _deb_version(p) == pkg.version]
+        if hit:
+            have[pkg.name] = hit[0]
+    missing = [p for p in packages if p.name not in have]
+    if missing:
+        report(f"downloading {len(missing)} Debian packages with apt-get")
+        with tempfile.TemporaryDirectory(dir=debdir, prefix=".dl-") as tmp:
+            for name, got in debs.download(missing, Path(tmp)).items():
+                final = debdir / got.name
+                got.rename(final)
+                have[name] = final
+    return have
 
 
 def _deb_version(deb: Path) -> str:
@@ -182,35 +228,33 @@ def _unpack_kernel(deb: Path, dest: Path) -> tuple[Path, Path]:
 
 
 def _entries(
-    busybox: Path, modules: dict[str, Path], order: list[str], scripts: dict[str, bytes], manifest: dict[str, object]
+    programs: dict[str, Path],
+    modules: dict[str, Path],
+    order: list[str],
+    scripts: dict[str, bytes],
+    manifest: dict[str, object],
 ) -> list[cpio.Entry]:
-    dirs = [
-        "bin",
-        "dev",
-        "etc",
-        "etc/torpor",
-        "home",
-        "lib",
-        "lib/modules",
-        "lib/torpor",
-        "proc",
-        "root",
-        "run",
-        "sys",
-        "tmp",
-    ]
-    entries = [cpio.directory(d) for d in dirs]
-    entries += [
-        cpio.file("bin/busybox", busybox.read_bytes(), 0o755),
-        cpio.symlink("bin/sh", "busybox"),
+    files: list[cpio.Entry] = [
         cpio.chardev("dev/console", 5, 1),
         cpio.file("etc/torpor/modules", "".join(f"{m}\n" for m in order).encode()),
         cpio.file("etc/torpor-release", json.dumps(manifest, sort_keys=True).encode() + b"\n"),
     ]
-    entries += [
-        cpio.file(path, content.encode(), 0o640 if "shadow" in path else 0o644) for path, content in ETC_FILES.items()
-    ]
-    entries += [cpio.file(f"lib/modules/{m}.ko", modules[m].read_bytes()) for m in order]
+    for path, real in programs.items():
+        perm = 0o4755 if path in SETUID else (0o755 if real.stat().st_mode & 0o111 else 0o644)
+        files.append(cpio.file(path, real.read_bytes(), perm))
+    files += [cpio.symlink(path, target) for path, target in LINKS.items()]
+    for path, content in ETC_FILES.items():
+        perm = 0o440 if "sudoers" in path else (0o640 if "shadow" in path else 0o644)
+        files.append(cpio.file(path, content.encode(), perm))
+    files += [cpio.file(f"lib/modules/{m}.ko", modules[m].read_bytes()) for m in order]
     for name, (path, perm) in ROOTFS_FILES.items():
-        entries.append(cpio.file(path, scripts[name], perm))
-    return entries
+        files.append(cpio.file(path, scripts[name], perm))
+    # The kernel unpacks an initramfs without creating missing parents: list every directory.
+    dirs = {"proc", "sys", "run", "tmp", "root", "home", "etc/sudoers.d", "etc/dropbear", "var/lib/torpor"}
+    for e in files:
+        parts = e.path.split("/")[:-1]
+        dirs.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    for d in list(dirs):
+        parts = d.split("/")
+        dirs.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    return [cpio.directory(d, 0o1777 if d == "tmp" else 0o755) for d in sorted(dirs)] + files

@@ -23,21 +23,41 @@ class Package:
         return f"{self.name}={self.version}"
 
 
-def parse_control(text: str) -> dict[str, str]:
-    """Parse the first stanza of Debian control data (as printed by ``apt-cache show``)."""
+def parse_stanzas(text: str) -> list[dict[str, str]]:
+    """Parse Debian control data (as printed by ``apt-cache show``) into one mapping per stanza."""
+    stanzas: list[dict[str, str]] = []
     fields: dict[str, str] = {}
     key = ""
     for line in text.splitlines():
         if not line.strip():
             if fields:
-                break
+                stanzas.append(fields)
+                fields = {}
             continue
         if line[0] in " \t" and key:
             fields[key] += "\n" + line.strip()
             continue
         key, _, value = line.partition(":")
         fields[key.strip()] = value.strip()
-    return fields
+    if fields:
+        stanzas.append(fields)
+    return stanzas
+
+
+def parse_control(text: str) -> dict[str, str]:
+    """The first stanza of Debian control data."""
+    stanzas = parse_stanzas(text)
+    return stanzas[0] if stanzas else {}
+
+
+def dependency_names(fields: dict[str, str]) -> list[str]:
+    """Package names from Pre-Depends and Depends, taking the first alternative of each."""
+    names = []
+    for key in ("Pre-Depends", "Depends"):
+        for dep in filter(None, (d.strip() for d in fields.get(key, "").split(","))):
+            first = dep.split("|")[0].split("(")[0].strip()
+            names.append(first.split(":")[0])
+    return names
 
 
 def _apt_show(name: str) -> dict[str, str]:
@@ -59,6 +79,30 @@ def resolve(name: str) -> Package:
     return Package(name, _apt_show(name)["Version"])
 
 
+def resolve_closure(names: list[str], follow: Callable[[str], bool]) -> list[Package]:
+    """``names`` and, transitively, those of their dependencies for which ``follow(name)`` is true."""
+    seen: dict[str, Package] = {}
+    frontier = list(dict.fromkeys(names))
+    while frontier:
+        out = subp.run(["apt-cache", "show", "--no-all-versions", *frontier], check=False).stdout
+        stanzas = {f.get("Package", ""): f for f in parse_stanzas(out)}
+        missing = [n for n in frontier if n not in stanzas and n in names]
+        if missing:
+            raise ImageError(
+                f"apt does not know the package(s) {', '.join(missing)}",
+                hint="run `apt-get update` (as root) so that apt's package lists are present, then try again",
+            )
+        nxt: list[str] = []
+        for name in frontier:
+            fields = stanzas.get(name)
+            if fields is None:  # a virtual package among the dependencies; nothing to unpack
+                continue
+            seen[name] = Package(name, fields["Version"])
+            nxt += [d for d in dependency_names(fields) if follow(d) and d not in seen and d not in nxt]
+        frontier = [n for n in nxt if n not in seen]
+    return sorted(seen.values(), key=lambda p: p.name)
+
+
 def resolve_kernel(meta: str) -> Package:
     """Follow a kernel metapackage (``linux-image-amd64``) to the versioned image package it depends on."""
     depends = _apt_show(meta).get("Depends", "")
@@ -69,15 +113,17 @@ def resolve_kernel(meta: str) -> Package:
     raise ImageError(f"{meta} does not depend on a linux-image package")
 
 
-def download(pkg: Package, dest: Path) -> Path:
-    """Download ``pkg`` into ``dest`` with ``apt-get download`` and return the .deb's path."""
+def download(packages: list[Package], dest: Path) -> dict[str, Path]:
+    """Download ``packages`` into ``dest`` with one ``apt-get download``; map package names to .deb paths."""
     dest.mkdir(parents=True, exist_ok=True)
-    before = set(dest.glob("*.deb"))
-    subp.run(["apt-get", "download", "-q", str(pkg)], cwd=dest, timeout=900)
-    new = [p for p in set(dest.glob(f"{pkg.name}_*.deb")) - before]
-    if len(new) != 1:
-        raise ImageError(f"apt-get download {pkg} produced {len(new)} .deb files in {dest}, expected one")
-    return new[0]
+    subp.run(["apt-get", "download", "-q", *map(str, packages)], cwd=dest, timeout=1800)
+    out = {}
+    for pkg in packages:
+        got = list(dest.glob(f"{pkg.name}_*.deb"))
+        if len(got) != 1:
+            raise ImageError(f"apt-get download {pkg} produced {len(got)} .deb files in {dest}, expected one")
+        out[pkg.name] = got[0]
+    return out
 
 
 def extract(deb: Path, dest: Path, select: Callable[[str], bool]) -> list[str]:
@@ -94,7 +140,9 @@ def extract(deb: Path, dest: Path, select: Callable[[str], bool]) -> list[str]:
             if not path or not select(path):
                 continue
             member.name = path
-            tar.extract(member, dest, filter="data")
+            # "tar", not "data": libc6 ships absolute symlinks (lib64/ld-linux-x86-64.so.2), resolved later
+            # inside the unpacked tree, never on the host.
+            tar.extract(member, dest, filter="tar")
             taken.append(path)
     subp.finish(proc)
     return taken

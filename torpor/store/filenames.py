@@ -7,6 +7,7 @@ Socket names are short on purpose: a unix socket path must fit in 108 bytes.
 CONFIG_DIR = "_config"  # default.yaml, override.yaml, the SSH key pair
 DEFAULT_YAML = "default.yaml"
 OVERRIDE_YAML = "override.yaml"
+SSH_KEY = "user"  # torpor's SSH key pair in CONFIG_DIR: user and user.pub, mode 0600
 
 # In an instance directory
 INSTANCE_YAML = "torpor.yaml"  # the user's instance file, as given to `create` and edited since
@@ -22,10 +23,16 @@ HA_STDERR = "ha.stderr.log"  # the host agent's log
 QEMU_PID = "qemu.pid"
 QMP_SOCK = "qmp.sock"
 READY_SOCK = "ready.sock"  # virtio-serial channel on which the default guest reports that it is up
+QGA_SOCK = "qga.sock"  # the QEMU guest agent's virtio-serial channel
+INSTANCE_ID = "instance-id"  # the guest's cloud-init instance-id, made once, never changed
+CIDATA = "cidata.iso"  # the NoCloud seed for the current boot
+SSH_CONFIG = "ssh.config"  # `ssh -F ssh.config torpor-NAME` reaches the guest
+SSH_CONTROL = "ssh.sock"  # the SSH control master that shells, copies and port forwards share
+PROVISION_LOG = "provision.log"  # the guest's provisioning output, copied out after each boot
 SERIAL_LOG = "serial.log"  # the guest's serial console
 
 # In the cache ($TORPOR_CACHE)
 ACCEL_PROBE = "accel-probe.json"
 
 # Files that belong to one run of the host agent and must be cleared before the next.
-RUNTIME_FILES = (HA_PID, HA_SOCK, QEMU_PID, QMP_SOCK, READY_SOCK)
+RUNTIME_FILES = (HA_PID, HA_SOCK, QEMU_PID, QMP_SOCK, READY_SOCK, QGA_SOCK, SSH_CONTROL)

@@ -37,6 +37,8 @@ class VMSpec:
     serial_log: Path
     pidfile: Path
     forwards: tuple[HostForward, ...] = ()
+    cidata: Path | None = None
+    qga_socket: Path | None = None
 
 
 def machine(spec: VMSpec) -> list[str]:
@@ -65,12 +67,21 @@ def boot(spec: VMSpec) -> list[str]:
 
 
 def disk(spec: VMSpec) -> list[str]:
-    return [
+    # The serials let the guest tell its root disk from the seed, whatever order the kernel finds them in.
+    args = [
         "-drive",
         f"file={spec.disk},if=none,id=disk0,format=qcow2,discard=unmap,cache=writeback",
         "-device",
-        "virtio-blk-pci,drive=disk0",
+        "virtio-blk-pci,drive=disk0,serial=root",
     ]
+    if spec.cidata is not None:
+        args += [
+            "-drive",
+            f"file={spec.cidata},if=none,id=cidata,format=raw,readonly=on",
+            "-device",
+            "virtio-blk-pci,drive=cidata,serial=cidata",
+        ]
+    return args
 
 
 def network(spec: VMSpec) -> list[str]:
@@ -89,6 +100,13 @@ def channels(spec: VMSpec) -> list[str]:
             f"socket,id=ready,path={spec.ready_socket},server=on,wait=off",
             "-device",
             "virtserialport,bus=vser0.0,chardev=ready,name=io.torpor.ready",
+        ]
+    if spec.qga_socket is not None:
+        args += [
+            "-chardev",
+            f"socket,id=qga,path={spec.qga_socket},server=on,wait=off",
+            "-device",
+            "virtserialport,bus=vser0.0,chardev=qga,name=org.qemu.guest_agent.0",
         ]
     return args
 

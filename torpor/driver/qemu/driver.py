@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import logging
-import signal
 import subprocess
 from pathlib import Path
 
@@ -24,12 +22,6 @@ log = logging.getLogger(__name__)
 
 QMP_CONNECT_TIMEOUT = 30.0
 QUIT_TIMEOUT = 10.0
-
-
-def _die_with_parent() -> None:
-    # If the host agent dies (even by SIGKILL), QEMU must not linger holding the disk lock.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def vm_spec(inst_dir: Path, name: str, config: Config, accel: Accel, kernel_cmdline: str) -> cmdline.VMSpec:
@@ -99,7 +91,7 @@ class QemuDriver:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent,
+            preexec_fn=subp.die_with_parent,  # QEMU must not outlive a killed agent
             # Its own process group: a Ctrl-C meant for a foreground host agent must not reach QEMU directly;
             # the agent decides how the VM stops.
             process_group=0,

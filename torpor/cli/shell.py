@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--workdir", help="directory to run in (default: the user's home in the guest)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD", help="command to run (default: a login shell)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from torpor.instance.access import ssh_command
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    script = shlex.join(command) if command else ""
+    if args.workdir:
+        script = f"cd {shlex.quote(args.workdir)} && " + (script or 'exec "$SHELL" -l')
+    argv = ssh_command(args.name, tty=sys.stdin.isatty() and sys.stdout.isatty(), script=script)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Replace this process: the exit code of the guest command is ours, signals reach ssh directly.
+    os.execvp(argv[0], argv)

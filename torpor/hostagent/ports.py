@@ -1,0 +1,78 @@
+"""Which guest ports to forward to which host addresses: Lima's ``portForwards`` rules over the guest's
+listening TCP sockets (read from ``/proc/net/tcp*`` through the guest agent).
+
+Rules are tried in order and the first that matches a port decides; a port no rule matches is forwarded to the
+same port on 127.0.0.1.  Nothing binds anything but loopback unless a rule names another hostIP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torpor.config.schema import PortForward
+
+SSH_PORT = 22
+TCP_LISTEN = "0A"
+
+
+@dataclass(frozen=True, order=True)
+class Forward:
+    host_ip: str
+    host_port: int
+    guest_port: int
+
+    def spec(self) -> str:
+        """The ``-L`` argument of ssh for this forward."""
+        return f"{self.host_ip}:{self.host_port}:127.0.0.1:{self.guest_port}"
+
+    def __str__(self) -> str:
+        return f"{self.host_ip}:{self.host_port} -> guest port {self.guest_port}"
+
+
+def listening_ports(proc_net_tcp: str) -> set[int]:
+    """TCP ports in LISTEN state on a wildcard or loopback address, from /proc/net/tcp or tcp6 text."""
+    ports = set()
+    for line in proc_net_tcp.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or fields[3] != TCP_LISTEN:
+            continue
+        addr, _, port_hex = fields[1].partition(":")
+        if _reachable_from_loopback(addr):
+            ports.add(int(port_hex, 16))
+    return ports
+
+
+def _reachable_from_loopback(addr_hex: str) -> bool:
+    if len(addr_hex) == 8:  # IPv4, little-endian: 0.0.0.0 or 127.x.x.x
+        return addr_hex == "00000000" or addr_hex.endswith("7F")
+    # IPv6: :: or ::1 (or an IPv4-mapped loopback/wildcard)
+    return addr_hex in ("0" * 32, "0" * 24 + "01000000") or addr_hex.startswith("0000000000000000FFFF0000")
+
+
+def plan(ports: set[int], rules: list[PortForward]) -> set[Forward]:
+    """The forwards the guest's listening ``ports`` call for under ``rules``."""
+    out = set()
+    for port in ports:
+        if port == SSH_PORT:
+            continue
+        rule = next((r for r in rules if _matches(r, port)), None)
+        if rule is None:
+            out.add(Forward("127.0.0.1", port, port))
+            continue
+        if rule.ignore:
+            continue
+        host_port = port
+        if rule.hostPort and rule.guestPort is not None:
+            host_port = rule.hostPort
+        elif rule.hostPort and rule.guestPortRange is not None:
+            host_port = rule.hostPort + (port - rule.guestPortRange[0])
+        out.add(Forward(rule.hostIP, host_port, port))
+    return out
+
+
+def _matches(rule: PortForward, port: int) -> bool:
+    if rule.guestPort is not None:
+        return rule.guestPort == port
+    if rule.guestPortRange is not None:
+        return rule.guestPortRange[0] <= port <= rule.guestPortRange[1]
+    return True  # a rule without a port matches every port (e.g. "ignore: true" to forward nothing)

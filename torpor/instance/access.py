@@ -1,0 +1,51 @@
+"""Reaching a running instance's guest: the argv of ``ssh`` and ``scp`` for ``shell``, ``copy``, ``show-ssh``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torpor.errors import InstanceStateError, TorporError
+from torpor.guest import ssh
+from torpor.store import filenames
+from torpor.store.instance import Status, inspect
+
+
+def _running_dir(name: str) -> Path:
+    inst = inspect(name)
+    if inst.status is not Status.RUNNING:
+        raise InstanceStateError(f"instance {name!r} is not running", hint=f"start it with `torpor start {name}`")
+    if not (inst.dir / filenames.SSH_CONFIG).exists():
+        raise InstanceStateError(f"instance {name!r} has no SSH access yet", hint="wait until `torpor start` returns")
+    return inst.dir
+
+
+def ssh_config_path(name: str) -> Path:
+    return _running_dir(name) / filenames.SSH_CONFIG
+
+
+def ssh_command(name: str, tty: bool, script: str) -> list[str]:
+    """ssh into ``name``, running ``script`` with the user's shell (a login shell when empty)."""
+    d = _running_dir(name)
+    options = ["-t"] if tty else ["-T"]
+    return ssh.ssh_argv(d, name, options, [script] if script else None)
+
+
+def scp_command(paths: list[str], recursive: bool) -> list[str]:
+    """scp with ``NAME:path`` operands turned into the instance's SSH host; all guests must be running."""
+    if len(paths) < 2:
+        raise TorporError("copy needs at least a source and a destination", hint="torpor copy SRC... DST")
+    config: Path | None = None
+    operands = []
+    for p in paths:
+        name, sep, rest = p.partition(":")
+        if sep and name and "/" not in name:
+            d = _running_dir(name)
+            if config is not None and config != d / filenames.SSH_CONFIG:
+                raise TorporError("copy between two instances is not supported", hint="copy through the host")
+            config = d / filenames.SSH_CONFIG
+            operands.append(f"{ssh.host_alias(name)}:{rest}")
+        else:
+            operands.append(p)
+    if config is None:
+        raise TorporError("none of the paths is in an instance", hint="name guest paths as NAME:path")
+    return ["scp", "-F", str(config), *(["-r"] if recursive else []), *operands]
