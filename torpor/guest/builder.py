@@ -74,8 +74,8 @@ ETC_FILES = {
     "etc/shells": "/bin/sh\n/bin/ash\n",
     "etc/sudoers": "Defaults !fqdn\nroot ALL=(ALL:ALL) ALL\n@includedir /etc/sudoers.d\n",
     # sudo's own policy (NOPASSWD for the torpor user) decides; PAM only has to let it through.
-    "etc/pam.d/sudo": "auth sufficient pam_permit.so\naccount sufficient pam_permit.so\nsession optional pam_permit.so\n",
-    "etc/pam.d/other": "auth required pam_deny.so\naccount required pam_deny.so\nsession optional pam_deny.so\n",
+    "etc/pam.d/sudo": "".join(f"{kind} sufficient pam_permit.so\n" for kind in ("auth", "account", "session")),
+    "etc/pam.d/other": "".join(f"{kind} required pam_deny.so\n" for kind in ("auth", "account", "session")),
     "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
     "etc/shadow": "root:*:19000:0:99999:7:::\n",
     "etc/group": "root:x:0:\n",

@@ -57,7 +57,7 @@ def files(name: str, iid: str, user: GuestUser, pubkey: str, provision: list[Pro
     meta = {"instance-id": iid, "local-hostname": hostname}
     cloud_user = {
         "name": user.name,
-        "uid": str(user.uid),
+        "uid": user.uid,
         "homedir": f"/home/{user.name}",
         "shell": "/bin/bash",
         "sudo": "ALL=(ALL) NOPASSWD:ALL",
