@@ -16,7 +16,8 @@ from collections.abc import Sequence
 VERBS: dict[str, tuple[str, str | None]] = {
     "create": ("torpor.cli.create", "create an instance from a template"),
     "start": ("torpor.cli.start", "start an instance (creating it from the default template if needed)"),
-    "stop": ("torpor.cli.stop", "stop an instance"),
+    "stop": ("torpor.cli.stop", "stop an instance (saving its state with --save or saveOnStop: true)"),
+    "restart": ("torpor.cli.restart", "shut an instance down and cold boot it (never restores)"),
     "list": ("torpor.cli.list", "list instances"),
     "delete": ("torpor.cli.delete", "delete an instance and its disk"),
     "shell": ("torpor.cli.shell", "run a shell or a command in an instance (over SSH)"),

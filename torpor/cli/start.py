@@ -7,12 +7,13 @@ from torpor.cli.common import report
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", default="default", help="instance name (default: default)")
+    p.add_argument("--cold", action="store_true", help="discard a saved state and boot afresh")
 
 
 def run(args: argparse.Namespace) -> int:
     from torpor.instance.start import start
 
-    ready = start(args.name, report, args.tty)
+    ready = start(args.name, report, args.tty, cold=args.cold, ask=input)
     if ready.fields.get("degraded"):
         report(f"torpor: error: instance {args.name!r} is running but degraded: provisioning failed")
         return 2

@@ -7,16 +7,39 @@ from torpor.cli.common import report
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", default="default", help="instance name (default: default)")
-    p.add_argument("-f", "--force", action="store_true", help="kill the VM at once instead of shutting it down")
+    p.add_argument("-f", "--force", action="store_true", help="kill the VM at once (never saves)")
+    save = p.add_mutually_exclusive_group()
+    save.add_argument(
+        "--save",
+        dest="save",
+        action="store_const",
+        const=True,
+        default=None,
+        help="save the running state this time (the next start restores it)",
+    )
+    save.add_argument(
+        "--no-save",
+        dest="save",
+        action="store_const",
+        const=False,
+        help="shut down this time, even with saveOnStop: true",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from torpor.instance import stop
 
+    if args.force and args.save:
+        from torpor.errors import TorporError
+
+        raise TorporError(
+            "--save and --force cannot be combined: a forced stop kills the VM without saving",
+            hint=f"use `torpor stop --save {args.name}`",
+        )
     if args.force:
         stop.force_stop(args.name, report)
         report(f"instance {args.name!r} forced off")
         return 0
-    ev = stop.stop(args.name, report)
+    ev = stop.stop(args.name, report, save=args.save)
     report(f"instance {args.name!r} stopped: {ev.message}")
     return 0

@@ -127,6 +127,7 @@ class Config(Model):
     ssh: SSH = SSH()
     portForwards: list[PortForward] = Field(default_factory=list)  # noqa: N815
     provision: list[Provision] = Field(default_factory=list)
+    saveOnStop: bool = Field(False, description="save the running state on stop and restore it on start")  # noqa: N815
     bootTimeout: int = Field(300, ge=1, description="seconds to wait for the guest to report ready")  # noqa: N815
     shutdownTimeout: int = Field(60, ge=1, description="seconds to wait for a clean guest shutdown")  # noqa: N815
 

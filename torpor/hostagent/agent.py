@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -20,20 +21,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from torpor.config.layering import Effective, load_effective
+from torpor.config.layering import load_effective
 from torpor.config.schema import Config
 from torpor.driver.qemu import host
 from torpor.driver.qemu.cmdline import HostForward
 from torpor.driver.qemu.driver import QemuDriver, vm_spec
-from torpor.errors import TorporError
+from torpor.errors import DriverError, TorporError
 from torpor.guest import builder, cidata, images
 from torpor.guest import ssh as guest_ssh
 from torpor.guest.agent import GuestAgent, GuestAgentError
-from torpor.hostagent import events
-from torpor.hostagent.api import APIServer, Request
+from torpor.hostagent import events, saving
+from torpor.hostagent.api import APIServer, HTTPError, Request
 from torpor.hostagent.forwarder import PortForwarder
 from torpor.hostagent.sshaccess import SSHAccess
-from torpor.store import atomic, filenames
+from torpor.store import atomic, filenames, savedstate
 from torpor.store.instance import read_instance_yaml
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ class StopDuringBoot(Exception):
     """A stop was requested before the guest was ready."""
 
 
+class RestoreFailed(Exception):
+    """QEMU could not resume from the saved state; the agent cold boots instead."""
+
+
 class HostAgent:
     def __init__(self, name: str, inst_dir: Path, home: Path, out: events.EventWriter) -> None:
         self.name = name
@@ -59,12 +64,21 @@ class HostAgent:
         self.events = out
         self.stop_requested = asyncio.Event()
         self.ready = False
+        self.restored = False
         self.started_at = time.time()
         self.boot_seconds: float | None = None
         self.guest: dict[str, str] = {}  # what the guest said in its ready report
-        self.effective: Effective | None = None
+        self.config: Config | None = None  # the configuration the running VM was booted with
+        self.boot_record: dict[str, Any] = {}
+        self.save_on_stop = False  # runtime value: from the config at start, changed through the API
         self.driver: QemuDriver | None = None
-        self.api = APIServer({("GET", "/v1/info"): self._get_info})
+        self.api = APIServer(
+            {
+                ("GET", "/v1/info"): self._get_info,
+                ("GET", "/v1/driver/config"): self._get_driver_config,
+                ("PATCH", "/v1/driver/config"): self._patch_driver_config,
+            }
+        )
         self._pid_fd: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # keeps background tasks referenced
         self._channels: list[asyncio.StreamWriter] = []
@@ -89,11 +103,11 @@ class HostAgent:
         try:
             await self.api.start(self.dir / filenames.HA_SOCK)
             try:
-                await self._boot()
-                reason = await self._run_until_stopped()
+                await self._start()
+                reason, fields = await self._run_until_stopped()
             except StopDuringBoot:
-                reason = await self._stop_vm()
-            self.events.emit(events.EXITING, reason, ok=True)
+                reason, fields = await self._stop_vm()
+            self.events.emit(events.EXITING, reason, ok=True, **fields)
         except Exception as e:
             log.exception("host agent failed")
             message = str(e)
@@ -125,22 +139,68 @@ class HostAgent:
         os.fsync(fd)
         self._pid_fd = fd
 
-    async def _boot(self) -> None:
+    async def _start(self) -> None:
         self.events.emit(events.STARTING, f"starting instance {self.name}")
-        self.effective = load_effective(
-            self.home, read_instance_yaml(self.dir), str(self.dir / filenames.INSTANCE_YAML)
+        effective = load_effective(self.home, read_instance_yaml(self.dir), str(self.dir / filenames.INSTANCE_YAML))
+        self.save_on_stop = effective.config.saveOnStop
+        qemu = await asyncio.to_thread(host.find_qemu, effective.config.arch)
+        saved = await self._usable_saved_state(qemu)
+        if saved is not None:
+            if saved.manifest.get("configDigest") != effective.digest():
+                changed = savedstate.changed_fields(saved.manifest["config"], effective.config.model_dump(mode="json"))
+                self.events.emit(
+                    events.NOTICE,
+                    f"the configuration changed since the save ({', '.join(changed)}); restoring with the "
+                    f"configuration the VM was booted with; `torpor restart {self.name}` applies the changes",
+                    changed=changed,
+                )
+            try:
+                await self._restore(saved, qemu)
+                return
+            except RestoreFailed as e:
+                aside = savedstate.set_aside(self.dir)
+                self.events.emit(
+                    events.NOTICE,
+                    f"could not restore the saved state: {e}; it was kept in {aside.name if aside else '?'}; "
+                    "cold booting",
+                )
+        await self._cold_boot(effective.config, effective.digest(), qemu)
+
+    async def _usable_saved_state(self, qemu: host.Qemu) -> savedstate.Saved | None:
+        """The saved state if one exists and may be restored; anything unusable is set aside with a notice."""
+        try:
+            saved = savedstate.load(self.dir)
+            if saved is None:
+                return None
+            problems = await asyncio.to_thread(savedstate.problems, saved, self.dir, qemu.version)
+        except savedstate.Unusable as e:
+            problems = [str(e)]
+        aside_reason = "; ".join(problems)
+        if not problems:
+            return saved
+        aside = savedstate.set_aside(self.dir)
+        self.events.emit(
+            events.NOTICE,
+            f"not restoring the saved state: {aside_reason}; it was kept in {aside.name if aside else '?'}; "
+            "cold booting",
         )
-        config = self.effective.config
-        qemu = await asyncio.to_thread(host.find_qemu, config.arch)
+        return None
+
+    async def _accel(self, qemu: host.Qemu) -> host.Accel:
         kernel = self.dir / filenames.KERNEL
         accel = await asyncio.to_thread(
             host.probe_accel, qemu, kernel if kernel.exists() else None, builder.cache_root()
         )
         if accel.name != "kvm":
             self.events.emit(events.NOTICE, f"using TCG software emulation (slower): {accel.reason}")
+        return accel
+
+    async def _cold_boot(self, config: Config, digest: str, qemu: host.Qemu) -> None:
+        accel = await self._accel(qemu)
+        self.config = config
         image = config.image_for_arch()
         self.default_guest = bool(image.location and image.location.startswith(images.BUILD_SCHEME))
-        ssh_port = await asyncio.to_thread(self._prepare_guest_access, config)
+        ssh_port, user = await asyncio.to_thread(self._prepare_guest_access, config)
         spec = replace(
             vm_spec(self.dir, self.name, config, accel, images.kernel_cmdline(image)),
             ready_socket=self.dir / filenames.READY_SOCK if self.default_guest else None,
@@ -149,6 +209,15 @@ class HostAgent:
             forwards=(HostForward("127.0.0.1", ssh_port, 22),),
         )
         self.driver = QemuDriver(qemu, spec, config.disk)
+        # Everything a restore of this boot needs, whatever happens to the instance's YAML meanwhile.
+        self.boot_record = {
+            "config": config.model_dump(mode="json"),
+            "configDigest": digest,
+            "sshPort": ssh_port,
+            "user": user,
+            "defaultGuest": self.default_guest,
+            "accel": accel.name,
+        }
         ready_line: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
         async def connect_channels() -> None:
@@ -161,32 +230,97 @@ class HostAgent:
         t0 = time.monotonic()
         self.events.emit(events.BOOTING, f"booting (QEMU {qemu.version}, {accel.name})")
         await self.driver.start(connect_channels)
+        atomic.write_text(self.dir / filenames.BOOT_RECORD, json.dumps({**self.boot_record, "argv": self.driver.argv}))
         deadline = t0 + config.bootTimeout
         if self.default_guest:
             self.guest = parse_ready(await self._until(ready_line, deadline, "report ready"))
+        await self._guest_up(t0, deadline, "ready")
+
+    async def _restore(self, saved: savedstate.Saved, qemu: host.Qemu) -> None:
+        boot = saved.manifest["boot"]
+        config = Config.model_validate(boot["config"])
+        self.config = config
+        self.boot_record = boot
+        self.default_guest = bool(boot.get("defaultGuest"))
+        accel = host.Accel(boot.get("accel", "tcg"), "as at the boot that was saved")
+        spec = vm_spec(self.dir, self.name, config, accel, "")
+        self.driver = QemuDriver(qemu, spec, config.disk, argv=saved.manifest["argv"])
+        key, _ = guest_ssh.ensure_keypair(self.home)
+        guest_ssh.write_config(self.dir, self.name, boot["sshPort"], boot["user"], key)
+        age = time.time() - saved.created
+        self.events.emit(
+            events.BOOTING,
+            f"restoring the saved state ({saved.size / 2**20:.0f} MiB, saved {age:.0f} s ago)",
+            restoring=True,
+        )
+        t0 = time.monotonic()
+
+        async def connect_channels() -> None:
+            await self.guest_agent.connect(self.dir / filenames.QGA_SOCK)
+
+        fd = os.open(saved.state, os.O_RDONLY)
+        try:
+            await self.driver.restore(fd, connect_channels)
+        except DriverError as e:
+            with contextlib.suppress(Exception):
+                await self.driver.kill()
+            await self.driver.close()
+            self.guest_agent.close()
+            self.driver = None
+            raise RestoreFailed(str(e)) from None
+        finally:
+            os.close(fd)
+        # The guest runs and writes to its disk from here on: the state no longer matches the disk and must
+        # never be restored again.
+        savedstate.discard(self.dir)
+        self.restored = True
+        atomic.write_text(self.dir / filenames.BOOT_RECORD, json.dumps({**boot, "argv": self.driver.argv}))
+        deadline = t0 + config.bootTimeout
+        await self._until(self._set_guest_clock(), deadline, "answer its guest agent")
+        await self._guest_up(t0, deadline, "restored")
+
+    async def _set_guest_clock(self) -> None:
+        """The guest's clock stood still while it was saved: set it to the host's time."""
+        while True:
+            try:
+                await self.guest_agent.set_time()
+                return
+            except GuestAgentError as e:
+                log.info("setting the guest clock: %s; retrying", e)
+                await asyncio.sleep(0.1)
+
+    async def _guest_up(self, t0: float, deadline: float, verb: str) -> None:
+        """Wait for SSH, set up the control master and port forwards, report ready."""
+        assert self.config is not None
         await self._until(self.ssh.wait_until_answering(), deadline, "answer on SSH")
         await self.ssh.start_master()
-        message = f"ready in {time.monotonic() - t0:.1f} s"
-        degraded = await self._check_provisioning()
+        message = f"{verb} in {time.monotonic() - t0:.1f} s"
+        degraded = await self._check_provisioning() if verb == "ready" else ""
         if degraded:
             message += f", but provisioning failed: {degraded}"
         self.ready = True
         self.boot_seconds = time.monotonic() - t0
         self.degraded = degraded
         self.events.emit(
-            events.READY, message, seconds=self.boot_seconds, guest=self.guest, degraded=degraded, sshPort=ssh_port
+            events.READY,
+            message,
+            seconds=self.boot_seconds,
+            guest=self.guest,
+            degraded=degraded,
+            restored=self.restored,
+            sshPort=self.boot_record["sshPort"],
         )
-        self.forwarder = PortForwarder(self.guest_agent, self.ssh, config.portForwards, self.events.emit)
+        self.forwarder = PortForwarder(self.guest_agent, self.ssh, self.config.portForwards, self.events.emit)
         self._tasks.add(asyncio.create_task(self.forwarder.run()))
 
-    def _prepare_guest_access(self, config: Config) -> int:
-        """Write this boot's cidata and ssh config; return the host port forwarded to the guest's SSH."""
+    def _prepare_guest_access(self, config: Config) -> tuple[int, str]:
+        """Write this boot's cidata and ssh config; return the host port forwarded to SSH and the guest user."""
         key, pubkey = guest_ssh.ensure_keypair(self.home)
         user = cidata.GuestUser.from_host()
         cidata.write(self.dir, self.name, user, pubkey, config.provision)
         port = config.ssh.localPort or guest_ssh.free_port()
         guest_ssh.write_config(self.dir, self.name, port, user.name, key)
-        return port
+        return port, user.name
 
     async def _until(self, aw: Awaitable[T], deadline: float, what: str) -> T:
         """Await ``aw`` unless QEMU exits, a stop is requested or the boot deadline passes first."""
@@ -236,28 +370,43 @@ class HostAgent:
                 if line.startswith(b"ready") and not ready.done():
                     ready.set_result(line.decode().strip())
 
-    async def _run_until_stopped(self) -> str:
-        assert self.driver is not None and self.effective is not None
+    async def _run_until_stopped(self) -> tuple[str, dict[str, Any]]:
+        assert self.driver is not None
         exited = asyncio.ensure_future(self.driver.wait())
         stop = asyncio.ensure_future(self.stop_requested.wait())
         await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
         if exited.done():
             stop.cancel()
-            return f"the guest shut down (QEMU exit code {exited.result()})"
+            return f"the guest shut down (QEMU exit code {exited.result()})", {}
         exited.cancel()
         return await self._stop_vm()
 
-    async def _stop_vm(self) -> str:
-        assert self.driver is not None and self.effective is not None
+    async def _stop_vm(self) -> tuple[str, dict[str, Any]]:
+        """Save the VM if the runtime saveOnStop says so (shutting down if that fails), else shut it down."""
+        assert self.driver is not None and self.config is not None
         await self._stop_guest_access()
         if not self.ready:
             self.events.emit(events.STOPPING, "stop requested during boot; stopping QEMU")
             await self.driver.kill()
-            return "stopped during boot"
-        timeout = self.effective.config.shutdownTimeout
+            return "stopped during boot", {}
+        if self.save_on_stop:
+            self.events.emit(events.STOPPING, "saving the VM state")
+            try:
+                manifest = await saving.save(self.dir, self.driver, self.boot_record)
+                size = manifest["state"]["size"]
+                return (
+                    f"saved the VM state ({size / 2**20:.0f} MiB in {manifest['saveSeconds']:.2f} s)",
+                    {"saved": True, "stateSize": size, "saveSeconds": manifest["saveSeconds"]},
+                )
+            except saving.SaveFailed as e:
+                log.error("%s", e)
+                if not e.vm_alive:
+                    return f"{e}", {"saved": False}
+                self.events.emit(events.NOTICE, f"{e}; shutting the guest down instead")
+        timeout = self.config.shutdownTimeout
         self.events.emit(events.STOPPING, f"shutting down the guest (waiting up to {timeout} s)")
         outcome = await self.driver.stop(timeout)
-        return outcome.detail
+        return outcome.detail, {"saved": False}
 
     async def _stop_guest_access(self) -> None:
         for task in self._tasks:
@@ -290,17 +439,39 @@ class HostAgent:
             "name": self.name,
             "pid": os.getpid(),
             "ready": self.ready,
+            "restored": self.restored,
             "startedAt": self.started_at,
             "bootSeconds": self.boot_seconds,
             "guest": self.guest,
             "degraded": self.degraded,
+            "saveOnStop": self.save_on_stop,
             "forwards": sorted(str(f) for f in self.forwarder.active) if self.forwarder else [],
         }
         if self.driver is not None:
             info["vm"] = await self.driver.inspect()
-        if self.effective is not None:
-            info["configDigest"] = self.effective.digest()
+        if self.boot_record:
+            info["configDigest"] = self.boot_record.get("configDigest")
         return 200, info
+
+    async def _get_driver_config(self, _req: Request) -> tuple[int, Any]:
+        return 200, {"saveOnStop": self.save_on_stop}
+
+    async def _patch_driver_config(self, req: Request) -> tuple[int, Any]:
+        body = req.json()
+        if not isinstance(body, dict):
+            raise HTTPError(400, 'expected a JSON object such as {"saveOnStop": true}')
+        unknown = sorted(set(body) - {"saveOnStop"})
+        if unknown:
+            raise HTTPError(400, f"unknown field(s) {', '.join(unknown)}; the only runtime setting is saveOnStop")
+        if "saveOnStop" in body:
+            value = body["saveOnStop"]
+            if not isinstance(value, bool):
+                raise HTTPError(400, f"saveOnStop must be true or false, not {json.dumps(value)}")
+            if value and self.driver is not None and not self.driver.features.save_restore:
+                raise HTTPError(400, "this instance's driver cannot save the machine state")
+            self.save_on_stop = value
+            log.info("runtime saveOnStop set to %s", value)
+        return 200, {"saveOnStop": self.save_on_stop}
 
 
 def parse_ready(line: str) -> dict[str, str]:

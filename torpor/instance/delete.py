@@ -13,9 +13,10 @@ from torpor.store.instance import Status, home, inspect
 
 
 def delete(name: str, force: bool, report: Callable[[str], None], root: Path | None = None) -> None:
+    """Remove the instance directory: disk, saved state and all."""
     root = root or home()
     inst = inspect(name, root)
-    if inst.status is not Status.STOPPED:
+    if inst.status not in (Status.STOPPED, Status.SAVED):
         if not force:
             raise InstanceStateError(
                 f"instance {name!r} is {inst.status.value.lower()}",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from torpor.config.layering import load_effective
 from torpor.errors import ConfigError, InstanceNotFound
-from torpor.store import filenames
+from torpor.store import filenames, savedstate
 from torpor.store.instance import Status, home, inspect, list_names, read_instance_yaml
 
 
@@ -24,6 +25,14 @@ def describe(name: str, root: Path) -> dict[str, Any]:
             inst.reason = f"invalid configuration: {e}"
     if inst.reason:
         row["reason"] = inst.reason
+    row["saved"] = False
+    try:
+        saved = savedstate.load(inst.dir)
+    except savedstate.Unusable as e:
+        row["savedStateProblem"] = str(e)
+        saved = None
+    if saved is not None:
+        row.update(saved=True, stateSize=saved.size, stateAge=round(time.time() - saved.created, 1))
     if inst.agent_pid is not None:
         row["hostAgentPID"] = inst.agent_pid
     if inst.qemu_pid is not None:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from torpor.config.layering import load_effective
+from torpor.config.layering import Effective, load_effective
 from torpor.config.schema import Config
 from torpor.driver.qemu import host
 from torpor.driver.qemu.driver import QemuDriver, vm_spec
@@ -17,7 +17,7 @@ from torpor.guest import builder, images
 from torpor.hostagent import events
 from torpor.instance import spawn
 from torpor.instance.create import DEFAULT_TEMPLATE, create
-from torpor.store import filenames, lock
+from torpor.store import filenames, lock, savedstate
 from torpor.store.instance import Status, clear_runtime_files, home, inspect, pid_alive, read_instance_yaml
 
 Report = Callable[[str], None]
@@ -25,8 +25,18 @@ Report = Callable[[str], None]
 AGENT_MARGIN = 60.0
 
 
-def start(name: str, report: Report, tty: bool, root: Path | None = None) -> events.Event:
-    """Start ``name`` (creating it from the default template if it does not exist); return the ready event."""
+Ask = Callable[[str], str]
+
+
+def start(
+    name: str, report: Report, tty: bool, *, cold: bool = False, ask: Ask | None = None, root: Path | None = None
+) -> events.Event:
+    """Start ``name`` (creating it from the default template if it does not exist); return the ready event.
+
+    A saved state is restored unless ``cold``.  If the configuration changed since the save and ``tty`` is set,
+    ``ask`` decides between restoring now and discarding the state; without a tty the host agent restores and
+    warns which fields changed.
+    """
     root = root or home()
     try:
         inspect(name, root)
@@ -45,6 +55,12 @@ def start(name: str, report: Report, tty: bool, root: Path | None = None) -> eve
         effective = load_effective(root, read_instance_yaml(inst_dir), str(inst_dir / filenames.INSTANCE_YAML))
         for w in effective.warnings:
             report(f"warning: {w}")
+        if cold:
+            if savedstate.saved_dir(inst_dir).exists():
+                savedstate.discard(inst_dir)
+                report("discarded the saved state; cold booting")
+        elif tty and ask is not None:
+            _ask_about_config_changes(inst_dir, effective, report, ask)
         if not (inst_dir / filenames.DISK).exists():
             _first_start(name, inst_dir, effective.config, report, tty)
         clear_runtime_files(inst_dir)
@@ -75,6 +91,24 @@ def start(name: str, report: Report, tty: bool, root: Path | None = None) -> eve
         f"instance {name!r} failed to start: {detail}",
         hint=f"`torpor stop --force {name}` cleans up if anything is left running",
     )
+
+
+def _ask_about_config_changes(inst_dir: Path, effective: Effective, report: Report, ask: Ask) -> None:
+    try:
+        saved = savedstate.load(inst_dir)
+    except savedstate.Unusable:
+        return  # the host agent sets it aside and says why
+    if saved is None or saved.manifest.get("configDigest") == effective.digest():
+        return
+    changed = savedstate.changed_fields(saved.manifest["config"], effective.config.model_dump(mode="json"))
+    answer = ask(
+        f"the configuration of {inst_dir.name!r} changed since its state was saved ({', '.join(changed)}).\n"
+        "[r]estore now (the changes apply at the next cold boot) or [d]iscard the saved state and cold boot "
+        "with the new configuration? [R/d] "
+    )
+    if answer.strip().lower() in ("d", "discard"):
+        savedstate.discard(inst_dir)
+        report("discarded the saved state; cold booting with the new configuration")
 
 
 def _show(ev: events.Event, report: Report) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from torpor.config.layering import load_effective
 from torpor.errors import ConfigError, HostAgentError, InstanceStateError
 from torpor.hostagent import events
+from torpor.hostagent.client import HostAgentClient
 from torpor.instance import spawn
 from torpor.instance.start import kill_and_wait
 from torpor.store import filenames, lock
@@ -27,14 +28,23 @@ Report = Callable[[str], None]
 STOP_MARGIN = 30.0  # beyond the guest's shutdownTimeout: QEMU quit and the agent's cleanup
 
 
-def stop(name: str, report: Report, root: Path | None = None) -> events.Event:
-    """Stop ``name`` gracefully; return the host agent's exit event."""
+def stop(name: str, report: Report, save: bool | None = None, root: Path | None = None) -> events.Event:
+    """Stop ``name``; return the host agent's exit event.
+
+    ``save`` True or False overrides the instance's saveOnStop for this stop (set in the running host agent, then
+    SIGINT, so that the agent alone decides what a stop signal does); None follows the setting.
+    """
     root = root or home()
     inst = inspect(name, root)
     with lock.exclusive(inst.dir / filenames.LOCK, f"instance {name!r}"):
         inst = inspect(name, root)
         if inst.status is Status.STOPPED:
             raise InstanceStateError(f"instance {name!r} is not running")
+        if inst.status is Status.SAVED:
+            raise InstanceStateError(
+                f"instance {name!r} is saved, not running",
+                hint=f"`torpor start {name}` restores it, `torpor start --cold {name}` discards the saved state",
+            )
         if inst.agent_pid is None:
             raise InstanceStateError(
                 f"instance {name!r} is broken: {inst.reason}",
@@ -45,9 +55,15 @@ def stop(name: str, report: Report, root: Path | None = None) -> events.Event:
         pid = inst.agent_pid
 
         def show(ev: events.Event) -> None:
-            if ev.type == events.STOPPING:
+            if ev.type in (events.STOPPING, events.NOTICE):
                 report(ev.message)
 
+        if save is not None:
+            status, body = HostAgentClient(inst.dir / filenames.HA_SOCK).request(
+                "PATCH", "/v1/driver/config", {"saveOnStop": save}
+            )
+            if status != 200:
+                raise HostAgentError(f"the host agent refused saveOnStop={save}: {body.get('message', body)}")
         os.kill(pid, signal.SIGINT)
         last = spawn.follow(
             reader, alive=lambda: pid_alive(pid), until=lambda ev: False, on_event=show, timeout=timeout

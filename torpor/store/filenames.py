@@ -29,6 +29,11 @@ CIDATA = "cidata.iso"  # the NoCloud seed for the current boot
 SSH_CONFIG = "ssh.config"  # `ssh -F ssh.config torpor-NAME` reaches the guest
 SSH_CONTROL = "ssh.sock"  # the SSH control master that shells, copies and port forwards share
 PROVISION_LOG = "provision.log"  # the guest's provisioning output, copied out after each boot
+BOOT_RECORD = "boot.json"  # how the running VM was booted (QEMU argv, config, SSH port): a restore reuses it
+SAVED_DIR = "saved"  # a saved machine state: STATE_FILE + MANIFEST, complete only once MANIFEST is in place
+STATE_FILE = "state.bin"
+MANIFEST = "manifest.json"
+SAVED_ASIDE_PREFIX = "saved.failed-"  # a state that could not be restored, kept for diagnosis
 SERIAL_LOG = "serial.log"  # the guest's serial console
 
 # In the cache ($TORPOR_CACHE)

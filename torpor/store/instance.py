@@ -22,6 +22,7 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
 class Status(enum.Enum):
     RUNNING = "Running"
     STOPPED = "Stopped"
+    SAVED = "Saved"  # stopped, with a complete saved machine state that the next start restores
     BROKEN = "Broken"
 
 
@@ -128,6 +129,8 @@ def inspect(name: str, root: Path | None = None) -> Instance:
             f"QEMU (pid {qemu_pid}) is running without its host agent"
             f"{f' (pid {agent_pid} died)' if agent_pid else ''}; `torpor stop --force {name}` cleans up"
         )
+    elif agent_pid is None and (d / filenames.SAVED_DIR / filenames.MANIFEST).exists():
+        inst.status = Status.SAVED
     elif agent_pid is not None:
         inst.status = Status.BROKEN
         inst.reason = (

@@ -12,7 +12,7 @@ from pathlib import Path
 from torpor import subp
 from torpor.config.schema import Config
 from torpor.driver.base import BeforeRun, Features, StopOutcome, VMState
-from torpor.driver.qemu import cmdline
+from torpor.driver.qemu import cmdline, migration
 from torpor.driver.qemu.host import Accel, Qemu
 from torpor.driver.qemu.qmp import QMPSession
 from torpor.errors import DriverError
@@ -45,12 +45,14 @@ def vm_spec(inst_dir: Path, name: str, config: Config, accel: Accel, kernel_cmdl
 
 
 class QemuDriver:
-    features = Features(save_restore=False, snapshots=False)
+    features = Features(save_restore=True, snapshots=False)
 
-    def __init__(self, qemu: Qemu, spec: cmdline.VMSpec, disk_size: int) -> None:
+    def __init__(self, qemu: Qemu, spec: cmdline.VMSpec, disk_size: int, argv: list[str] | None = None) -> None:
+        """``argv`` replaces the command line built from ``spec`` (a restore reuses the boot's exact argv)."""
         self.qemu = qemu
         self.spec = spec
         self.disk_size = disk_size
+        self._argv = argv
         self.qmp = QMPSession(f"torpor-{spec.name}")
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
@@ -74,7 +76,7 @@ class QemuDriver:
     # -- host agent side ------------------------------------------------------------------------------------
     @property
     def argv(self) -> list[str]:
-        return cmdline.build(self.qemu.binary, self.spec)
+        return list(self._argv) if self._argv is not None else cmdline.build(self.qemu.binary, self.spec)
 
     @property
     def pid(self) -> int | None:
@@ -84,7 +86,40 @@ class QemuDriver:
         return "\n".join(self._stderr_tail)
 
     async def start(self, before_run: BeforeRun) -> None:
-        argv = self.argv
+        await self._launch(self.argv)
+        await before_run()
+        await self.qmp.execute("cont")
+
+    async def restore(self, state_fd: int, before_run: BeforeRun) -> None:
+        """Start QEMU with the boot's command line, load the saved state from ``state_fd``, let the VM run."""
+        await self._launch([*self.argv, "-incoming", "defer"])
+        try:
+            await migration.load_from_fd(self.qmp, state_fd, self._running)
+        except DriverError as e:
+            tail = self.stderr_tail()
+            raise DriverError(f"{e}" + (f": {tail}" if tail else "")) from None
+        await before_run()
+        await self.qmp.execute("cont")
+
+    async def save(self, state_fd: int, progress: migration.Progress | None = None) -> dict[str, object]:
+        """Pause the VM and write its state into ``state_fd`` (the caller fsyncs and names the file)."""
+        return await migration.save_to_fd(self.qmp, state_fd, progress)
+
+    async def resume(self) -> None:
+        """Let a paused VM run again (after a failed save)."""
+        await self.qmp.execute("cont")
+
+    async def quit(self) -> int:
+        """Quit QEMU at once (the guest is not asked) and wait for it to exit."""
+        with contextlib.suppress(DriverError):
+            await self.qmp.execute("quit")
+        try:
+            return await asyncio.wait_for(self.wait(), QUIT_TIMEOUT)
+        except TimeoutError:
+            await self.kill()
+            return -9
+
+    async def _launch(self, argv: list[str]) -> None:
         log.info("starting QEMU: %s", subprocess.list2cmdline(argv))
         self._proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -106,8 +141,6 @@ class QemuDriver:
                 f"QEMU did not start{f' (exit code {code})' if code is not None else ''}"
                 + (f": {tail}" if tail else "")
             ) from None
-        await before_run()
-        await self.qmp.execute("cont")
 
     def _running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None

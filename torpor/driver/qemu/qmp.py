@@ -50,6 +50,11 @@ class QMPSession:
         except (QMPError, OSError, EOFError) as e:
             raise DriverError(f"QMP {command} failed: {e or type(e).__name__} (did QEMU exit?)") from None
 
+    async def pass_fd(self, fd: int, name: str) -> None:
+        """Hand ``fd`` to QEMU under ``name`` (SCM_RIGHTS, then ``getfd``), e.g. for ``migrate fd:NAME``."""
+        self._client.send_fd_scm(fd)
+        await self.execute("getfd", {"fdname": name})
+
     async def events(self, *names: str) -> AsyncIterator[dict[str, Any]]:
         """Yield QMP events (optionally only those named) until the session closes."""
         listener = EventListener(list(names) or None)

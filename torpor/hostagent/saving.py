@@ -1,0 +1,110 @@
+"""Saving the running VM to ``saved/`` and the boot record a restore needs.
+
+Order matters for crash safety: the state goes to ``state.bin.tmp``, is fsynced and renamed; QEMU quits (which
+flushes and closes the disk); the disk is fsynced; only then is the manifest written, atomically.  A save that
+fails at any step before QEMU quits resumes the VM so that the caller can shut it down cleanly instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torpor.driver.qemu.driver import QemuDriver
+from torpor.store import atomic, filenames, savedstate
+
+log = logging.getLogger(__name__)
+
+
+class SaveFailed(Exception):
+    """The save did not complete; ``vm_alive`` says whether the VM was resumed and can still be shut down."""
+
+    def __init__(self, message: str, vm_alive: bool) -> None:
+        super().__init__(message)
+        self.vm_alive = vm_alive
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def save(
+    inst_dir: Path,
+    driver: QemuDriver,
+    boot_record: dict[str, Any],
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Save the VM into ``saved/``; return the manifest.  Raises :class:`SaveFailed`."""
+    sdir = savedstate.saved_dir(inst_dir)
+    if sdir.exists():
+        savedstate.set_aside(inst_dir)  # an older, interrupted save: keep it for diagnosis, out of the way
+    sdir.mkdir(mode=0o700)
+    tmp = sdir / (filenames.STATE_FILE + ".tmp")
+    t0 = time.monotonic()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            stats = await driver.save(fd, progress)
+            await asyncio.to_thread(os.fsync, fd)
+        finally:
+            os.close(fd)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        alive = await _resume(driver)
+        raise SaveFailed(f"saving the machine state failed: {e}", alive) from e
+    save_seconds = time.monotonic() - t0
+    state = sdir / filenames.STATE_FILE
+    try:
+        tmp.rename(state)
+        atomic.fsync_dir(sdir)
+        state_sha = await asyncio.to_thread(savedstate.sha256_file, state)
+    except OSError as e:
+        state.unlink(missing_ok=True)
+        alive = await _resume(driver)
+        raise SaveFailed(f"writing the state file failed: {e}", alive) from e
+    # From here the VM's memory exists only in the state file.
+    await driver.quit()
+    disk = inst_dir / filenames.DISK
+    await asyncio.to_thread(_fsync_path, disk)
+    manifest: dict[str, Any] = {
+        "createdAt": time.time(),
+        "qemu": {"binary": driver.qemu.binary, "version": driver.qemu.version},
+        "machine": "q35",
+        "mechanism": "stream-fd",
+        "argv": driver.argv,
+        "boot": boot_record,
+        "config": boot_record["config"],
+        "configDigest": boot_record["configDigest"],
+        "disk": savedstate.file_identity(disk),
+        "cidataSha256": savedstate.sha256_file(inst_dir / filenames.CIDATA),
+        "state": {"size": state.stat().st_size, "sha256": state_sha},
+        "saveSeconds": save_seconds,
+        "qemuStats": {k: stats.get(k) for k in ("total-time", "downtime") if k in stats},
+    }
+    try:
+        savedstate.write_manifest(inst_dir, manifest)
+    except OSError as e:
+        # QEMU has quit: the running state is gone, but the disk was flushed and closed; the next start cold boots.
+        savedstate.discard(inst_dir)
+        raise SaveFailed(
+            f"writing the manifest failed after QEMU stopped ({e}); the next start cold boots", False
+        ) from e
+    return manifest
+
+
+async def _resume(driver: QemuDriver) -> bool:
+    try:
+        await driver.resume()
+    except Exception as e:  # QEMU may be gone (killed mid-save)
+        log.warning("could not resume the VM after a failed save: %s", e)
+        return False
+    return True

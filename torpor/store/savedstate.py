@@ -1,0 +1,149 @@
+"""A saved machine state on disk and the checks that decide whether it may be restored.
+
+Layout: ``saved/state.bin`` (QEMU's migration stream) and ``saved/manifest.json``.  The manifest is written
+last, atomically, and carries its own digest: a state directory without a manifest, or with one that does not
+verify, is an interrupted or damaged save and is never restored.  A state that fails its checks or that QEMU
+rejects is moved aside (``saved.failed-TIME``) for diagnosis, never deleted silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torpor.store import atomic, filenames
+
+FORMAT = 1
+
+
+def saved_dir(inst_dir: Path) -> Path:
+    return inst_dir / filenames.SAVED_DIR
+
+
+def file_identity(path: Path) -> dict[str, int]:
+    """What changes when a file is written: size, modification time, inode."""
+    st = path.stat()
+    return {"size": st.st_size, "mtimeNs": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while data := f.read(chunk):
+            h.update(data)
+    return "sha256:" + h.hexdigest()
+
+
+def _digest(manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "manifestDigest"}
+    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_manifest(inst_dir: Path, manifest: dict[str, Any]) -> None:
+    """Mark the save complete: the manifest (with its digest) goes in last, atomically."""
+    m = dict(manifest, format=FORMAT, complete=True)
+    m["manifestDigest"] = _digest(m)
+    atomic.write_text(saved_dir(inst_dir) / filenames.MANIFEST, json.dumps(m, indent=2, sort_keys=True) + "\n", 0o600)
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A complete saved state whose manifest verifies (the state file itself is checked by :func:`problems`)."""
+
+    dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def state(self) -> Path:
+        return self.dir / filenames.STATE_FILE
+
+    @property
+    def created(self) -> float:
+        return float(self.manifest.get("createdAt", 0))
+
+    @property
+    def size(self) -> int:
+        return int(self.manifest.get("state", {}).get("size", 0))
+
+
+class Unusable(Exception):
+    """A saved state exists but must not be restored; the message says why."""
+
+
+def load(inst_dir: Path) -> Saved | None:
+    """The saved state, None if there is none; :class:`Unusable` if one exists but is incomplete or damaged."""
+    d = saved_dir(inst_dir)
+    if not d.exists():
+        return None
+    path = d / filenames.MANIFEST
+    if not path.exists():
+        raise Unusable("a save was interrupted before it completed (no manifest)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise Unusable(f"the saved state's manifest is unreadable: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("manifestDigest") != _digest(manifest):
+        raise Unusable("the saved state's manifest is damaged (its digest does not match)")
+    if manifest.get("format") != FORMAT or not manifest.get("complete"):
+        raise Unusable("the saved state's manifest is not a complete save of this torpor version")
+    return Saved(d, manifest)
+
+
+def problems(saved: Saved, inst_dir: Path, qemu_version: str, verify_state: bool = True) -> list[str]:
+    """Why ``saved`` cannot be restored now (empty if it can)."""
+    m = saved.manifest
+    out = []
+    if m.get("qemu", {}).get("version") != qemu_version:
+        out.append(f"QEMU changed since the save ({m.get('qemu', {}).get('version')} -> {qemu_version})")
+    disk = inst_dir / filenames.DISK
+    if not disk.exists() or file_identity(disk) != m.get("disk"):
+        out.append("the disk changed since the save (restoring would corrupt it)")
+    cidata = inst_dir / filenames.CIDATA
+    if not cidata.exists() or sha256_file(cidata) != m.get("cidataSha256"):
+        out.append("the cidata seed the VM was booted with changed")
+    state = saved.state
+    expected = m.get("state", {})
+    if not state.exists():
+        out.append("the state file is missing")
+    elif state.stat().st_size != expected.get("size"):
+        out.append(f"the state file is {state.stat().st_size} bytes, the save wrote {expected.get('size')}")
+    elif verify_state and sha256_file(state) != expected.get("sha256"):
+        out.append("the state file's contents changed since the save (checksum mismatch)")
+    return out
+
+
+def set_aside(inst_dir: Path) -> Path | None:
+    """Move the saved state out of the way of restores, keeping it for diagnosis; return where it went."""
+    d = saved_dir(inst_dir)
+    if not d.exists():
+        return None
+    dest = inst_dir / f"{filenames.SAVED_ASIDE_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    d.rename(dest)
+    atomic.fsync_dir(inst_dir)
+    return dest
+
+
+def discard(inst_dir: Path) -> None:
+    d = saved_dir(inst_dir)
+    if d.exists():
+        shutil.rmtree(d)
+        atomic.fsync_dir(inst_dir)
+
+
+def changed_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Field paths whose values differ between two config dumps."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_fields(a, b, path)
+        elif a != b:
+            out.append(path)
+    return out
