@@ -49,6 +49,13 @@ class Torpor:
     def info(self, name: str) -> Any:
         return HostAgentClient(self.dir(name) / "ha.sock").get("/v1/info")
 
+    def sh(self, name: str, script: str, check: bool = True) -> str:
+        """Run a shell script in the guest as the user; return its stdout."""
+        return self.run("shell", name, "sh", "-c", script, check=check).stdout
+
+    def events(self, name: str) -> str:
+        return (self.dir(name) / "ha.stdout.log").read_text()
+
     def status(self, name: str) -> dict[str, Any]:
         import json
 
@@ -77,3 +84,28 @@ def torpor(image_cache: Path) -> Iterator[Torpor]:
         if (d / "ha.pid").exists() or (d / "qemu.pid").exists():
             t.run("stop", "--force", d.name, check=False)
     shutil.rmtree(home, ignore_errors=True)
+
+
+def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.2) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def write_template(torpor: Torpor, name: str, body: str = "") -> Path:
+    path = torpor.home / f"{name}.yaml"
+    path.write_text("images: [{location: build:default}]\nmemory: 512MiB\n" + body)
+    return path
+
+
+# A counter in guest RAM (tmpfs) and a token only the guest's memory holds: both survive a restore only if the
+# whole machine state does.
+COUNTER = (
+    "setsid sh -c 'i=0; while true; do i=$((i+1)); echo $i > /dev/shm/counter; sleep 0.1; done' "
+    "</dev/null >/dev/null 2>&1 & echo $! > /dev/shm/counter.pid"
+)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import socket
 import stat
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Torpor
+from tests.integration.conftest import Torpor, wait_for, write_template
 from torpor.guest.ssh import free_port
 
 pytestmark = pytest.mark.integration
@@ -19,15 +18,6 @@ pytestmark = pytest.mark.integration
 def fetch(port: int, timeout: float = 2.0) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=timeout) as r:
         return str(r.read().decode())
-
-
-def wait_for(predicate, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def serves(port: int, text: str) -> bool:
@@ -52,12 +42,6 @@ def host_listeners(port: int) -> set[str]:
 @pytest.fixture(scope="module")
 def ports() -> tuple[int, int]:
     return free_port(), free_port()
-
-
-def write_template(torpor: Torpor, name: str, body: str) -> Path:
-    path = torpor.home / f"{name}.yaml"
-    path.write_text("images: [{location: build:default}]\nmemory: 512MiB\n" + body)
-    return path
 
 
 def test_shell_copy_forwards_provisioning_and_cidata(torpor: Torpor, ports: tuple[int, int], tmp_path: Path) -> None:

@@ -45,9 +45,8 @@ async def save(
 ) -> dict[str, Any]:
     """Save the VM into ``saved/``; return the manifest.  Raises :class:`SaveFailed`."""
     sdir = savedstate.saved_dir(inst_dir)
-    if sdir.exists():
-        savedstate.set_aside(inst_dir)  # an older, interrupted save: keep it for diagnosis, out of the way
-    sdir.mkdir(mode=0o700)
+    savedstate.set_aside(inst_dir)  # an older, interrupted save: keep it for diagnosis, out of the way
+    sdir.mkdir(mode=0o700, exist_ok=True)  # may exist empty (a mount point for the state, say)
     tmp = sdir / (filenames.STATE_FILE + ".tmp")
     t0 = time.monotonic()
     try:

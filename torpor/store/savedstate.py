@@ -8,6 +8,7 @@ rejects is moved aside (``saved.failed-TIME``) for diagnosis, never deleted sile
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -79,7 +80,7 @@ class Unusable(Exception):
 def load(inst_dir: Path) -> Saved | None:
     """The saved state, None if there is none; :class:`Unusable` if one exists but is incomplete or damaged."""
     d = saved_dir(inst_dir)
-    if not d.exists():
+    if not d.exists() or not any(d.iterdir()):
         return None
     path = d / filenames.MANIFEST
     if not path.exists():
@@ -121,7 +122,7 @@ def problems(saved: Saved, inst_dir: Path, qemu_version: str, verify_state: bool
 def set_aside(inst_dir: Path) -> Path | None:
     """Move the saved state out of the way of restores, keeping it for diagnosis; return where it went."""
     d = saved_dir(inst_dir)
-    if not d.exists():
+    if not d.exists() or not any(d.iterdir()):
         return None
     dest = inst_dir / f"{filenames.SAVED_ASIDE_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     d.rename(dest)
@@ -130,10 +131,18 @@ def set_aside(inst_dir: Path) -> Path | None:
 
 
 def discard(inst_dir: Path) -> None:
+    """Delete the saved state (its directory stays if it is a mount point)."""
     d = saved_dir(inst_dir)
-    if d.exists():
-        shutil.rmtree(d)
-        atomic.fsync_dir(inst_dir)
+    if not d.exists():
+        return
+    for p in d.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    with contextlib.suppress(OSError):
+        d.rmdir()
+    atomic.fsync_dir(inst_dir)
 
 
 def changed_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

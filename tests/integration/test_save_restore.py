@@ -1,0 +1,159 @@
+"""Save on stop, restore on start, with the real default guest."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.integration.conftest import COUNTER, Torpor, wait_for, write_template
+from torpor.guest.ssh import free_port
+from torpor.hostagent.client import HostAgentClient
+from torpor.store.instance import pid_alive
+
+pytestmark = pytest.mark.integration
+
+
+def serves(port: int, text: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+            return bool(r.read().decode() == text)
+    except OSError:
+        return False
+
+
+def test_running_state_survives_save_and_restore(torpor: Torpor) -> None:
+    torpor.run("create", str(write_template(torpor, "sr")))
+    torpor.run("start", "sr")
+    port = free_port()
+    torpor.sh("sr", COUNTER)
+    torpor.sh("sr", "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /dev/shm/token")
+    torpor.sh("sr", "echo on-disk > $HOME/file && sync")
+    torpor.sh(
+        "sr",
+        f"mkdir -p /tmp/w && echo web > /tmp/w/index.html && "
+        f"busybox httpd -f -p {port} -h /tmp/w </dev/null >/dev/null 2>&1 &",
+    )
+    assert wait_for(lambda: serves(port, "web\n"))
+    token = torpor.sh("sr", "cat /dev/shm/token")
+    pid = torpor.sh("sr", "cat /dev/shm/counter.pid").strip()
+    before = int(torpor.sh("sr", "cat /dev/shm/counter"))
+
+    out = torpor.run("stop", "--save", "sr")
+    assert "saved the VM state" in out.stderr
+    row = torpor.status("sr")
+    assert row["status"] == "Saved" and row["saved"] is True and row["stateSize"] > 0 and row["stateAge"] >= 0
+    time.sleep(20)  # the guest's clock stands still while saved
+
+    out = torpor.run("start", "sr")
+    assert "restored in" in out.stderr
+    host_now = time.time()
+    guest_now = int(torpor.sh("sr", "date +%s"))
+    assert abs(guest_now - host_now) <= 2, f"guest clock off by {guest_now - host_now:.1f} s after restore"
+    assert torpor.sh("sr", "cat /dev/shm/counter.pid").strip() == pid
+    after = int(torpor.sh("sr", "cat /dev/shm/counter"))
+    assert after > before  # the same loop, still counting
+    assert after < before + 150  # and it did not run while saved (20 s would be ~200 more)
+    assert torpor.sh("sr", "cat /dev/shm/token") == token
+    assert torpor.sh("sr", "cat $HOME/file") == "on-disk\n"
+    assert wait_for(lambda: serves(port, "web\n")), "the port forward did not come back after restore"
+    assert not (torpor.dir("sr") / "saved").exists()  # a restored state is never restored twice
+    row = torpor.status("sr")
+    assert row["status"] == "Running" and row["saved"] is False
+
+    # plain stop with saveOnStop false shuts down and leaves no state; the next start is a cold boot
+    torpor.run("stop", "sr")
+    assert torpor.status("sr")["status"] == "Stopped"
+    assert not (torpor.dir("sr") / "saved").exists()
+    out = torpor.run("start", "sr")
+    assert "ready in" in out.stderr and "restored" not in out.stderr
+    assert torpor.sh("sr", "cat /dev/shm/counter 2>/dev/null || echo none").strip() == "none"
+    assert torpor.sh("sr", "cat $HOME/file") == "on-disk\n"
+
+
+def test_signal_saves_when_save_on_stop_is_true_and_api(torpor: Torpor) -> None:
+    torpor.run("create", str(write_template(torpor, "sig", "saveOnStop: true\n")))
+    torpor.run("start", "sig")
+    client = HostAgentClient(torpor.dir("sig") / "ha.sock")
+    assert client.get("/v1/driver/config") == {"saveOnStop": True}
+    for body, needle in [
+        ({"saveOnStop": "yes"}, "true or false"),
+        ({"saveOnStop": True, "cpus": 4}, "unknown field"),
+        ([1], "JSON object"),
+    ]:
+        status, reply = client.request("PATCH", "/v1/driver/config", body)
+        assert status == 400 and needle in reply["message"], (body, reply)
+    status, reply = client.request("PUT", "/v1/driver/config", {"saveOnStop": True})
+    assert status == 405
+    assert client.get("/v1/driver/config") == {"saveOnStop": True}  # bad requests changed nothing
+
+    refused = torpor.run("stop", "--save", "--force", "sig", check=False)
+    assert refused.returncode != 0 and "cannot be combined" in refused.stderr
+    assert torpor.status("sig")["status"] == "Running"
+
+    torpor.sh("sig", COUNTER)
+    agent = int((torpor.dir("sig") / "ha.pid").read_text())
+    os.kill(agent, signal.SIGTERM)  # what systemd sends at logout
+    assert wait_for(lambda: not pid_alive(agent), timeout=60)
+    assert torpor.status("sig")["status"] == "Saved"
+    torpor.run("start", "sig")
+    assert torpor.sh("sig", "cat /dev/shm/counter.pid") != ""
+
+    # stop --no-save overrides saveOnStop: true for this stop only
+    torpor.run("stop", "--no-save", "sig")
+    assert torpor.status("sig")["status"] == "Stopped"
+
+
+def test_foreground_host_agent_like_the_systemd_unit(torpor: Torpor) -> None:
+    """The autostart unit runs `torpor hostagent NAME` in the foreground and stops it with SIGTERM."""
+    torpor.run("create", str(write_template(torpor, "fg", "saveOnStop: true\n")))
+    torpor.run("start", "fg")  # first start: builds the disk
+    torpor.run("stop", "--no-save", "fg")
+
+    def run_foreground() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "torpor", "hostagent", "fg"],
+            env=torpor.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            ev = json.loads(line)
+            if ev["type"] == "ready":
+                return proc
+            assert ev["type"] != "exiting", ev
+        raise AssertionError("the host agent exited before it was ready")
+
+    proc = run_foreground()
+    torpor.sh("fg", COUNTER)
+    pid = torpor.sh("fg", "cat /dev/shm/counter.pid")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    assert torpor.status("fg")["status"] == "Saved"
+    proc = run_foreground()
+    assert torpor.sh("fg", "cat /dev/shm/counter.pid") == pid
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+
+
+def test_restart_cold_boots_and_start_cold_discards(torpor: Torpor) -> None:
+    torpor.run("create", str(write_template(torpor, "rs")))
+    torpor.run("start", "rs")
+    torpor.sh("rs", COUNTER)
+    out = torpor.run("restart", "rs")
+    assert "ready in" in out.stderr
+    assert torpor.sh("rs", "cat /dev/shm/counter 2>/dev/null || echo none").strip() == "none"
+    torpor.run("stop", "--save", "rs")
+    out = torpor.run("start", "--cold", "rs")
+    assert "discarded the saved state" in out.stderr and "ready in" in out.stderr
+    torpor.run("stop", "--save", "rs")
+    torpor.run("delete", "rs")  # a saved instance can be deleted, state and all
+    assert not torpor.dir("rs").exists()

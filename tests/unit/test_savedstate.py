@@ -1,0 +1,99 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from torpor.store import filenames, savedstate
+
+
+def make_saved(inst: Path, state: bytes = b"S" * 1000) -> dict[str, object]:
+    (inst / filenames.DISK).write_bytes(b"disk")
+    (inst / filenames.CIDATA).write_bytes(b"iso")
+    d = savedstate.saved_dir(inst)
+    d.mkdir()
+    (d / filenames.STATE_FILE).write_bytes(state)
+    manifest: dict[str, object] = {
+        "createdAt": 1.0,
+        "qemu": {"version": "7.2.0"},
+        "config": {"cpus": 2},
+        "configDigest": "sha256:x",
+        "disk": savedstate.file_identity(inst / filenames.DISK),
+        "cidataSha256": savedstate.sha256_file(inst / filenames.CIDATA),
+        "state": {"size": len(state), "sha256": savedstate.sha256_file(d / filenames.STATE_FILE)},
+    }
+    savedstate.write_manifest(inst, manifest)
+    return manifest
+
+
+def test_no_saved_state(tmp_path: Path) -> None:
+    assert savedstate.load(tmp_path) is None
+    savedstate.saved_dir(tmp_path).mkdir()  # an empty directory (a mount point) is no state either
+    assert savedstate.load(tmp_path) is None
+
+
+def test_complete_state_loads_and_passes_checks(tmp_path: Path) -> None:
+    make_saved(tmp_path)
+    saved = savedstate.load(tmp_path)
+    assert saved is not None and saved.size == 1000
+    assert savedstate.problems(saved, tmp_path, "7.2.0") == []
+
+
+def test_state_without_manifest_is_an_interrupted_save(tmp_path: Path) -> None:
+    d = savedstate.saved_dir(tmp_path)
+    d.mkdir()
+    (d / "state.bin.tmp").write_bytes(b"partial")
+    with pytest.raises(savedstate.Unusable, match="interrupted"):
+        savedstate.load(tmp_path)
+
+
+def test_flipped_byte_in_manifest_is_detected(tmp_path: Path) -> None:
+    make_saved(tmp_path)
+    path = savedstate.saved_dir(tmp_path) / filenames.MANIFEST
+    text = path.read_text().replace('"cpus": 2', '"cpus": 3')
+    path.write_text(text)
+    with pytest.raises(savedstate.Unusable, match="damaged"):
+        savedstate.load(tmp_path)
+
+
+def test_truncated_state_and_changed_disk_and_qemu_are_problems(tmp_path: Path) -> None:
+    make_saved(tmp_path)
+    saved = savedstate.load(tmp_path)
+    assert saved is not None
+    with (savedstate.saved_dir(tmp_path) / filenames.STATE_FILE).open("r+b") as f:
+        f.truncate(500)
+    (tmp_path / filenames.DISK).write_bytes(b"disk, written after the save")
+    problems = savedstate.problems(saved, tmp_path, "8.0.0")
+    assert any("QEMU changed" in p for p in problems)
+    assert any("disk changed" in p for p in problems)
+    assert any("500 bytes" in p for p in problems)
+
+
+def test_corrupt_state_contents_fail_the_checksum(tmp_path: Path) -> None:
+    make_saved(tmp_path)
+    state = savedstate.saved_dir(tmp_path) / filenames.STATE_FILE
+    data = bytearray(state.read_bytes())
+    data[10] ^= 0xFF
+    state.write_bytes(bytes(data))
+    saved = savedstate.load(tmp_path)
+    assert saved is not None
+    assert any("checksum" in p for p in savedstate.problems(saved, tmp_path, "7.2.0"))
+
+
+def test_set_aside_keeps_the_state_out_of_the_way(tmp_path: Path) -> None:
+    make_saved(tmp_path)
+    aside = savedstate.set_aside(tmp_path)
+    assert aside is not None and aside.name.startswith(filenames.SAVED_ASIDE_PREFIX)
+    assert (aside / filenames.STATE_FILE).exists()
+    assert savedstate.load(tmp_path) is None
+
+
+def test_manifest_is_json_with_digest(tmp_path: Path) -> None:
+    make_saved(tmp_path)
+    data = json.loads((savedstate.saved_dir(tmp_path) / filenames.MANIFEST).read_text())
+    assert data["complete"] is True and data["manifestDigest"].startswith("sha256:")
+
+
+def test_changed_fields() -> None:
+    old = {"cpus": 2, "ssh": {"localPort": 0}, "memory": 1}
+    new = {"cpus": 1, "ssh": {"localPort": 2222}, "memory": 1}
+    assert savedstate.changed_fields(old, new) == ["cpus", "ssh.localPort"]
