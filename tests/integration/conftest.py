@@ -97,9 +97,9 @@ def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.2) -> bo
     return False
 
 
-def write_template(torpor: Torpor, name: str, body: str = "") -> Path:
+def write_template(torpor: Torpor, name: str, body: str = "", memory: str = "512MiB") -> Path:
     path = torpor.home / f"{name}.yaml"
-    path.write_text("images: [{location: build:default}]\nmemory: 512MiB\n" + body)
+    path.write_text(f"images: [{{location: build:default}}]\nmemory: {memory}\n" + body)
     return path
 
 
