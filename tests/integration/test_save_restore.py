@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +158,22 @@ def test_restart_cold_boots_and_start_cold_discards(torpor: Torpor) -> None:
     torpor.run("stop", "--save", "rs")
     torpor.run("delete", "rs")  # a saved instance can be deleted, state and all
     assert not torpor.dir("rs").exists()
+
+
+def test_autostart_unit_is_valid_and_removable(torpor: Torpor, tmp_path: os.PathLike[str]) -> None:
+    env = dict(torpor.env, XDG_CONFIG_HOME=str(tmp_path))
+    torpor.env = env
+    refused = torpor.run("autostart", "enable", "nope", check=False)
+    assert refused.returncode != 0 and "does not exist" in refused.stderr
+    torpor.run("create", str(write_template(torpor, "au", "saveOnStop: true\n")))
+    refused = torpor.run("autostart", "enable", "au", check=False)
+    assert refused.returncode != 0 and "never been started" in refused.stderr
+    torpor.run("start", "au")
+    torpor.run("stop", "au")
+    out = torpor.run("autostart", "enable", "au")  # systemd-analyze verify runs inside, where installed
+    unit = Path(out.stdout.strip())
+    text = unit.read_text()
+    assert "ExecStart=" in text and "hostagent au" in text and "KillMode=mixed" in text
+    assert f"TORPOR_HOME={torpor.home}" in text
+    torpor.run("autostart", "disable", "au")
+    assert not unit.exists()

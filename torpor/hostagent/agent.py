@@ -96,6 +96,10 @@ class HostAgent:
         except AlreadyRunning as e:
             self.events.emit(events.EXITING, str(e), ok=False)
             return 3
+        # Run directly (by systemd) after a crash, stale sockets of the last run may remain: ours now.
+        for n in filenames.RUNTIME_FILES:
+            if n != filenames.HA_PID:
+                (self.dir / n).unlink(missing_ok=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
