@@ -21,12 +21,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from torpor.config.layering import load_effective
+from torpor.config.layering import Effective, load_effective
 from torpor.config.schema import Config
 from torpor.driver.qemu import host
 from torpor.driver.qemu.cmdline import HostForward
 from torpor.driver.qemu.driver import QemuDriver, vm_spec
-from torpor.errors import DriverError, TorporError
+from torpor.errors import ConfigError, DriverError, TorporError
 from torpor.guest import builder, cidata, images
 from torpor.guest import ssh as guest_ssh
 from torpor.guest.agent import GuestAgent, GuestAgentError
@@ -145,12 +145,25 @@ class HostAgent:
 
     async def _start(self) -> None:
         self.events.emit(events.STARTING, f"starting instance {self.name}")
-        effective = load_effective(self.home, read_instance_yaml(self.dir), str(self.dir / filenames.INSTANCE_YAML))
-        self.save_on_stop = effective.config.saveOnStop
-        qemu = await asyncio.to_thread(host.find_qemu, effective.config.arch)
+        try:
+            effective: Effective | None = load_effective(
+                self.home, read_instance_yaml(self.dir), str(self.dir / filenames.INSTANCE_YAML)
+            )
+        except ConfigError as e:
+            if not savedstate.saved_dir(self.dir).exists():
+                raise
+            effective = None  # a saved VM restores with the configuration it was booted with
+            self.events.emit(events.NOTICE, f"{e}\nrestoring the saved state with the configuration it was saved with")
+        qemu = await asyncio.to_thread(host.find_qemu, "x86_64", builder.cache_root())
         saved = await self._usable_saved_state(qemu)
+        if effective is None:
+            if saved is None:
+                raise ConfigError("the instance's configuration is invalid and there is no usable saved state")
+            self.save_on_stop = bool(saved.manifest["config"].get("saveOnStop"))
+        else:
+            self.save_on_stop = effective.config.saveOnStop
         if saved is not None:
-            if saved.manifest.get("configDigest") != effective.digest():
+            if effective is not None and saved.manifest.get("configDigest") != effective.digest():
                 changed = savedstate.changed_fields(saved.manifest["config"], effective.config.model_dump(mode="json"))
                 self.events.emit(
                     events.NOTICE,
@@ -168,6 +181,7 @@ class HostAgent:
                     f"could not restore the saved state: {e}; it was kept in {aside.name if aside else '?'}; "
                     "cold booting",
                 )
+        assert effective is not None
         await self._cold_boot(effective.config, effective.digest(), qemu)
 
     async def _usable_saved_state(self, qemu: host.Qemu) -> savedstate.Saved | None:
@@ -176,7 +190,8 @@ class HostAgent:
             saved = savedstate.load(self.dir)
             if saved is None:
                 return None
-            problems = await asyncio.to_thread(savedstate.problems, saved, self.dir, qemu.version)
+            # The state's checksum is verified during the load (see _restore), not before it.
+            problems = await asyncio.to_thread(savedstate.problems, saved, self.dir, qemu.version, verify_state=False)
         except savedstate.Unusable as e:
             problems = [str(e)]
         aside_reason = "; ".join(problems)
@@ -259,7 +274,12 @@ class HostAgent:
         )
         t0 = time.monotonic()
 
+        # The state's checksum is verified while QEMU loads it, and checked before the VM may run.
+        checksum = asyncio.ensure_future(asyncio.to_thread(savedstate.sha256_file, saved.state))
+
         async def connect_channels() -> None:
+            if await checksum != saved.manifest["state"]["sha256"]:
+                raise DriverError("the state file's contents changed since the save (checksum mismatch)")
             await self.guest_agent.connect(self.dir / filenames.QGA_SOCK)
 
         fd = os.open(saved.state, os.O_RDONLY)
@@ -280,8 +300,8 @@ class HostAgent:
         self.restored = True
         atomic.write_text(self.dir / filenames.BOOT_RECORD, json.dumps({**boot, "argv": self.driver.argv}))
         deadline = t0 + config.bootTimeout
-        await self._until(self._set_guest_clock(), deadline, "answer its guest agent")
-        await self._guest_up(t0, deadline, "restored")
+        clock = asyncio.ensure_future(self._set_guest_clock())
+        await self._guest_up(t0, deadline, "restored", before_ready=clock)
 
     async def _set_guest_clock(self) -> None:
         """The guest's clock stood still while it was saved: set it to the host's time."""
@@ -293,11 +313,14 @@ class HostAgent:
                 log.info("setting the guest clock: %s; retrying", e)
                 await asyncio.sleep(0.1)
 
-    async def _guest_up(self, t0: float, deadline: float, verb: str) -> None:
-        """Wait for SSH, set up the control master and port forwards, report ready."""
+    async def _guest_up(
+        self, t0: float, deadline: float, verb: str, before_ready: Awaitable[None] | None = None
+    ) -> None:
+        """Wait for SSH (and ``before_ready``), set up port forwards, report ready."""
         assert self.config is not None
-        await self._until(self.ssh.wait_until_answering(), deadline, "answer on SSH")
-        await self.ssh.start_master()
+        await self._until(self.ssh.connect_master(), deadline, "answer on SSH")
+        if before_ready is not None:
+            await self._until(before_ready, deadline, "answer its guest agent")
         message = f"{verb} in {time.monotonic() - t0:.1f} s"
         degraded = await self._check_provisioning() if verb == "ready" else ""
         if degraded:

@@ -39,34 +39,28 @@ class SSHAccess:
             return -1, "timed out"
         return proc.returncode or 0, out.decode(errors="replace").strip()
 
-    async def answers(self) -> bool:
-        """Whether the guest accepts torpor's key and runs a command."""
-        code, _ = await self._run(
-            *self._argv("-o", "ControlMaster=no", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", command=["true"])
-        )
-        return code == 0
+    async def connect_master(self, interval: float = 0.1) -> None:
+        """Connect the control master, retrying until the guest's SSH server accepts torpor's key.
 
-    async def wait_until_answering(self, interval: float = 0.25) -> None:
-        while not await self.answers():
-            await asyncio.sleep(interval)
-
-    async def start_master(self, timeout: float = 15.0) -> None:
+        The master's control socket appears only once it has authenticated, so its presence is the readiness
+        test as well: one SSH handshake instead of a probe followed by the master's own.
+        """
         control = self.dir / filenames.SSH_CONTROL
-        control.unlink(missing_ok=True)
-        self._master = await asyncio.create_subprocess_exec(
-            *self._argv("-M", "-N", "-o", "ControlPersist=no", "-o", "BatchMode=yes"),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=subp.die_with_parent,
-        )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not control.exists():
-            if self._master.returncode is not None or loop.time() > deadline:
-                log.warning("the SSH control master did not come up")
+        while True:
+            control.unlink(missing_ok=True)
+            master = await asyncio.create_subprocess_exec(
+                *self._argv("-M", "-N", "-o", "ControlPersist=no", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                preexec_fn=subp.die_with_parent,
+            )
+            while master.returncode is None and not control.exists():
+                await asyncio.sleep(0.005)
+            if master.returncode is None:
+                self._master = master
                 return
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(interval)
 
     async def stop_master(self) -> None:
         if self._master is not None and self._master.returncode is None:

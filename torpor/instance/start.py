@@ -7,18 +7,20 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torpor.config.layering import Effective, load_effective
-from torpor.config.schema import Config
-from torpor.driver.qemu import host
-from torpor.driver.qemu.driver import QemuDriver, vm_spec
 from torpor.errors import HostAgentError, InstanceNotFound, InstanceStateError
-from torpor.guest import builder, images
 from torpor.hostagent import events
 from torpor.instance import spawn
-from torpor.instance.create import DEFAULT_TEMPLATE, create
 from torpor.store import filenames, lock, savedstate
 from torpor.store.instance import Status, clear_runtime_files, home, inspect, pid_alive, read_instance_yaml
+
+if TYPE_CHECKING:
+    from torpor.config.layering import Effective
+    from torpor.config.schema import Config
+
+# The restore path imports nothing heavy (pydantic, the driver): the configuration is validated by the host
+# agent, and by this module only when it cold boots.  See STYLE.md on start-up time.
 
 Report = Callable[[str], None]
 # Time allowed beyond the guest's bootTimeout for the agent's own start-up (KVM probe, QEMU start).
@@ -41,6 +43,8 @@ def start(
     try:
         inspect(name, root)
     except InstanceNotFound:
+        from torpor.instance.create import DEFAULT_TEMPLATE, create
+
         report(f"creating instance {name!r} from {DEFAULT_TEMPLATE}")
         _, warnings = create(DEFAULT_TEMPLATE, name, root)
         for w in warnings:
@@ -52,21 +56,25 @@ def start(
             raise InstanceStateError(f"instance {name!r} is already running", hint=f"`torpor stop {name}` stops it")
         if inst.status is Status.BROKEN:
             _recover(inst.dir, inst.agent_pid, inst.qemu_pid, inst.reason, report)
-        effective = load_effective(root, read_instance_yaml(inst_dir), str(inst_dir / filenames.INSTANCE_YAML))
-        for w in effective.warnings:
-            report(f"warning: {w}")
-        if cold:
-            if savedstate.saved_dir(inst_dir).exists():
-                savedstate.discard(inst_dir)
-                report("discarded the saved state; cold booting")
-        elif tty and ask is not None:
-            _ask_about_config_changes(inst_dir, effective, report, ask)
-        if not (inst_dir / filenames.DISK).exists():
-            _first_start(name, inst_dir, effective.config, report, tty)
+        if cold and savedstate.saved_dir(inst_dir).exists():
+            savedstate.discard(inst_dir)
+            report("discarded the saved state; cold booting")
+        boot_timeout = _restore_timeout(inst_dir) if not (tty and ask) else None
+        if boot_timeout is None:  # a cold boot, or a restore that may need to ask about config changes
+            from torpor.config.layering import load_effective
+
+            effective = load_effective(root, read_instance_yaml(inst_dir), str(inst_dir / filenames.INSTANCE_YAML))
+            for w in effective.warnings:
+                report(f"warning: {w}")
+            if not cold and tty and ask is not None:
+                _ask_about_config_changes(inst_dir, effective, report, ask)
+            if not (inst_dir / filenames.DISK).exists():
+                _first_start(name, inst_dir, effective.config, report, tty)
+            boot_timeout = effective.config.bootTimeout
         clear_runtime_files(inst_dir)
         reader = events.EventReader(inst_dir / filenames.HA_STDOUT, 0)
         proc = spawn.spawn_hostagent(name, inst_dir, root)
-        timeout = effective.config.bootTimeout + AGENT_MARGIN
+        timeout = boot_timeout + AGENT_MARGIN
         last = spawn.follow(
             reader,
             alive=lambda: proc.poll() is None,
@@ -91,6 +99,15 @@ def start(
         f"instance {name!r} failed to start: {detail}",
         hint=f"`torpor stop --force {name}` cleans up if anything is left running",
     )
+
+
+def _restore_timeout(inst_dir: Path) -> int | None:
+    """The boot timeout of a saved state that the host agent will try to restore; None if there is none."""
+    try:
+        saved = savedstate.load(inst_dir)
+    except savedstate.Unusable:
+        return None
+    return int(saved.manifest["config"].get("bootTimeout", 300)) if saved is not None else None
 
 
 def _ask_about_config_changes(inst_dir: Path, effective: Effective, report: Report, ask: Ask) -> None:
@@ -118,6 +135,10 @@ def _show(ev: events.Event, report: Report) -> None:
 
 
 def _first_start(name: str, inst_dir: Path, config: Config, report: Report, tty: bool) -> None:
+    from torpor.driver.qemu import host
+    from torpor.driver.qemu.driver import QemuDriver, vm_spec
+    from torpor.guest import builder, images
+
     base = images.prepare(inst_dir, config, builder.cache_root(), report, show_progress=tty)
     qemu = host.find_qemu(config.arch)
     spec = vm_spec(inst_dir, name, config, host.Accel("tcg", "disk creation only"), "")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from torpor.config.layering import load_effective
-from torpor.errors import ConfigError, HostAgentError, InstanceStateError
+from torpor.errors import HostAgentError, InstanceStateError
 from torpor.hostagent import events
 from torpor.hostagent.client import HostAgentClient
 from torpor.instance import spawn
@@ -21,7 +21,6 @@ from torpor.store.instance import (
     home,
     inspect,
     pid_alive,
-    read_instance_yaml,
 )
 
 Report = Callable[[str], None]
@@ -82,11 +81,12 @@ def stop(name: str, report: Report, save: bool | None = None, root: Path | None 
 
 
 def _shutdown_timeout(inst: Instance, root: Path) -> float:
+    """The running VM's shutdownTimeout, from its boot record (the YAML may have been edited since)."""
     try:
-        effective = load_effective(root, read_instance_yaml(inst.dir), str(inst.dir / filenames.INSTANCE_YAML))
-    except ConfigError:
-        return 60.0  # the YAML was edited into something invalid while running; the agent has its own copy
-    return float(effective.config.shutdownTimeout)
+        boot = json.loads((inst.dir / filenames.BOOT_RECORD).read_text())
+        return float(boot["config"]["shutdownTimeout"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 60.0
 
 
 def force_stop(name: str, report: Report, root: Path | None = None) -> None:

@@ -38,6 +38,7 @@ SERIAL_LOG = "serial.log"  # the guest's serial console
 
 # In the cache ($TORPOR_CACHE)
 ACCEL_PROBE = "accel-probe.json"
+QEMU_VERSIONS = "qemu-versions.json"
 
 # Files that belong to one run of the host agent and must be cleared before the next.
 RUNTIME_FILES = (HA_PID, HA_SOCK, QEMU_PID, QMP_SOCK, READY_SOCK, QGA_SOCK, SSH_CONTROL)

@@ -95,10 +95,10 @@ class QemuDriver:
         await self._launch([*self.argv, "-incoming", "defer"])
         try:
             await migration.load_from_fd(self.qmp, state_fd, self._running)
+            await before_run()
         except DriverError as e:
             tail = self.stderr_tail()
             raise DriverError(f"{e}" + (f": {tail}" if tail else "")) from None
-        await before_run()
         await self.qmp.execute("cont")
 
     async def save(self, state_fd: int, progress: migration.Progress | None = None) -> dict[str, object]:

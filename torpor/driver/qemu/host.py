@@ -43,18 +43,36 @@ class Accel:
     reason: str  # why (shown by `torpor info` and as the fallback notice)
 
 
-def find_qemu(arch: str = "x86_64") -> Qemu:
-    """The QEMU system emulator for ``arch``: ``$TORPOR_QEMU`` if set, else from ``PATH``."""
+def find_qemu(arch: str = "x86_64", cache_dir: Path | None = None) -> Qemu:
+    """The QEMU system emulator for ``arch``: ``$TORPOR_QEMU`` if set, else from ``PATH``.
+
+    With ``cache_dir`` the version is remembered per binary (path, size, mtime): asking QEMU costs a process
+    start on every `torpor start`, restores included.
+    """
     binary = os.environ.get("TORPOR_QEMU") or shutil.which(f"qemu-system-{arch}")
     if not binary:
         raise DriverError(
             f"qemu-system-{arch} not found",
             hint="install QEMU (Debian/Ubuntu: `sudo apt-get install qemu-system-x86 qemu-utils`)",
         )
+    st = os.stat(binary)
+    key = f"{os.path.realpath(binary)}:{st.st_size}:{st.st_mtime_ns}"
+    cache = cache_dir / filenames.QEMU_VERSIONS if cache_dir else None
+    known: dict[str, str] = {}
+    if cache is not None:
+        try:
+            known = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            known = {}
+        if key in known:
+            return Qemu(binary, known[key])
     out = subp.run([binary, "--version"], timeout=30).stdout
     m = re.search(r"version (\d+\.\d+(?:\.\d+)?)", out)
     if not m:
         raise DriverError(f"cannot tell the version of {binary} from: {out.strip()[:200]}")
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(cache, json.dumps({**known, key: m.group(1)}))
     return Qemu(binary, m.group(1))
 
 
