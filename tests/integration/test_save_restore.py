@@ -177,3 +177,30 @@ def test_autostart_unit_is_valid_and_removable(torpor: Torpor, tmp_path: os.Path
     assert f"TORPOR_HOME={torpor.home}" in text
     torpor.run("autostart", "disable", "au")
     assert not unit.exists()
+
+
+def test_instant_mode_saves_device_state_only_and_restores(torpor: Torpor) -> None:
+    torpor.run("create", str(write_template(torpor, "inst", "saveMode: instant\n", memory="1GiB")))
+    torpor.run("start", "inst")
+    torpor.sh("inst", COUNTER)
+    torpor.sh("inst", "dd if=/dev/urandom of=/dev/shm/blob bs=1M count=64 2>/dev/null")
+    digest = torpor.sh("inst", "md5sum /dev/shm/blob")
+    pid = torpor.sh("inst", "cat /dev/shm/counter.pid")
+    torpor.run("stop", "--save", "inst")
+    d = torpor.dir("inst")
+    assert (d / "saved" / "state.bin").stat().st_size < 8 * 2**20  # device state, not 64+ MiB of RAM
+    manifest = json.loads((d / "saved" / "manifest.json").read_text())
+    assert manifest["mechanism"] == "ignore-shared"
+    out = torpor.run("start", "inst")
+    assert "restored in" in out.stderr
+    assert torpor.sh("inst", "md5sum /dev/shm/blob") == digest
+    assert torpor.sh("inst", "cat /dev/shm/counter.pid") == pid
+
+    # The RAM file and the state are a pair: a RAM file changed in between is refused, not restored.
+    torpor.run("stop", "--save", "inst")
+    with (d / "memory.ram").open("r+b") as f:
+        f.seek(4096)
+        f.write(b"\xff" * 16)
+    out = torpor.run("start", "inst")
+    assert "guest RAM file changed" in out.stderr and "ready in" in out.stderr
+    assert torpor.sh("inst", "cat /dev/shm/counter.pid 2>/dev/null || echo none").strip() == "none"

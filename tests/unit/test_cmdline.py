@@ -104,3 +104,15 @@ def test_build_starts_paused_with_qmp_and_pidfile() -> None:
     assert ("-qmp", "unix:/inst/qmp.sock,server=on,wait=off") in pairs(argv)
     assert ("-pidfile", "/inst/qemu.pid") in pairs(argv)
     assert "-nodefaults" in argv
+
+
+def test_instant_mode_puts_guest_ram_in_a_shared_file() -> None:
+    s = spec(memory_file=D / "memory.ram", memory=2 * 1024**3)
+    assert cmdline.machine(s)[:2] == ["-machine", "q35,memory-backend=ram0"]
+    args = cmdline.resources(s)
+    assert ("-object", "memory-backend-file,id=ram0,size=2048M,mem-path=/inst/memory.ram,share=on") in pairs(args)
+    assert ("-m", "2048M") in pairs(args)  # the size QEMU checks the backend against
+
+
+def test_plain_ram_has_no_backend() -> None:
+    assert "memory-backend" not in " ".join(cmdline.machine(spec()) + cmdline.resources(spec()))

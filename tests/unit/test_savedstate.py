@@ -97,3 +97,15 @@ def test_changed_fields() -> None:
     old = {"cpus": 2, "ssh": {"localPort": 0}, "memory": 1}
     new = {"cpus": 1, "ssh": {"localPort": 2222}, "memory": 1}
     assert savedstate.changed_fields(old, new) == ["cpus", "ssh.localPort"]
+
+
+def test_instant_mode_ram_file_must_be_unchanged(tmp_path: Path) -> None:
+    ram = tmp_path / filenames.MEMORY_FILE
+    ram.write_bytes(b"R" * 4096)
+    manifest = make_saved(tmp_path)
+    manifest["ramFile"] = savedstate.file_identity(ram)
+    savedstate.write_manifest(tmp_path, manifest)
+    saved = savedstate.load(tmp_path)
+    assert saved is not None and savedstate.problems(saved, tmp_path, "7.2.0") == []
+    ram.write_bytes(b"X" * 8192)
+    assert any("RAM file changed" in p for p in savedstate.problems(saved, tmp_path, "7.2.0"))

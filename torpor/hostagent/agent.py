@@ -220,6 +220,8 @@ class HostAgent:
         image = config.image_for_arch()
         self.default_guest = bool(image.location and image.location.startswith(images.BUILD_SCHEME))
         ssh_port, user = await asyncio.to_thread(self._prepare_guest_access, config)
+        # A cold boot starts from fresh RAM; a RAM file left by an earlier (instant mode) run goes.
+        (self.dir / filenames.MEMORY_FILE).unlink(missing_ok=True)
         spec = replace(
             vm_spec(self.dir, self.name, config, accel, images.kernel_cmdline(image)),
             ready_socket=self.dir / filenames.READY_SOCK if self.default_guest else None,

@@ -70,15 +70,19 @@ async def save(
         state.unlink(missing_ok=True)
         alive = await _resume(driver)
         raise SaveFailed(f"writing the state file failed: {e}", alive) from e
-    # From here the VM's memory exists only in the state file.
+    # From here the VM's memory exists only in the state file (and, in instant mode, the RAM file).
     await driver.quit()
     disk = inst_dir / filenames.DISK
     await asyncio.to_thread(_fsync_path, disk)
+    ram = driver.spec.memory_file
+    if ram is not None:
+        await asyncio.to_thread(_fsync_path, ram)  # the guest's dirty pages, written back by the kernel
     manifest: dict[str, Any] = {
         "createdAt": time.time(),
         "qemu": {"binary": driver.qemu.binary, "version": driver.qemu.version},
         "machine": "q35",
-        "mechanism": "stream-fd",
+        "mechanism": "ignore-shared" if ram is not None else "stream-fd",
+        "ramFile": savedstate.file_identity(ram) if ram is not None else None,
         "argv": driver.argv,
         "boot": boot_record,
         "config": boot_record["config"],

@@ -32,6 +32,7 @@ PROVISION_LOG = "provision.log"  # the guest's provisioning output, copied out a
 BOOT_RECORD = "boot.json"  # how the running VM was booted (QEMU argv, config, SSH port): a restore reuses it
 SAVED_DIR = "saved"  # a saved machine state: STATE_FILE + MANIFEST, complete only once MANIFEST is in place
 STATE_FILE = "state.bin"
+MEMORY_FILE = "memory.ram"  # guest RAM, in saveMode: instant (a pair with the saved state: never edit one alone)
 MANIFEST = "manifest.json"
 SAVED_ASIDE_PREFIX = "saved.failed-"  # a state that could not be restored, kept for diagnosis
 SERIAL_LOG = "serial.log"  # the guest's serial console

@@ -105,6 +105,10 @@ def problems(saved: Saved, inst_dir: Path, qemu_version: str, verify_state: bool
     disk = inst_dir / filenames.DISK
     if not disk.exists() or file_identity(disk) != m.get("disk"):
         out.append("the disk changed since the save (restoring would corrupt it)")
+    if m.get("ramFile") is not None:
+        ram = inst_dir / filenames.MEMORY_FILE
+        if not ram.exists() or file_identity(ram) != m["ramFile"]:
+            out.append("the guest RAM file changed since the save (it and the state are a pair)")
     cidata = inst_dir / filenames.CIDATA
     if not cidata.exists() or sha256_file(cidata) != m.get("cidataSha256"):
         out.append("the cidata seed the VM was booted with changed")

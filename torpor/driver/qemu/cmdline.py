@@ -39,6 +39,7 @@ class VMSpec:
     forwards: tuple[HostForward, ...] = ()
     cidata: Path | None = None
     qga_socket: Path | None = None
+    memory_file: Path | None = None  # guest RAM in a shared file (saveMode: instant)
 
 
 def machine(spec: VMSpec) -> list[str]:
@@ -47,12 +48,17 @@ def machine(spec: VMSpec) -> list[str]:
     # -cpu host fails under nested KVM ("failed to set MSR"), and TCG has no host CPU to pass through.
     cpu = "host" if spec.accel == "kvm" else "max"
     accel = "kvm" if spec.accel == "kvm" else "tcg,thread=multi"
-    return ["-machine", "q35", "-accel", accel, "-cpu", cpu]
+    machine = "q35,memory-backend=ram0" if spec.memory_file is not None else "q35"
+    return ["-machine", machine, "-accel", accel, "-cpu", cpu]
 
 
 def resources(spec: VMSpec) -> list[str]:
     mib = max(1, spec.memory // MIB)
-    return ["-smp", str(spec.cpus), "-m", f"{mib}M"]
+    args = ["-smp", str(spec.cpus), "-m", f"{mib}M"]
+    if spec.memory_file is not None:
+        # share=on: the guest's writes land in the file itself, which a save then only has to flush.
+        args += ["-object", f"memory-backend-file,id=ram0,size={mib}M,mem-path={spec.memory_file},share=on"]
+    return args
 
 
 def boot(spec: VMSpec) -> list[str]:

@@ -37,6 +37,7 @@ def vm_spec(inst_dir: Path, name: str, config: Config, accel: Accel, kernel_cmdl
         kernel=kernel if kernel.exists() else None,
         initrd=initrd if initrd.exists() else None,
         kernel_cmdline=kernel_cmdline,
+        memory_file=inst_dir / filenames.MEMORY_FILE if config.saveMode == "instant" else None,
         qmp_socket=inst_dir / filenames.QMP_SOCK,
         ready_socket=inst_dir / filenames.READY_SOCK,
         serial_log=inst_dir / filenames.SERIAL_LOG,
@@ -94,7 +95,7 @@ class QemuDriver:
         """Start QEMU with the boot's command line, load the saved state from ``state_fd``, let the VM run."""
         await self._launch([*self.argv, "-incoming", "defer"])
         try:
-            await migration.load_from_fd(self.qmp, state_fd, self._running)
+            await migration.load_from_fd(self.qmp, state_fd, self._running, self.spec.memory_file is not None)
             await before_run()
         except DriverError as e:
             tail = self.stderr_tail()
@@ -103,7 +104,7 @@ class QemuDriver:
 
     async def save(self, state_fd: int, progress: migration.Progress | None = None) -> dict[str, object]:
         """Pause the VM and write its state into ``state_fd`` (the caller fsyncs and names the file)."""
-        return await migration.save_to_fd(self.qmp, state_fd, progress)
+        return await migration.save_to_fd(self.qmp, state_fd, progress, self.spec.memory_file is not None)
 
     async def resume(self) -> None:
         """Let a paused VM run again (after a failed save)."""

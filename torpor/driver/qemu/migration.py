@@ -24,10 +24,19 @@ POLL = 0.005
 Progress = Callable[[int, int], None]
 
 
-async def save_to_fd(qmp: QMPSession, fd: int, progress: Progress | None = None) -> dict[str, Any]:
-    """Pause the VM and write its whole state into ``fd``; return QEMU's final migration statistics."""
+async def _ignore_shared(qmp: QMPSession) -> None:
+    # RAM in a shared memory-backend-file is not copied into the stream: it stays in its file.
+    await qmp.execute("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
+
+
+async def save_to_fd(
+    qmp: QMPSession, fd: int, progress: Progress | None = None, ignore_shared: bool = False
+) -> dict[str, Any]:
+    """Pause the VM and write its state into ``fd``; return QEMU's final migration statistics."""
     await qmp.execute("stop")
     await qmp.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
+    if ignore_shared:
+        await _ignore_shared(qmp)
     await qmp.pass_fd(fd, FD_NAME)
     await qmp.execute("migrate", {"uri": f"fd:{FD_NAME}"})
     while True:
@@ -43,8 +52,10 @@ async def save_to_fd(qmp: QMPSession, fd: int, progress: Progress | None = None)
         await asyncio.sleep(POLL)
 
 
-async def load_from_fd(qmp: QMPSession, fd: int, alive: Callable[[], bool]) -> None:
+async def load_from_fd(qmp: QMPSession, fd: int, alive: Callable[[], bool], ignore_shared: bool = False) -> None:
     """Feed a saved state into a QEMU started with ``-incoming defer``; return when it is loaded (VM paused)."""
+    if ignore_shared:
+        await _ignore_shared(qmp)
     await qmp.pass_fd(fd, FD_NAME)
     await qmp.execute("migrate-incoming", {"uri": f"fd:{FD_NAME}"})
     # A `cont` sent while QEMU is still "inmigrate" is accepted and ignored: wait until the load has finished.
