@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
         "home": str(home()),
         "cache": str(builder.cache_root()),
         "defaultGuest": str(built.kernel.parent) if built else None,
+        "saveModes": host.save_mechanisms(qemu),
     }
     if args.format == "json":
         print(json.dumps(info, indent=2))
@@ -34,4 +35,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"home:          {info['home']}")
     print(f"cache:         {info['cache']}")
     print(f"default guest: {info['defaultGuest'] or 'not built yet (`torpor image build`)'}")
+    for mode, how in host.save_mechanisms(qemu).items():
+        print(f"saveMode {mode + ':':<9}{how}")
     return 0

@@ -18,7 +18,15 @@ def describe(name: str, root: Path) -> dict[str, Any]:
     try:
         eff = load_effective(root, read_instance_yaml(inst.dir), str(inst.dir / filenames.INSTANCE_YAML))
         cfg = eff.config
-        row.update(vmType=cfg.vmType, arch=cfg.arch, cpus=cfg.cpus, memory=cfg.memory, disk=cfg.disk)
+        row.update(
+            vmType=cfg.vmType,
+            arch=cfg.arch,
+            cpus=cfg.cpus,
+            memory=cfg.memory,
+            disk=cfg.disk,
+            saveOnStop=cfg.saveOnStop,
+            saveMode=cfg.saveMode,
+        )
     except ConfigError as e:
         if inst.status is Status.STOPPED:
             row["status"] = Status.BROKEN.value
@@ -32,7 +40,12 @@ def describe(name: str, root: Path) -> dict[str, Any]:
         row["savedStateProblem"] = str(e)
         saved = None
     if saved is not None:
-        row.update(saved=True, stateSize=saved.size, stateAge=round(time.time() - saved.created, 1))
+        row.update(
+            saved=True,
+            stateSize=saved.size,
+            stateAge=round(time.time() - saved.created, 1),
+            saveMechanism=saved.manifest.get("mechanism"),
+        )
     if inst.agent_pid is not None:
         row["hostAgentPID"] = inst.agent_pid
     if inst.qemu_pid is not None:

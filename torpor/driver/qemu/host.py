@@ -37,6 +37,14 @@ class Qemu:
         return tuple(int(x) for x in re.findall(r"\d+", self.version)[:3])
 
 
+def save_mechanisms(qemu: Qemu) -> dict[str, str]:
+    """How this QEMU can save a VM, by torpor's saveMode, with the QEMU feature each uses."""
+    out = {"stream": "migration stream into a file descriptor (all QEMU versions)"}
+    if qemu.version_tuple >= (4, 0):
+        out["instant"] = "guest RAM in a shared memory-backend-file, x-ignore-shared (QEMU 4.0+)"
+    return out
+
+
 @dataclass(frozen=True)
 class Accel:
     name: str  # "kvm" or "tcg"
