@@ -49,7 +49,7 @@ def allocated_mib(path: Path) -> float:
     return path.stat().st_blocks * 512 / 2**20 if path.exists() else 0.0
 
 
-def measure(env: dict[str, str], home: Path, mode: str, memory: str, touch: int, rounds: int) -> dict[str, float]:
+def measure(env: dict[str, str], home: Path, mode: str, memory: str, *, touch: int, rounds: int) -> dict[str, float]:
     name = f"b-{mode}-{memory.lower()}"
     (home / f"{name}.yaml").write_text(
         f"images: [{{location: build:default}}]\nmemory: {memory}\ncpus: 2\nsaveMode: {mode}\n"
@@ -97,7 +97,7 @@ def main() -> int:
     results: dict[tuple[str, str], dict[str, float]] = {}
     try:
         for mode, memory in configs:
-            results[(mode, memory)] = measure(env, home, mode, memory, args.touch_mib, args.rounds)
+            results[(mode, memory)] = measure(env, home, mode, memory, touch=args.touch_mib, rounds=args.rounds)
     finally:
         for d in home.iterdir():
             if d.is_dir():
