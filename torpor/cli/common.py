@@ -8,3 +8,28 @@ import sys
 def report(message: str) -> None:
     """Progress for people, on stderr so stdout stays parseable."""
     print(message, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """Shows PROGRESS events as one rewritten line on a terminal; prints nothing otherwise."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty and sys.stderr.isatty()
+        self.open = False
+
+    def line(self, message: str) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K" + message)
+            sys.stderr.flush()
+            self.open = True
+
+    def report(self, message: str) -> None:
+        """A normal progress message: clears the progress line first."""
+        self.end()
+        report(message)
+
+    def end(self) -> None:
+        if self.open:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self.open = False

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import argparse
 
-from torpor.cli.common import report
+from torpor.cli.common import Progress, report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,7 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from torpor.instance.start import start
 
-    ready = start(args.name, report, args.tty, cold=args.cold, ask=input)
+    bar = Progress(args.tty)
+    ready = start(args.name, bar.report, args.tty, cold=args.cold, ask=input, progress=bar.line)
+    bar.end()
     if ready.fields.get("degraded"):
         report(f"torpor: error: instance {args.name!r} is running but degraded: provisioning failed")
         return 2

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import argparse
 
-from torpor.cli.common import report
+from torpor.cli.common import Progress, report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         stop.force_stop(args.name, report)
         report(f"instance {args.name!r} forced off")
         return 0
-    ev = stop.stop(args.name, report, save=args.save)
+    bar = Progress(args.tty)
+    ev = stop.stop(args.name, bar.report, save=args.save, progress=bar.line)
+    bar.end()
     report(f"instance {args.name!r} stopped: {ev.message}")
     return 0

@@ -286,7 +286,7 @@ class HostAgent:
 
         fd = os.open(saved.state, os.O_RDONLY)
         try:
-            await self.driver.restore(fd, connect_channels)
+            await self.driver.restore(fd, connect_channels, events.ProgressEmitter(self.events, "restoring"))
         except DriverError as e:
             with contextlib.suppress(Exception):
                 await self.driver.kill()
@@ -421,7 +421,9 @@ class HostAgent:
         if self.save_on_stop:
             self.events.emit(events.STOPPING, "saving the VM state")
             try:
-                manifest = await saving.save(self.dir, self.driver, self.boot_record)
+                manifest = await saving.save(
+                    self.dir, self.driver, self.boot_record, events.ProgressEmitter(self.events, "saving")
+                )
                 size = manifest["state"]["size"]
                 return (
                     f"saved the VM state ({size / 2**20:.0f} MiB in {manifest['saveSeconds']:.2f} s)",

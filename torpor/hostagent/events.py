@@ -18,6 +18,7 @@ NOTICE = "notice"
 BOOTING = "booting"
 READY = "ready"
 STOPPING = "stopping"
+PROGRESS = "progress"  # bytes done of a save or restore: {"done": N, "total": N}
 ERROR = "error"
 EXITING = "exiting"  # always the last event of a host agent run
 TERMINAL = frozenset({EXITING})
@@ -51,6 +52,29 @@ class EventWriter:
     def emit(self, type_: str, message: str, **fields: Any) -> None:
         self._stream.write(Event(type_, message, time.time(), fields).to_json() + "\n")
         self._stream.flush()
+
+
+class ProgressEmitter:
+    """Turns (done, total) callbacks into PROGRESS events, at most ten a second."""
+
+    def __init__(self, writer: EventWriter, what: str) -> None:
+        self.writer = writer
+        self.what = what
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.1:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-6)
+        self.writer.emit(
+            PROGRESS,
+            f"{self.what}: {done / 2**20:.0f} of {total / 2**20:.0f} MiB ({rate / 2**20:.0f} MiB/s)",
+            done=done,
+            total=total,
+        )
 
 
 class EventReader:

@@ -31,7 +31,14 @@ Ask = Callable[[str], str]
 
 
 def start(
-    name: str, report: Report, tty: bool, *, cold: bool = False, ask: Ask | None = None, root: Path | None = None
+    name: str,
+    report: Report,
+    tty: bool,
+    *,
+    cold: bool = False,
+    ask: Ask | None = None,
+    progress: Report | None = None,
+    root: Path | None = None,
 ) -> events.Event:
     """Start ``name`` (creating it from the default template if it does not exist); return the ready event.
 
@@ -79,7 +86,7 @@ def start(
             reader,
             alive=lambda: proc.poll() is None,
             until=lambda ev: ev.type == events.READY,
-            on_event=lambda ev: _show(ev, report),
+            on_event=lambda ev: _show(ev, report, progress),
             timeout=timeout,
         )
     if last is not None and last.type == events.READY:
@@ -128,8 +135,12 @@ def _ask_about_config_changes(inst_dir: Path, effective: Effective, report: Repo
         report("discarded the saved state; cold booting with the new configuration")
 
 
-def _show(ev: events.Event, report: Report) -> None:
+def _show(ev: events.Event, report: Report, progress: Report | None) -> None:
     if ev.type in (events.STARTING, events.EXITING):
+        return
+    if ev.type == events.PROGRESS:
+        if progress is not None:
+            progress(ev.message)
         return
     report(ev.message)
 

@@ -27,7 +27,9 @@ Report = Callable[[str], None]
 STOP_MARGIN = 30.0  # beyond the guest's shutdownTimeout: QEMU quit and the agent's cleanup
 
 
-def stop(name: str, report: Report, save: bool | None = None, root: Path | None = None) -> events.Event:
+def stop(
+    name: str, report: Report, save: bool | None = None, progress: Report | None = None, root: Path | None = None
+) -> events.Event:
     """Stop ``name``; return the host agent's exit event.
 
     ``save`` True or False overrides the instance's saveOnStop for this stop (set in the running host agent, then
@@ -56,6 +58,8 @@ def stop(name: str, report: Report, save: bool | None = None, root: Path | None 
         def show(ev: events.Event) -> None:
             if ev.type in (events.STOPPING, events.NOTICE):
                 report(ev.message)
+            elif ev.type == events.PROGRESS and progress is not None:
+                progress(ev.message)
 
         if save is not None:
             status, body = HostAgentClient(inst.dir / filenames.HA_SOCK).request(

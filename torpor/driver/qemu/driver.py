@@ -91,11 +91,11 @@ class QemuDriver:
         await before_run()
         await self.qmp.execute("cont")
 
-    async def restore(self, state_fd: int, before_run: BeforeRun) -> None:
+    async def restore(self, state_fd: int, before_run: BeforeRun, progress: migration.Progress | None = None) -> None:
         """Start QEMU with the boot's command line, load the saved state from ``state_fd``, let the VM run."""
         await self._launch([*self.argv, "-incoming", "defer"])
         try:
-            await migration.load_from_fd(self.qmp, state_fd, self._running, self.spec.memory_file is not None)
+            await migration.load_from_fd(self.qmp, state_fd, self._running, self.spec.memory_file is not None, progress)
             await before_run()
         except DriverError as e:
             tail = self.stderr_tail()

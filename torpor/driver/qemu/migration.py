@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -52,8 +53,18 @@ async def save_to_fd(
         await asyncio.sleep(POLL)
 
 
-async def load_from_fd(qmp: QMPSession, fd: int, alive: Callable[[], bool], ignore_shared: bool = False) -> None:
-    """Feed a saved state into a QEMU started with ``-incoming defer``; return when it is loaded (VM paused)."""
+async def load_from_fd(
+    qmp: QMPSession,
+    fd: int,
+    alive: Callable[[], bool],
+    ignore_shared: bool = False,
+    progress: Progress | None = None,
+) -> None:
+    """Feed a saved state into a QEMU started with ``-incoming defer``; return when it is loaded (VM paused).
+
+    Progress comes from the file offset, which QEMU's copy of ``fd`` shares with ours.
+    """
+    total = os.fstat(fd).st_size
     if ignore_shared:
         await _ignore_shared(qmp)
     await qmp.pass_fd(fd, FD_NAME)
@@ -64,6 +75,8 @@ async def load_from_fd(qmp: QMPSession, fd: int, alive: Callable[[], bool], igno
             raise DriverError("QEMU exited while loading the saved state")
         try:
             status = (await qmp.execute("query-status")).get("status")
+            if progress is not None:
+                progress(os.lseek(fd, 0, os.SEEK_CUR), total)
             if status != "inmigrate":
                 info = await qmp.execute("query-migrate")
                 if info.get("status") == "failed":
