@@ -15,10 +15,11 @@ import shlex
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import yaml
+if TYPE_CHECKING:
+    from torpor.config.schema import Provision
 
-from torpor.config.schema import Provision
 from torpor.store import atomic, filenames
 
 
@@ -53,6 +54,8 @@ def instance_id(inst_dir: Path) -> str:
 
 def files(name: str, iid: str, user: GuestUser, pubkey: str, provision: list[Provision]) -> dict[str, bytes]:
     """The seed's files by path."""
+    import yaml
+
     hostname = f"torpor-{name}"
     meta = {"instance-id": iid, "local-hostname": hostname}
     cloud_user = {

@@ -9,8 +9,11 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torpor.config.schema import Config, Image
+if TYPE_CHECKING:
+    from torpor.config.schema import Config, Image
+
 from torpor.errors import ImageError
 from torpor.guest import builder, fetch
 from torpor.store import filenames

@@ -19,13 +19,11 @@ import time
 from collections.abc import Awaitable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from torpor.config.layering import Effective, load_effective
-from torpor.config.schema import Config
 from torpor.driver.qemu import host
 from torpor.driver.qemu.cmdline import HostForward
-from torpor.driver.qemu.driver import QemuDriver, vm_spec
+from torpor.driver.qemu.driver import QemuDriver, SavedMachine, vm_spec
 from torpor.errors import ConfigError, DriverError, TorporError
 from torpor.guest import builder, cidata, images
 from torpor.guest import ssh as guest_ssh
@@ -36,6 +34,9 @@ from torpor.hostagent.forwarder import PortForwarder
 from torpor.hostagent.sshaccess import SSHAccess
 from torpor.store import atomic, filenames, savedstate
 from torpor.store.instance import read_instance_yaml
+
+if TYPE_CHECKING:
+    from torpor.config.schema import Config
 
 log = logging.getLogger(__name__)
 
@@ -145,32 +146,9 @@ class HostAgent:
 
     async def _start(self) -> None:
         self.events.emit(events.STARTING, f"starting instance {self.name}")
-        try:
-            effective: Effective | None = load_effective(
-                self.home, read_instance_yaml(self.dir), str(self.dir / filenames.INSTANCE_YAML)
-            )
-        except ConfigError as e:
-            if not savedstate.saved_dir(self.dir).exists():
-                raise
-            effective = None  # a saved VM restores with the configuration it was booted with
-            self.events.emit(events.NOTICE, f"{e}\nrestoring the saved state with the configuration it was saved with")
         qemu = await asyncio.to_thread(host.find_qemu, "x86_64", builder.cache_root())
         saved = await self._usable_saved_state(qemu)
-        if effective is None:
-            if saved is None:
-                raise ConfigError("the instance's configuration is invalid and there is no usable saved state")
-            self.save_on_stop = bool(saved.manifest["config"].get("saveOnStop"))
-        else:
-            self.save_on_stop = effective.config.saveOnStop
         if saved is not None:
-            if effective is not None and saved.manifest.get("configDigest") != effective.digest():
-                changed = savedstate.changed_fields(saved.manifest["config"], effective.config.model_dump(mode="json"))
-                self.events.emit(
-                    events.NOTICE,
-                    f"the configuration changed since the save ({', '.join(changed)}); restoring with the "
-                    f"configuration the VM was booted with; `torpor restart {self.name}` applies the changes",
-                    changed=changed,
-                )
             try:
                 await self._restore(saved, qemu)
                 return
@@ -181,8 +159,35 @@ class HostAgent:
                     f"could not restore the saved state: {e}; it was kept in {aside.name if aside else '?'}; "
                     "cold booting",
                 )
-        assert effective is not None
+        from torpor.config.layering import load_effective
+
+        effective = load_effective(self.home, read_instance_yaml(self.dir), str(self.dir / filenames.INSTANCE_YAML))
+        self.save_on_stop = effective.config.saveOnStop
         await self._cold_boot(effective.config, effective.digest(), qemu)
+
+    def _apply_current_config(self, saved: savedstate.Saved) -> None:
+        """While a restore loads: the runtime saveOnStop from the instance file, and a word on edits made to it.
+
+        The restored VM keeps the configuration it was booted with; an edited (even invalid) instance file only
+        takes effect at the next cold boot.
+        """
+        from torpor.config.layering import load_effective
+
+        try:
+            effective = load_effective(self.home, read_instance_yaml(self.dir), str(self.dir / filenames.INSTANCE_YAML))
+        except ConfigError as e:
+            self.save_on_stop = bool(saved.manifest["config"].get("saveOnStop"))
+            self.events.emit(events.NOTICE, f"{e}\nrestoring with the configuration the VM was saved with")
+            return
+        self.save_on_stop = effective.config.saveOnStop
+        if saved.manifest.get("configDigest") != effective.digest():
+            changed = savedstate.changed_fields(saved.manifest["config"], effective.config.model_dump(mode="json"))
+            self.events.emit(
+                events.NOTICE,
+                f"the configuration changed since the save ({', '.join(changed)}); restoring with the "
+                f"configuration the VM was booted with; `torpor restart {self.name}` applies the changes",
+                changed=changed,
+            )
 
     async def _usable_saved_state(self, qemu: host.Qemu) -> savedstate.Saved | None:
         """The saved state if one exists and may be restored; anything unusable is set aside with a notice."""
@@ -259,13 +264,12 @@ class HostAgent:
 
     async def _restore(self, saved: savedstate.Saved, qemu: host.Qemu) -> None:
         boot = saved.manifest["boot"]
-        config = Config.model_validate(boot["config"])
-        self.config = config
         self.boot_record = boot
         self.default_guest = bool(boot.get("defaultGuest"))
         accel = host.Accel(boot.get("accel", "tcg"), "as at the boot that was saved")
-        spec = vm_spec(self.dir, self.name, config, accel, "")
-        self.driver = QemuDriver(qemu, spec, config.disk, argv=saved.manifest["argv"])
+        # Built from the saved JSON: validating it (pydantic) overlaps QEMU's load, in while_loading below.
+        spec = vm_spec(self.dir, self.name, SavedMachine.from_record(boot["config"]), accel, "")
+        self.driver = QemuDriver(qemu, spec, int(boot["config"]["disk"]), argv=saved.manifest["argv"])
         key, _ = guest_ssh.ensure_keypair(self.home)
         guest_ssh.write_config(self.dir, self.name, boot["sshPort"], boot["user"], key)
         age = time.time() - saved.created
@@ -284,9 +288,17 @@ class HostAgent:
                 raise DriverError("the state file's contents changed since the save (checksum mismatch)")
             await self.guest_agent.connect(self.dir / filenames.QGA_SOCK)
 
+        def while_loading() -> None:
+            from torpor.config.schema import Config
+
+            self.config = Config.model_validate(boot["config"])
+            self._apply_current_config(saved)
+
         fd = os.open(saved.state, os.O_RDONLY)
         try:
-            await self.driver.restore(fd, connect_channels, events.ProgressEmitter(self.events, "restoring"))
+            await self.driver.restore(
+                fd, connect_channels, events.ProgressEmitter(self.events, "restoring"), while_loading
+            )
         except DriverError as e:
             with contextlib.suppress(Exception):
                 await self.driver.kill()
@@ -301,7 +313,8 @@ class HostAgent:
         savedstate.discard(self.dir)
         self.restored = True
         atomic.write_text(self.dir / filenames.BOOT_RECORD, json.dumps({**boot, "argv": self.driver.argv}))
-        deadline = t0 + config.bootTimeout
+        assert self.config is not None
+        deadline = t0 + self.config.bootTimeout
         clock = asyncio.ensure_future(self._set_guest_clock())
         await self._guest_up(t0, deadline, "restored", before_ready=clock)
 

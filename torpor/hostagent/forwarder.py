@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from torpor.config.schema import PortForward
 from torpor.guest.agent import GuestAgent, GuestAgentError
 from torpor.hostagent.ports import Forward, listening_ports, plan
 from torpor.hostagent.sshaccess import SSHAccess
+
+if TYPE_CHECKING:
+    from torpor.config.schema import PortForward
 
 log = logging.getLogger(__name__)
 

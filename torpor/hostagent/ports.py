@@ -8,8 +8,11 @@ same port on 127.0.0.1.  Nothing binds anything but loopback unless a rule names
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torpor.config.schema import PortForward
+if TYPE_CHECKING:
+    from torpor.config.schema import PortForward
+
 
 SSH_PORT = 22
 TCP_LISTEN = "0A"

@@ -7,10 +7,12 @@ import collections
 import contextlib
 import logging
 import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from torpor import subp
-from torpor.config.schema import Config
 from torpor.driver.base import BeforeRun, Features, StopOutcome, VMState
 from torpor.driver.qemu import cmdline, migration
 from torpor.driver.qemu.host import Accel, Qemu
@@ -24,7 +26,36 @@ QMP_CONNECT_TIMEOUT = 30.0
 QUIT_TIMEOUT = 10.0
 
 
-def vm_spec(inst_dir: Path, name: str, config: Config, accel: Accel, kernel_cmdline: str) -> cmdline.VMSpec:
+class MachineConfig(Protocol):
+    """The configuration fields the machine depends on (a validated Config, or a saved state's record of one)."""
+
+    @property
+    def arch(self) -> str: ...
+    @property
+    def cpus(self) -> int: ...
+    @property
+    def memory(self) -> int: ...
+    @property
+    def saveMode(self) -> str: ...  # noqa: N802 - the YAML field's name
+
+
+@dataclass(frozen=True)
+class SavedMachine:
+    """MachineConfig from a saved state's JSON record, without validating the whole configuration first."""
+
+    arch: str
+    cpus: int
+    memory: int
+    saveMode: str  # noqa: N815
+
+    @classmethod
+    def from_record(cls, config: dict[str, Any]) -> SavedMachine:
+        return cls(
+            str(config["arch"]), int(config["cpus"]), int(config["memory"]), str(config.get("saveMode", "stream"))
+        )
+
+
+def vm_spec(inst_dir: Path, name: str, config: MachineConfig, accel: Accel, kernel_cmdline: str) -> cmdline.VMSpec:
     kernel = inst_dir / filenames.KERNEL
     initrd = inst_dir / filenames.INITRD
     return cmdline.VMSpec(
@@ -91,11 +122,27 @@ class QemuDriver:
         await before_run()
         await self.qmp.execute("cont")
 
-    async def restore(self, state_fd: int, before_run: BeforeRun, progress: migration.Progress | None = None) -> None:
-        """Start QEMU with the boot's command line, load the saved state from ``state_fd``, let the VM run."""
+    async def restore(
+        self,
+        state_fd: int,
+        before_run: BeforeRun,
+        progress: migration.Progress | None = None,
+        while_loading: Callable[[], None] | None = None,
+    ) -> None:
+        """Start QEMU with the boot's command line, load the saved state from ``state_fd``, let the VM run.
+
+        ``while_loading`` runs once QEMU has started reading the state: work that may overlap the load.
+        """
         await self._launch([*self.argv, "-incoming", "defer"])
         try:
-            await migration.load_from_fd(self.qmp, state_fd, self._running, self.spec.memory_file is not None, progress)
+            await migration.load_from_fd(
+                self.qmp,
+                state_fd,
+                self._running,
+                ignore_shared=self.spec.memory_file is not None,
+                progress=progress,
+                while_loading=while_loading,
+            )
             await before_run()
         except DriverError as e:
             tail = self.stderr_tail()

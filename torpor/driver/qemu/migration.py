@@ -57,8 +57,10 @@ async def load_from_fd(
     qmp: QMPSession,
     fd: int,
     alive: Callable[[], bool],
+    *,
     ignore_shared: bool = False,
     progress: Progress | None = None,
+    while_loading: Callable[[], None] | None = None,
 ) -> None:
     """Feed a saved state into a QEMU started with ``-incoming defer``; return when it is loaded (VM paused).
 
@@ -69,6 +71,8 @@ async def load_from_fd(
         await _ignore_shared(qmp)
     await qmp.pass_fd(fd, FD_NAME)
     await qmp.execute("migrate-incoming", {"uri": f"fd:{FD_NAME}"})
+    if while_loading is not None:
+        while_loading()
     # A `cont` sent while QEMU is still "inmigrate" is accepted and ignored: wait until the load has finished.
     while True:
         if not alive():
