@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -177,7 +176,6 @@ def test_two_concurrent_starts_restore_once(torpor: Torpor) -> None:
     assert "busy" in loser or "already running" in loser
     assert torpor.sh("cc", "cat /dev/shm/counter.pid") == pid
     assert torpor.sh("cc", "cat $HOME/fsynced") == "precious\n"
-    time.sleep(0)
 
 
 def test_interrupted_save_leftovers_are_not_restored(torpor: Torpor) -> None:

@@ -98,13 +98,6 @@ class GuestAgent:
             if "return" in reply:
                 return reply["return"]
 
-    async def ping(self, timeout: float = 2.0) -> bool:
-        try:
-            await self.execute("guest-ping", timeout=timeout)
-        except GuestAgentError:
-            return False
-        return True
-
     async def read_file(self, path: str, limit: int = 1024 * 1024) -> bytes:
         handle = await self.execute("guest-file-open", {"path": path, "mode": "r"})
         data = b""
@@ -121,7 +114,3 @@ class GuestAgent:
     async def set_time(self, ns: int | None = None) -> None:
         """Set the guest's clock to the host's (now, unless ``ns`` is given) and its hardware clock with it."""
         await self.execute("guest-set-time", {"time": ns if ns is not None else time.time_ns()})
-
-    async def get_time(self) -> int:
-        value: int = await self.execute("guest-get-time")
-        return value

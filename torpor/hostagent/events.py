@@ -21,7 +21,6 @@ STOPPING = "stopping"
 PROGRESS = "progress"  # bytes done of a save or restore: {"done": N, "total": N}
 ERROR = "error"
 EXITING = "exiting"  # always the last event of a host agent run
-TERMINAL = frozenset({EXITING})
 
 
 @dataclass(frozen=True)
