@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up torpor on a Debian/Ubuntu machine: QEMU and the tools the default guest is built with (system
+# Set up torpor on a Debian/Ubuntu machine: QEMU, the OpenSSH client and the tools the default guest is built with (system
 # packages), then torpor itself in a virtualenv at .venv.  Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-packages=(qemu-system-x86 qemu-utils dpkg apt python3-venv)
+packages=(qemu-system-x86 qemu-utils openssh-client dpkg apt python3-venv)
 echo "torpor setup: installing system packages: ${packages[*]}"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null
