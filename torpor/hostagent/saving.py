@@ -65,11 +65,12 @@ async def save(
     try:
         tmp.rename(state)
         atomic.fsync_dir(sdir)
-        state_sha = await asyncio.to_thread(savedstate.sha256_file, state)
     except OSError as e:
         state.unlink(missing_ok=True)
         alive = await _resume(driver)
         raise SaveFailed(f"writing the state file failed: {e}", alive) from e
+    # The checksum is computed while QEMU quits and the disk is flushed, not before.
+    checksum = asyncio.ensure_future(asyncio.to_thread(savedstate.sha256_file, state))
     # From here the VM's memory exists only in the state file (and, in instant mode, the RAM file).
     await driver.quit()
     disk = inst_dir / filenames.DISK
@@ -77,6 +78,13 @@ async def save(
     ram = driver.spec.memory_file
     if ram is not None:
         await asyncio.to_thread(_fsync_path, ram)  # the guest's dirty pages, written back by the kernel
+    try:
+        state_sha = await checksum
+    except OSError as e:
+        savedstate.discard(inst_dir)
+        raise SaveFailed(
+            f"reading the state file back failed after QEMU stopped ({e}); the next start cold boots", False
+        ) from e
     manifest: dict[str, Any] = {
         "createdAt": time.time(),
         "qemu": {"binary": driver.qemu.binary, "version": driver.qemu.version},
