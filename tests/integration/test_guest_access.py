@@ -80,6 +80,8 @@ provision:
     user = torpor.run("shell", "acc", "id", "-un").stdout.strip()
     assert torpor.run("shell", "acc", "sh", "-c", 'cat "$HOME/user-ran"').stdout.strip() == user
     assert (d / "provision.log").exists()
+    log = (d / "provision.log").read_text()
+    assert "=== 00-system" in log and "=== 01-user" in log and "=== 02-boot" in log
 
     # copy both ways, recursively
     src = tmp_path / "tree"

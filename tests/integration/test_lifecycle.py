@@ -112,5 +112,6 @@ def test_api_errors_are_json(torpor: Torpor) -> None:
     assert status == 404 and "message" in body
     info = client.get("/v1/info")
     assert json.dumps(info)  # plain JSON
+    assert info["name"] == "api" and info["ready"] is True and info["vm"]["state"] == "running"
     assert info["vm"]["accel"] in ("kvm", "tcg")
     torpor.run("stop", "api")

@@ -157,14 +157,15 @@ def build_default(cache: Path | None = None, report: Callable[[str], None] = log
         for p in libs:
             debs.extract(files[p.name], tree, _keep_in_userland)
         programs = elf.closure(tree, ["bin/busybox", *(f for fs in PROGRAMS.values() for f in fs)])
-        order = kmod.load_order(MODULES, kmod.index_modules(moddir), kmod.builtin_modules(moddir))
+        modules = kmod.index_modules(moddir)
+        order = kmod.load_order(MODULES, modules, kmod.builtin_modules(moddir))
         manifest: dict[str, object] = {
             "key": key,
             "packages": [str(p) for p in packages],
             "modules": order,
             "kernelVersion": moddir.name,
         }
-        entries = _entries(programs, kmod.index_modules(moddir), order, scripts, manifest)
+        entries = _entries(programs, modules, order, scripts, manifest)
         raw = io.BytesIO()
         cpio.write(raw, entries)
         stage = work / "out"

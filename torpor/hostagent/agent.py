@@ -33,7 +33,7 @@ from torpor.hostagent.api import APIServer, HTTPError, Request
 from torpor.hostagent.forwarder import PortForwarder
 from torpor.hostagent.sshaccess import SSHAccess
 from torpor.store import atomic, filenames, savedstate
-from torpor.store.instance import read_instance_yaml
+from torpor.store.instance import clear_runtime_files, read_instance_yaml
 
 if TYPE_CHECKING:
     from torpor.config.schema import Config
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 GUEST_PROVISION_LOG = "/var/log/torpor/provision.log"
+OWN_PID_FILE = frozenset({filenames.HA_PID})  # removed last, while its lock is still held
 
 
 class AlreadyRunning(TorporError):
@@ -98,9 +99,7 @@ class HostAgent:
             self.events.emit(events.EXITING, str(e), ok=False)
             return 3
         # Run directly (by systemd) after a crash, stale sockets of the last run may remain: ours now.
-        for n in filenames.RUNTIME_FILES:
-            if n != filenames.HA_PID:
-                (self.dir / n).unlink(missing_ok=True)
+        clear_runtime_files(self.dir, keep=OWN_PID_FILE)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -270,7 +269,7 @@ class HostAgent:
         # Built from the saved JSON: validating it (pydantic) overlaps QEMU's load, in while_loading below.
         spec = vm_spec(self.dir, self.name, SavedMachine.from_record(boot["config"]), accel, "")
         self.driver = QemuDriver(qemu, spec, int(boot["config"]["disk"]), argv=saved.manifest["argv"])
-        key, _ = guest_ssh.ensure_keypair(self.home)
+        key, _ = await asyncio.to_thread(guest_ssh.ensure_keypair, self.home)
         guest_ssh.write_config(self.dir, self.name, boot["sshPort"], boot["user"], key)
         age = time.time() - saved.created
         self.events.emit(
@@ -312,7 +311,6 @@ class HostAgent:
         # never be restored again.
         savedstate.discard(self.dir)
         self.restored = True
-        atomic.write_text(self.dir / filenames.BOOT_RECORD, json.dumps({**boot, "argv": self.driver.argv}))
         assert self.config is not None
         deadline = t0 + self.config.bootTimeout
         clock = asyncio.ensure_future(self._set_guest_clock())
@@ -469,10 +467,7 @@ class HostAgent:
         await self.api.close()
         if self.driver is not None:
             await self.driver.close()
-        for n in filenames.RUNTIME_FILES:
-            if n == filenames.HA_PID:
-                continue
-            (self.dir / n).unlink(missing_ok=True)
+        clear_runtime_files(self.dir, keep=OWN_PID_FILE)
         if self._pid_fd is not None:
             (self.dir / filenames.HA_PID).unlink(missing_ok=True)
             os.close(self._pid_fd)

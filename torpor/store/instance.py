@@ -10,7 +10,7 @@ import enum
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from torpor.errors import ConfigError, InstanceNotFound, TorporError
@@ -96,10 +96,6 @@ class Instance:
     reason: str = ""  # why the instance is Broken
     agent_pid: int | None = None  # a live host agent
     qemu_pid: int | None = None  # a live QEMU (with or without an agent)
-    extra: dict[str, object] = field(default_factory=dict)
-
-    def path(self, name: str) -> Path:
-        return self.dir / name
 
 
 def inspect(name: str, root: Path | None = None) -> Instance:
@@ -156,10 +152,12 @@ def read_instance_yaml(inst_dir: Path) -> str:
         raise ConfigError(f"cannot read {inst_dir / filenames.INSTANCE_YAML}: {e.strerror}") from None
 
 
-def clear_runtime_files(inst_dir: Path) -> list[str]:
-    """Remove what a dead host agent left behind; return the names removed."""
+def clear_runtime_files(inst_dir: Path, keep: frozenset[str] = frozenset()) -> list[str]:
+    """Remove what a dead host agent left behind (except ``keep``); return the names removed."""
     removed = []
     for n in filenames.RUNTIME_FILES:
+        if n in keep:
+            continue
         p = inst_dir / n
         if p.exists() or p.is_symlink():
             p.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from torpor import subp
-from torpor.driver.base import BeforeRun, Features, StopOutcome, VMState
+from torpor.driver.base import BeforeRun, Driver, Features, StopOutcome, VMState
 from torpor.driver.qemu import cmdline, migration
 from torpor.driver.qemu.host import Accel, Qemu
 from torpor.driver.qemu.qmp import QMPSession
@@ -245,3 +245,8 @@ class QemuDriver:
 
     async def close(self) -> None:
         await self.qmp.close()
+
+
+def _implements_driver(d: QemuDriver) -> Driver:
+    # mypy checks here that QemuDriver satisfies the driver protocol.
+    return d
