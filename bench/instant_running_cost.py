@@ -2,7 +2,7 @@
 
     python bench/instant_running_cost.py [--seconds 60] [--churn-mib 200]
 
-Boots the default guest in stream and in instant mode, side by side in one run, and while each runs the same
+Boots the default guest in copy and in instant mode, side by side in one run, and while each runs the same
 workload (rewriting CHURN MiB of random data in guest RAM every 10 s) counts the bytes the host wrote to the
 block device under the instance directory (/proc/diskstats) and the RAM file's allocated size.
 """
@@ -69,7 +69,7 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="torpor-bench-", dir="/tmp"))
     env = dict(os.environ, TORPOR_HOME=str(home))
     try:
-        results = {mode: run(env, home, mode, args.seconds, args.churn_mib) for mode in ("stream", "instant")}
+        results = {mode: run(env, home, mode, args.seconds, args.churn_mib) for mode in ("copy", "instant")}
     finally:
         shutil.rmtree(home, ignore_errors=True)
     print(f"\n{args.seconds} s of a 1 GiB guest rewriting {args.churn_mib} MiB of RAM every 10 s")

@@ -1,6 +1,6 @@
 """Benchmark: cold boot against save and restore of the default guest, measured side by side in one run.
 
-    python bench/save_restore.py [--touch-mib 200] [--rounds 2] [--configs stream:1GiB,stream:4GiB,...]
+    python bench/save_restore.py [--touch-mib 200] [--rounds 2] [--configs copy:1GiB,copy:4GiB,...]
 
 For each configuration (saveMode:memory) and round: a cold `torpor start` (to ready: SSH answers), TOUCH MiB of
 random data written into guest RAM (/dev/shm), `torpor stop --save`, `torpor start` (restore, to ready).  Times
@@ -89,7 +89,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--touch-mib", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--configs", default="stream:1GiB,stream:4GiB,instant:1GiB,instant:4GiB")
+    ap.add_argument("--configs", default="copy:1GiB,copy:4GiB,instant:1GiB,instant:4GiB")
     args = ap.parse_args()
     configs = [tuple(c.split(":")) for c in args.configs.split(",")]
     home = Path(tempfile.mkdtemp(prefix="torpor-bench-", dir="/tmp"))
@@ -121,7 +121,7 @@ def main() -> int:
         )
     print("ratio = restore / cold boot; startup = CLI and host agent until the agent's first event;")
     print("on disk = allocated blocks of the saved state plus, in instant mode, the guest RAM file")
-    for mode in ("stream", "instant"):
+    for mode in ("copy", "instant"):
         small, big = results.get((mode, "1GiB")), results.get((mode, "4GiB"))
         if small and big:
             print(

@@ -190,7 +190,7 @@ def test_instant_mode_saves_device_state_only_and_restores(torpor: Torpor) -> No
     d = torpor.dir("inst")
     assert (d / "saved" / "state.bin").stat().st_size < 8 * 2**20  # device state, not 64+ MiB of RAM
     manifest = json.loads((d / "saved" / "manifest.json").read_text())
-    assert manifest["mechanism"] == "ignore-shared"
+    assert manifest["mechanism"] == "shared-ram"
     out = torpor.run("start", "inst")
     assert "restored in" in out.stderr
     assert torpor.sh("inst", "md5sum /dev/shm/blob") == digest

@@ -19,7 +19,7 @@ def make_saved(inst: Path, state: bytes = b"S" * 1000) -> dict[str, object]:
         "configDigest": "sha256:x",
         "disk": savedstate.file_identity(inst / filenames.DISK),
         "cidataSha256": savedstate.sha256_file(inst / filenames.CIDATA),
-        "state": {"size": len(state), "sha256": savedstate.sha256_file(d / filenames.STATE_FILE)},
+        "state": {"size": len(state), "digest": savedstate.state_digest(d / filenames.STATE_FILE)},
     }
     savedstate.write_manifest(inst, manifest)
     return manifest
@@ -109,3 +109,25 @@ def test_instant_mode_ram_file_must_be_unchanged(tmp_path: Path) -> None:
     assert saved is not None and savedstate.problems(saved, tmp_path, "7.2.0") == []
     ram.write_bytes(b"X" * 8192)
     assert any("RAM file changed" in p for p in savedstate.problems(saved, tmp_path, "7.2.0"))
+
+
+def test_state_digest_depends_on_contents_not_on_holes(tmp_path: Path) -> None:
+    block = savedstate.BLOCK
+    sparse, dense = tmp_path / "sparse", tmp_path / "dense"
+    with sparse.open("wb") as f:  # data, a 3-block hole, data, a hole to a ragged end
+        f.write(b"a" * 100)
+        f.seek(4 * block + 5)
+        f.write(b"b" * block)
+        f.truncate(8 * block + 123)
+    data = bytearray(8 * block + 123)
+    data[:100] = b"a" * 100
+    data[4 * block + 5 : 5 * block + 5] = b"b" * block
+    dense.write_bytes(bytes(data))
+    assert sparse.stat().st_blocks * 512 < len(data) // 2  # it really is sparse
+    assert savedstate.state_digest(sparse) == savedstate.state_digest(dense)
+    data[7 * block] = 1
+    dense.write_bytes(bytes(data))
+    assert savedstate.state_digest(sparse) != savedstate.state_digest(dense)
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert savedstate.state_digest(empty) != savedstate.state_digest(dense)

@@ -14,9 +14,12 @@ def run(args: argparse.Namespace) -> int:
     from torpor.guest import builder
     from torpor.store.instance import home
 
+    from torpor.driver.qemu import migration
+
     qemu = host.find_qemu()
     built = builder.find_built()
     accel = host.probe_accel(qemu, built.kernel if built else None, builder.cache_root())
+    save_modes = migration.by_save_mode(host.migration_capabilities(qemu))
     info = {
         "version": torpor.__version__,
         "qemu": {"binary": qemu.binary, "version": qemu.version},
@@ -24,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         "home": str(home()),
         "cache": str(builder.cache_root()),
         "defaultGuest": str(built.kernel.parent) if built else None,
-        "saveModes": host.save_mechanisms(qemu),
+        "saveModes": save_modes,
     }
     if args.format == "json":
         print(json.dumps(info, indent=2))
@@ -35,6 +38,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"home:          {info['home']}")
     print(f"cache:         {info['cache']}")
     print(f"default guest: {info['defaultGuest'] or 'not built yet (`torpor image build`)'}")
-    for mode, how in host.save_mechanisms(qemu).items():
-        print(f"saveMode {mode + ':':<9}{how}")
+    for mode, mechanism in save_modes.items():
+        print(f"saveMode {mode + ':':<9}{mechanism} - {migration.DESCRIPTIONS[mechanism]}")
     return 0

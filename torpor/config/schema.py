@@ -128,9 +128,10 @@ class Config(Model):
     portForwards: list[PortForward] = Field(default_factory=list)  # noqa: N815
     provision: list[Provision] = Field(default_factory=list)
     saveOnStop: bool = Field(False, description="save the running state on stop and restore it on start")  # noqa: N815
-    # stream: RAM is written into the state file when saving.  instant: guest RAM lives in a file in the instance
-    # directory all the time, so saving writes only device state and restoring maps the file.
-    saveMode: Literal["stream", "instant"] = "stream"  # noqa: N815
+    # copy: RAM is copied into the state file when saving (mapped-ram where QEMU has it, else a stream).
+    # instant: guest RAM lives in a file in the instance directory all the time, so saving writes only device
+    # state and restoring maps the file.
+    saveMode: Literal["copy", "instant"] = "copy"  # noqa: N815
     bootTimeout: int = Field(300, ge=1, description="seconds to wait for the guest to report ready")  # noqa: N815
     shutdownTimeout: int = Field(60, ge=1, description="seconds to wait for a clean guest shutdown")  # noqa: N815
 

@@ -280,10 +280,10 @@ class HostAgent:
         t0 = time.monotonic()
 
         # The state's checksum is verified while QEMU loads it, and checked before the VM may run.
-        checksum = asyncio.ensure_future(asyncio.to_thread(savedstate.sha256_file, saved.state))
+        checksum = asyncio.ensure_future(asyncio.to_thread(savedstate.state_digest, saved.state))
 
         async def connect_channels() -> None:
-            if await checksum != saved.manifest["state"]["sha256"]:
+            if await checksum != saved.manifest["state"]["digest"]:
                 raise DriverError("the state file's contents changed since the save (checksum mismatch)")
             await self.guest_agent.connect(self.dir / filenames.QGA_SOCK)
 
@@ -293,10 +293,13 @@ class HostAgent:
             self.config = Config.model_validate(boot["config"])
             self._apply_current_config(saved)
 
-        fd = os.open(saved.state, os.O_RDONLY)
         try:
             await self.driver.restore(
-                fd, connect_channels, events.ProgressEmitter(self.events, "restoring"), while_loading
+                saved.state,
+                saved.mechanism,
+                connect_channels,
+                events.ProgressEmitter(self.events, "restoring"),
+                while_loading,
             )
         except DriverError as e:
             with contextlib.suppress(Exception):
@@ -305,8 +308,6 @@ class HostAgent:
             self.guest_agent.close()
             self.driver = None
             raise RestoreFailed(str(e)) from None
-        finally:
-            os.close(fd)
         # The guest runs and writes to its disk from here on: the state no longer matches the disk and must
         # never be restored again.
         savedstate.discard(self.dir)

@@ -50,12 +50,8 @@ async def save(
     tmp = sdir / (filenames.STATE_FILE + ".tmp")
     t0 = time.monotonic()
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            stats = await driver.save(fd, progress)
-            await asyncio.to_thread(os.fsync, fd)
-        finally:
-            os.close(fd)
+        mechanism, stats = await driver.save(tmp, progress)
+        await asyncio.to_thread(_fsync_path, tmp)
     except Exception as e:
         tmp.unlink(missing_ok=True)
         alive = await _resume(driver)
@@ -70,7 +66,7 @@ async def save(
         alive = await _resume(driver)
         raise SaveFailed(f"writing the state file failed: {e}", alive) from e
     # The checksum is computed while QEMU quits and the disk is flushed, not before.
-    checksum = asyncio.ensure_future(asyncio.to_thread(savedstate.sha256_file, state))
+    checksum = asyncio.ensure_future(asyncio.to_thread(savedstate.state_digest, state))
     # From here the VM's memory exists only in the state file (and, in instant mode, the RAM file).
     await driver.quit()
     disk = inst_dir / filenames.DISK
@@ -89,7 +85,7 @@ async def save(
         "createdAt": time.time(),
         "qemu": {"binary": driver.qemu.binary, "version": driver.qemu.version},
         "machine": "q35",
-        "mechanism": "ignore-shared" if ram is not None else "stream-fd",
+        "mechanism": mechanism,
         "ramFile": savedstate.file_identity(ram) if ram is not None else None,
         "argv": driver.argv,
         "boot": boot_record,
@@ -97,7 +93,7 @@ async def save(
         "configDigest": boot_record["configDigest"],
         "disk": savedstate.file_identity(disk),
         "cidataSha256": savedstate.sha256_file(inst_dir / filenames.CIDATA),
-        "state": {"size": state.stat().st_size, "sha256": state_sha},
+        "state": {"size": state.stat().st_size, "allocated": state.stat().st_blocks * 512, "digest": state_sha},
         "saveSeconds": save_seconds,
         "qemuStats": {k: stats.get(k) for k in ("total-time", "downtime") if k in stats},
     }

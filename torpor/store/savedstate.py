@@ -1,9 +1,10 @@
 """A saved machine state on disk and the checks that decide whether it may be restored.
 
-Layout: ``saved/state.bin`` (QEMU's migration stream) and ``saved/manifest.json``.  The manifest is written
-last, atomically, and carries its own digest: a state directory without a manifest, or with one that does not
-verify, is an interrupted or damaged save and is never restored.  A state that fails its checks or that QEMU
-rejects is moved aside (``saved.failed-TIME``) for diagnosis, never deleted silently.
+Layout: ``saved/state.bin`` (the machine state as QEMU saved it: see driver.qemu.migration) and
+``saved/manifest.json``.  The manifest is written last, atomically, and carries its own digest: a state directory
+without a manifest, or with one that does not verify, is an interrupted or damaged save and is never restored.
+A state that fails its checks or that QEMU rejects is moved aside (``saved.failed-TIME``) for diagnosis, never
+deleted silently.
 """
 
 from __future__ import annotations
@@ -41,6 +42,42 @@ def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
     return "sha256:" + h.hexdigest()
 
 
+BLOCK = 1 << 20
+_ZERO_BLOCK_DIGEST = hashlib.sha256(bytes(BLOCK)).digest()
+
+
+def state_digest(path: Path) -> str:
+    """A content digest of a state file that does not read its holes.
+
+    A mapped-ram state is a sparse file of the guest's RAM size: it is hashed in 1 MiB blocks (sha256 of the
+    block digests), and blocks that lie wholly in a hole get the all-zero block's digest without being read.
+    The result depends on the contents only, not on which zero ranges happen to be holes.
+    """
+    h = hashlib.sha256()
+    with path.open("rb", buffering=0) as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        block = 0
+        nblocks = -(-size // BLOCK)
+        while block < nblocks:
+            try:
+                data = os.lseek(fd, block * BLOCK, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole up to the end
+                data = size
+            first_data = data // BLOCK if data < size else nblocks
+            for b in range(block, first_data):
+                length = min(BLOCK, size - b * BLOCK)
+                h.update(_ZERO_BLOCK_DIGEST if length == BLOCK else hashlib.sha256(bytes(length)).digest())
+            if first_data >= nblocks:
+                break
+            end = -(-os.lseek(fd, data, os.SEEK_HOLE) // BLOCK)
+            f.seek(first_data * BLOCK)
+            for _ in range(first_data, end):
+                h.update(hashlib.sha256(f.read(BLOCK)).digest())
+            block = end
+    return "blocks-sha256:" + h.hexdigest()
+
+
 def _digest(manifest: dict[str, Any]) -> str:
     body = {k: v for k, v in manifest.items() if k != "manifestDigest"}
     return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -70,7 +107,13 @@ class Saved:
 
     @property
     def size(self) -> int:
-        return int(self.manifest.get("state", {}).get("size", 0))
+        """Bytes the state occupies on disk (a mapped-ram state is sparse)."""
+        state = self.manifest.get("state", {})
+        return int(state.get("allocated", state.get("size", 0)))
+
+    @property
+    def mechanism(self) -> str:
+        return str(self.manifest.get("mechanism", ""))
 
 
 class Unusable(Exception):
@@ -118,7 +161,7 @@ def problems(saved: Saved, inst_dir: Path, qemu_version: str, verify_state: bool
         out.append("the state file is missing")
     elif state.stat().st_size != expected.get("size"):
         out.append(f"the state file is {state.stat().st_size} bytes, the save wrote {expected.get('size')}")
-    elif verify_state and sha256_file(state) != expected.get("sha256"):
+    elif verify_state and state_digest(state) != expected.get("digest"):
         out.append("the state file's contents changed since the save (checksum mismatch)")
     return out
 

@@ -51,7 +51,7 @@ class SavedMachine:
     @classmethod
     def from_record(cls, config: dict[str, Any]) -> SavedMachine:
         return cls(
-            str(config["arch"]), int(config["cpus"]), int(config["memory"]), str(config.get("saveMode", "stream"))
+            str(config["arch"]), int(config["cpus"]), int(config["memory"]), str(config.get("saveMode", "copy"))
         )
 
 
@@ -124,24 +124,20 @@ class QemuDriver:
 
     async def restore(
         self,
-        state_fd: int,
+        state: Path,
+        mechanism: str,
         before_run: BeforeRun,
         progress: migration.Progress | None = None,
         while_loading: Callable[[], None] | None = None,
     ) -> None:
-        """Start QEMU with the boot's command line, load the saved state from ``state_fd``, let the VM run.
+        """Start QEMU with the boot's command line, load the saved state from ``state``, let the VM run.
 
         ``while_loading`` runs once QEMU has started reading the state: work that may overlap the load.
         """
         await self._launch([*self.argv, "-incoming", "defer"])
         try:
-            await migration.load_from_fd(
-                self.qmp,
-                state_fd,
-                self._running,
-                ignore_shared=self.spec.memory_file is not None,
-                progress=progress,
-                while_loading=while_loading,
+            await migration.load(
+                self.qmp, mechanism, state, self._running, progress=progress, while_loading=while_loading
             )
             await before_run()
         except DriverError as e:
@@ -149,9 +145,14 @@ class QemuDriver:
             raise DriverError(f"{e}" + (f": {tail}" if tail else "")) from None
         await self.qmp.execute("cont")
 
-    async def save(self, state_fd: int, progress: migration.Progress | None = None) -> dict[str, object]:
-        """Pause the VM and write its state into ``state_fd`` (the caller fsyncs and names the file)."""
-        return await migration.save_to_fd(self.qmp, state_fd, progress, self.spec.memory_file is not None)
+    async def save(self, state: Path, progress: migration.Progress | None = None) -> tuple[str, dict[str, object]]:
+        """Pause the VM and write its state to ``state`` with the best mechanism this QEMU has.
+
+        Returns the mechanism and QEMU's statistics; the caller fsyncs and names the file.
+        """
+        mechanism = migration.choose(await migration.capabilities(self.qmp), self.spec.memory_file is not None, state)
+        log.info("saving the machine state (%s) to %s", mechanism, state)
+        return mechanism, await migration.save(self.qmp, mechanism, state, progress)
 
     async def resume(self) -> None:
         """Let a paused VM run again (after a failed save)."""

@@ -37,12 +37,18 @@ class Qemu:
         return tuple(int(x) for x in re.findall(r"\d+", self.version)[:3])
 
 
-def save_mechanisms(qemu: Qemu) -> dict[str, str]:
-    """How this QEMU can save a VM, by torpor's saveMode, with the QEMU feature each uses."""
-    out = {"stream": "migration stream into a file descriptor (all QEMU versions)"}
-    if qemu.version_tuple >= (4, 0):
-        out["instant"] = "guest RAM in a shared memory-backend-file, x-ignore-shared (QEMU 4.0+)"
-    return out
+def migration_capabilities(qemu: Qemu) -> set[str]:
+    """The migration capabilities this QEMU knows, asked over QMP from a machine-less QEMU."""
+    commands = "".join(
+        json.dumps({"execute": c}) + "\n" for c in ("qmp_capabilities", "query-migrate-capabilities", "quit")
+    )
+    argv = [qemu.binary, "-machine", "none", "-nodefaults", "-display", "none", "-qmp", "stdio"]
+    out = subprocess.run(argv, input=commands, capture_output=True, text=True, timeout=30).stdout
+    for line in out.splitlines():
+        reply = json.loads(line)
+        if isinstance(reply.get("return"), list):
+            return {c["capability"] for c in reply["return"]}
+    raise DriverError(f"{qemu.binary} did not list its migration capabilities: {out.strip()[:200]}")
 
 
 @dataclass(frozen=True)
