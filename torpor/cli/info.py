@@ -10,11 +10,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torpor
-    from torpor.driver.qemu import host
+    from torpor.driver.qemu import host, migration
     from torpor.guest import builder
     from torpor.store.instance import home
-
-    from torpor.driver.qemu import migration
 
     qemu = host.find_qemu()
     built = builder.find_built()

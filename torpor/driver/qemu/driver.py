@@ -50,9 +50,7 @@ class SavedMachine:
 
     @classmethod
     def from_record(cls, config: dict[str, Any]) -> SavedMachine:
-        return cls(
-            str(config["arch"]), int(config["cpus"]), int(config["memory"]), str(config.get("saveMode", "copy"))
-        )
+        return cls(str(config["arch"]), int(config["cpus"]), int(config["memory"]), str(config.get("saveMode", "copy")))
 
 
 def vm_spec(inst_dir: Path, name: str, config: MachineConfig, accel: Accel, kernel_cmdline: str) -> cmdline.VMSpec:

@@ -43,7 +43,7 @@ def migration_capabilities(qemu: Qemu) -> set[str]:
         json.dumps({"execute": c}) + "\n" for c in ("qmp_capabilities", "query-migrate-capabilities", "quit")
     )
     argv = [qemu.binary, "-machine", "none", "-nodefaults", "-display", "none", "-qmp", "stdio"]
-    out = subprocess.run(argv, input=commands, capture_output=True, text=True, timeout=30).stdout
+    out = subp.run(argv, input=commands, timeout=30).stdout
     for line in out.splitlines():
         reply = json.loads(line)
         if isinstance(reply.get("return"), list):
