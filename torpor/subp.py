@@ -21,7 +21,7 @@ def run(
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
     check: bool = True,
-    input: str | None = None,  # noqa: A002 - subprocess.run's name
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` to completion and capture its output as text.
 
