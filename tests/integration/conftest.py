@@ -97,6 +97,17 @@ def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.2) -> bo
     return False
 
 
+def serves(port: int, text: str) -> bool:
+    """Whether an HTTP server answers ``text`` on the host's 127.0.0.1:``port`` (a port forward into the guest)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+            return bool(r.read().decode() == text)
+    except OSError:
+        return False
+
+
 def write_template(torpor: Torpor, name: str, body: str = "", memory: str = "512MiB") -> Path:
     path = torpor.home / f"{name}.yaml"
     path.write_text(f"images: [{{location: build:default}}]\nmemory: {memory}\n" + body)

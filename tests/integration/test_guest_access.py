@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Torpor, wait_for, write_template
+from tests.integration.conftest import Torpor, serves, wait_for, write_template
 from torpor.guest.ssh import free_port
 
 pytestmark = pytest.mark.integration
@@ -18,13 +18,6 @@ pytestmark = pytest.mark.integration
 def fetch(port: int, timeout: float = 2.0) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=timeout) as r:
         return str(r.read().decode())
-
-
-def serves(port: int, text: str) -> bool:
-    try:
-        return fetch(port) == text
-    except OSError:
-        return False
 
 
 def host_listeners(port: int) -> set[str]:

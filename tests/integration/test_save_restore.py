@@ -8,25 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import COUNTER, Torpor, wait_for, write_template
+from tests.integration.conftest import COUNTER, Torpor, serves, wait_for, write_template
 from torpor.guest.ssh import free_port
 from torpor.hostagent.client import HostAgentClient
 from torpor.store.instance import pid_alive
 
 pytestmark = pytest.mark.integration
-
-
-def serves(port: int, text: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-            return bool(r.read().decode() == text)
-    except OSError:
-        return False
 
 
 def test_running_state_survives_save_and_restore(torpor: Torpor) -> None:

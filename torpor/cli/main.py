@@ -23,6 +23,7 @@ VERBS: dict[str, tuple[str, str | None]] = {
     "shell": ("torpor.cli.shell", "run a shell or a command in an instance (over SSH)"),
     "copy": ("torpor.cli.copy", "copy files between the host and instances (NAME:path)"),
     "show-ssh": ("torpor.cli.show_ssh", "show how to reach an instance with ssh (for other tools)"),
+    "snapshot": ("torpor.cli.snapshot", "create, apply, list and delete snapshots (memory and disk together)"),
     "autostart": ("torpor.cli.autostart", "run an instance for the login session (a systemd user unit)"),
     "info": ("torpor.cli.info", "show facts about the host: QEMU, KVM or TCG, directories"),
     "image": ("torpor.cli.image", "build the default guest image"),

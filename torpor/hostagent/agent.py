@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from torpor.driver.qemu import host
 from torpor.driver.qemu.cmdline import HostForward
 from torpor.driver.qemu.driver import QemuDriver, SavedMachine, vm_spec
-from torpor.errors import ConfigError, DriverError, TorporError
+from torpor.errors import ConfigError, DriverError, InstanceStateError, QMPCommandError, TorporError
 from torpor.guest import builder, cidata, images
 from torpor.guest import ssh as guest_ssh
 from torpor.guest.agent import GuestAgent, GuestAgentError
-from torpor.hostagent import events, saving
+from torpor.hostagent import events, saving, snapshotting
 from torpor.hostagent.api import APIServer, HTTPError, Request
 from torpor.hostagent.forwarder import PortForwarder
 from torpor.hostagent.sshaccess import SSHAccess
-from torpor.store import atomic, filenames, savedstate
+from torpor.store import atomic, filenames, savedstate, snapshots
 from torpor.store.instance import clear_runtime_files, read_instance_yaml
 
 if TYPE_CHECKING:
@@ -74,11 +74,14 @@ class HostAgent:
         self.boot_record: dict[str, Any] = {}
         self.save_on_stop = False  # runtime value: from the config at start, changed through the API
         self.driver: QemuDriver | None = None
+        self._vm_busy = asyncio.Lock()  # one operation on the VM at a time: a snapshot, a save, a stop
         self.api = APIServer(
             {
                 ("GET", "/v1/info"): self._get_info,
                 ("GET", "/v1/driver/config"): self._get_driver_config,
                 ("PATCH", "/v1/driver/config"): self._patch_driver_config,
+                ("POST", "/v1/snapshots"): self._post_snapshot,
+                ("DELETE", "/v1/snapshots"): self._delete_snapshot,
             }
         )
         self._pid_fd: int | None = None
@@ -424,6 +427,10 @@ class HostAgent:
 
     async def _stop_vm(self) -> tuple[str, dict[str, Any]]:
         """Save the VM if the runtime saveOnStop says so (shutting down if that fails), else shut it down."""
+        async with self._vm_busy:  # a snapshot being taken completes first
+            return await self._stop_vm_now()
+
+    async def _stop_vm_now(self) -> tuple[str, dict[str, Any]]:
         assert self.driver is not None and self.config is not None
         await self._stop_guest_access()
         if not self.ready:
@@ -496,6 +503,35 @@ class HostAgent:
     async def _get_driver_config(self, _req: Request) -> tuple[int, Any]:
         return 200, {"saveOnStop": self.save_on_stop}
 
+    async def _post_snapshot(self, req: Request) -> tuple[int, Any]:
+        """Take a snapshot of the running VM (disk, RAM, devices)."""
+        tag = _tag_from(req)
+        if self._vm_busy.locked() or self.stop_requested.is_set() or not self.ready or self.driver is None:
+            raise HTTPError(409, "the VM is not running (or is busy stopping or snapshotting); try again")
+        if snapshots.snapshot_dir(self.dir, tag).exists():
+            raise HTTPError(409, f"snapshot {tag!r} exists; delete it first or choose another tag")
+        async with self._vm_busy:
+            self.events.emit(events.NOTICE, f"taking snapshot {tag!r}")
+            try:
+                meta = await snapshotting.create(
+                    self.dir, self.driver, self.boot_record, tag, events.ProgressEmitter(self.events, "snapshot")
+                )
+            except (DriverError, OSError) as e:
+                raise HTTPError(500, f"the snapshot failed: {e}") from None
+        self.events.emit(events.NOTICE, f"snapshot {tag!r} taken (VM paused {meta['pausedSeconds']:.2f} s)")
+        return 200, {k: meta[k] for k in ("tag", "createdAt", "mechanism", "pausedSeconds", "seconds", "state")}
+
+    async def _delete_snapshot(self, req: Request) -> tuple[int, Any]:
+        """Delete a snapshot while the VM runs: QEMU holds the disk, so it deletes the disk's part."""
+        tag = _tag_from(req)
+        if self.driver is None or self.stop_requested.is_set():
+            raise HTTPError(409, "the VM is not running")
+        async with self._vm_busy:
+            with contextlib.suppress(QMPCommandError):  # a disk without it (an interrupted snapshot)
+                await self.driver.delete_snapshot(tag)
+            await asyncio.to_thread(snapshots.remove, self.dir, tag)
+        return 200, {"tag": tag, "deleted": True}
+
     async def _patch_driver_config(self, req: Request) -> tuple[int, Any]:
         body = req.json()
         if not isinstance(body, dict):
@@ -512,6 +548,16 @@ class HostAgent:
             self.save_on_stop = value
             log.info("runtime saveOnStop set to %s", value)
         return 200, {"saveOnStop": self.save_on_stop}
+
+
+def _tag_from(req: Request) -> str:
+    body = req.json()
+    if not isinstance(body, dict) or set(body) != {"tag"} or not isinstance(body["tag"], str):
+        raise HTTPError(400, 'expected a JSON object such as {"tag": "clean"}')
+    try:
+        return snapshots.validate_tag(body["tag"])
+    except InstanceStateError as e:
+        raise HTTPError(400, str(e)) from None
 
 
 def parse_ready(line: str) -> dict[str, str]:

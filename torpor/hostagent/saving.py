@@ -29,14 +29,6 @@ class SaveFailed(Exception):
         self.vm_alive = vm_alive
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 async def save(
     inst_dir: Path,
     driver: QemuDriver,
@@ -51,7 +43,7 @@ async def save(
     t0 = time.monotonic()
     try:
         mechanism, stats = await driver.save(tmp, progress)
-        await asyncio.to_thread(_fsync_path, tmp)
+        await asyncio.to_thread(fsync_path, tmp)
     except Exception as e:
         tmp.unlink(missing_ok=True)
         alive = await _resume(driver)
@@ -70,10 +62,10 @@ async def save(
     # From here the VM's memory exists only in the state file (and, in instant mode, the RAM file).
     await driver.quit()
     disk = inst_dir / filenames.DISK
-    await asyncio.to_thread(_fsync_path, disk)
+    await asyncio.to_thread(fsync_path, disk)
     ram = driver.spec.memory_file
     if ram is not None:
-        await asyncio.to_thread(_fsync_path, ram)  # the guest's dirty pages, written back by the kernel
+        await asyncio.to_thread(fsync_path, ram)  # the guest's dirty pages, written back by the kernel
     try:
         state_sha = await checksum
     except OSError as e:
@@ -81,22 +73,14 @@ async def save(
         raise SaveFailed(
             f"reading the state file back failed after QEMU stopped ({e}); the next start cold boots", False
         ) from e
-    manifest: dict[str, Any] = {
-        "createdAt": time.time(),
-        "qemu": {"binary": driver.qemu.binary, "version": driver.qemu.version},
-        "machine": "q35",
-        "mechanism": mechanism,
-        "ramFile": savedstate.file_identity(ram) if ram is not None else None,
-        "argv": driver.argv,
-        "boot": boot_record,
-        "config": boot_record["config"],
-        "configDigest": boot_record["configDigest"],
-        "disk": savedstate.file_identity(disk),
-        "cidataSha256": savedstate.sha256_file(inst_dir / filenames.CIDATA),
-        "state": {"size": state.stat().st_size, "allocated": state.stat().st_blocks * 512, "digest": state_sha},
-        "saveSeconds": save_seconds,
-        "qemuStats": {k: stats.get(k) for k in ("total-time", "downtime") if k in stats},
-    }
+    manifest = state_record(
+        inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state, digest=state_sha
+    )
+    manifest.update(
+        ramFile=savedstate.file_identity(ram) if ram is not None else None,
+        disk=savedstate.file_identity(disk),
+        saveSeconds=save_seconds,
+    )
     try:
         savedstate.write_manifest(inst_dir, manifest)
     except OSError as e:
@@ -106,6 +90,44 @@ async def save(
             f"writing the manifest failed after QEMU stopped ({e}); the next start cold boots", False
         ) from e
     return manifest
+
+
+def state_record(
+    inst_dir: Path,
+    driver: QemuDriver,
+    boot_record: dict[str, Any],
+    *,
+    mechanism: str,
+    stats: dict[str, Any],
+    state: Path,
+    digest: str,
+) -> dict[str, Any]:
+    """What a restore of ``state`` needs to know: the machine it came from and how it was written.
+
+    A saved state's manifest and a snapshot's record both start from this.
+    """
+    st = state.stat()
+    return {
+        "createdAt": time.time(),
+        "qemu": {"binary": driver.qemu.binary, "version": driver.qemu.version},
+        "machine": "q35",
+        "mechanism": mechanism,
+        "argv": driver.argv,
+        "boot": boot_record,
+        "config": boot_record["config"],
+        "configDigest": boot_record["configDigest"],
+        "cidataSha256": savedstate.sha256_file(inst_dir / filenames.CIDATA),
+        "state": {"size": st.st_size, "allocated": st.st_blocks * 512, "digest": digest},
+        "qemuStats": {k: stats.get(k) for k in ("total-time", "downtime") if k in stats},
+    }
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def _resume(driver: QemuDriver) -> bool:

@@ -36,6 +36,8 @@ MEMORY_FILE = "memory.ram"  # guest RAM, in saveMode: instant (a pair with the s
 MANIFEST = "manifest.json"
 SAVED_ASIDE_PREFIX = "saved.failed-"  # a state that could not be restored, kept for diagnosis
 SERIAL_LOG = "serial.log"  # the guest's serial console
+SNAPSHOTS_DIR = "snapshots"  # snapshots/TAG/: SNAPSHOT_META, and with memory STATE_FILE and a copy of CIDATA
+SNAPSHOT_META = "snapshot.json"  # written last: a snapshot directory without it is incomplete
 
 # In the cache ($TORPOR_CACHE)
 ACCEL_PROBE = "accel-probe.json"

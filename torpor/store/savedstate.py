@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,21 @@ def problems(saved: Saved, inst_dir: Path, qemu_version: str, verify_state: bool
     elif verify_state and state_digest(state) != expected.get("digest"):
         out.append("the state file's contents changed since the save (checksum mismatch)")
     return out
+
+
+@contextlib.contextmanager
+def disk_file_edit(inst_dir: Path) -> Iterator[None]:
+    """Around an edit of the disk file that leaves what the guest sees unchanged (adding or removing an internal
+    snapshot): a saved state that matched the disk before still matches it after, so its manifest follows."""
+    disk = inst_dir / filenames.DISK
+    try:
+        saved = load(inst_dir)
+    except Unusable:
+        saved = None
+    matched = saved is not None and disk.exists() and file_identity(disk) == saved.manifest.get("disk")
+    yield
+    if saved is not None and matched:
+        write_manifest(inst_dir, dict(saved.manifest, disk=file_identity(disk)))
 
 
 def set_aside(inst_dir: Path) -> Path | None:

@@ -72,13 +72,16 @@ def boot(spec: VMSpec) -> list[str]:
     return args
 
 
+DISK_ID = "disk0"  # the root disk's drive id, which QMP block commands name
+
+
 def disk(spec: VMSpec) -> list[str]:
     # The serials let the guest tell its root disk from the seed, whatever order the kernel finds them in.
     args = [
         "-drive",
-        f"file={spec.disk},if=none,id=disk0,format=qcow2,discard=unmap,cache=writeback",
+        f"file={spec.disk},if=none,id={DISK_ID},format=qcow2,discard=unmap,cache=writeback",
         "-device",
-        "virtio-blk-pci,drive=disk0,serial=root",
+        f"virtio-blk-pci,drive={DISK_ID},serial=root",
     ]
     if spec.cidata is not None:
         args += [

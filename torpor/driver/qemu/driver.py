@@ -75,7 +75,7 @@ def vm_spec(inst_dir: Path, name: str, config: MachineConfig, accel: Accel, kern
 
 
 class QemuDriver:
-    features = Features(save_restore=True, snapshots=False)
+    features = Features(save_restore=True, snapshots=True)
 
     def __init__(self, qemu: Qemu, spec: cmdline.VMSpec, disk_size: int, argv: list[str] | None = None) -> None:
         """``argv`` replaces the command line built from ``spec`` (a restore reuses the boot's exact argv)."""
@@ -151,6 +151,38 @@ class QemuDriver:
         mechanism = migration.choose(await migration.capabilities(self.qmp), self.spec.memory_file is not None, state)
         log.info("saving the machine state (%s) to %s", mechanism, state)
         return mechanism, await migration.save(self.qmp, mechanism, state, progress)
+
+    async def snapshot(
+        self, tag: str, state: Path, progress: migration.Progress | None = None
+    ) -> tuple[str, dict[str, object]]:
+        """Capture disk, RAM and devices: the disk as internal qcow2 snapshot ``tag``, RAM and devices in ``state``.
+
+        The VM is paused for the disk snapshot and the RAM copy (never the shared-RAM mechanism: the RAM file
+        changes as soon as the guest runs again) and resumed at once; the caller fsyncs and names the file.
+        """
+        was_running = bool((await self.qmp.execute("query-status")).get("running"))
+        await self.qmp.execute("stop")
+        disk_taken = False
+        try:
+            await self.qmp.execute("blockdev-snapshot-internal-sync", {"device": cmdline.DISK_ID, "name": tag})
+            disk_taken = True
+            mechanism = migration.choose(await migration.capabilities(self.qmp), False, state)
+            stats = await migration.save(self.qmp, mechanism, state, progress)
+        except DriverError:
+            if disk_taken:
+                with contextlib.suppress(DriverError):
+                    await self.qmp.execute(
+                        "blockdev-snapshot-delete-internal-sync", {"device": cmdline.DISK_ID, "name": tag}
+                    )
+            raise
+        finally:
+            if was_running:
+                await self.qmp.execute("cont")
+        return mechanism, stats
+
+    async def delete_snapshot(self, tag: str) -> None:
+        """Delete the disk's internal snapshot ``tag`` while the VM runs (QEMU holds the image)."""
+        await self.qmp.execute("blockdev-snapshot-delete-internal-sync", {"device": cmdline.DISK_ID, "name": tag})
 
     async def resume(self) -> None:
         """Let a paused VM run again (after a failed save)."""

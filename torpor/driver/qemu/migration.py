@@ -75,17 +75,23 @@ def choose(capability_names: set[str], shared_ram: bool, path: Path) -> str:
 
 
 async def _prepare(qmp: QMPSession, mechanism: str) -> None:
-    """Capabilities and parameters; the saving and the restoring QEMU must agree on them."""
-    if mechanism == SHARED_RAM:
+    """Capabilities and parameters; the saving and the restoring QEMU must agree on them.
+
+    Every capability torpor uses is set, on or off: a QEMU that restored one way (or took a snapshot) may save
+    another way later.
+    """
+    caps = {
         # RAM in a shared memory-backend-file is not copied: it stays in its file.
-        caps = {"x-ignore-shared": True}
-    elif mechanism == MAPPED_RAM:
-        caps = {"mapped-ram": True, "multifd": True}
+        "x-ignore-shared": mechanism == SHARED_RAM,
+        "mapped-ram": mechanism == MAPPED_RAM,
+        "multifd": mechanism == MAPPED_RAM,
+    }
+    known = await capabilities(qmp)
+    if mechanism == MAPPED_RAM:
         await qmp.execute("migrate-set-parameters", {"multifd-channels": multifd_channels()})
-    else:
-        return
     await qmp.execute(
-        "migrate-set-capabilities", {"capabilities": [{"capability": k, "state": v} for k, v in caps.items()]}
+        "migrate-set-capabilities",
+        {"capabilities": [{"capability": k, "state": v} for k, v in caps.items() if k in known]},
     )
 
 

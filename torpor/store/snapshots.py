@@ -1,0 +1,141 @@
+"""Named snapshots of an instance: ``snapshots/TAG/`` beside the disk's internal qcow2 snapshot of the same name.
+
+A snapshot always holds the disk (an internal snapshot inside ``disk.qcow2``, named TAG); a snapshot of a
+running (or saved) VM also holds its memory and devices: ``state.bin`` in the same format as a saved state, the
+cidata seed the VM was booted with, and in ``snapshot.json`` the record a restore needs (QEMU version and argv,
+boot record, mechanism, digest).  ``snapshot.json`` is written last with its own digest: a directory without a
+valid one is an interrupted snapshot and is never applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torpor.errors import InstanceStateError
+from torpor.store import atomic, filenames
+
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# The machine fields a memory snapshot depends on: a change to any of them means it no longer fits.
+MACHINE_FIELDS = ("arch", "cpus", "memory", "saveMode")
+
+
+def validate_tag(tag: str) -> str:
+    if not TAG_RE.match(tag):
+        raise InstanceStateError(
+            f"invalid snapshot tag {tag!r}",
+            hint="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return tag
+
+
+def snapshots_dir(inst_dir: Path) -> Path:
+    return inst_dir / filenames.SNAPSHOTS_DIR
+
+
+def snapshot_dir(inst_dir: Path, tag: str) -> Path:
+    return snapshots_dir(inst_dir) / validate_tag(tag)
+
+
+def _digest(meta: dict[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != "metaDigest"}
+    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_meta(d: Path, meta: dict[str, Any]) -> None:
+    """Complete the snapshot in ``d``: its record goes in last, atomically, with its digest."""
+    m = dict(meta)
+    m["metaDigest"] = _digest(m)
+    atomic.write_text(d / filenames.SNAPSHOT_META, json.dumps(m, indent=2, sort_keys=True) + "\n", 0o600)
+    atomic.fsync_dir(d.parent)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    tag: str
+    dir: Path
+    meta: dict[str, Any]
+
+    @property
+    def has_memory(self) -> bool:
+        return bool(self.meta.get("memory"))
+
+    @property
+    def created(self) -> float:
+        return float(self.meta.get("createdAt", 0))
+
+    @property
+    def state(self) -> Path:
+        return self.dir / filenames.STATE_FILE
+
+    @property
+    def size(self) -> int:
+        """Bytes its memory state occupies (the disk snapshot shares clusters with the disk)."""
+        state = self.meta.get("state") or {}
+        return int(state.get("allocated", 0))
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag,
+            "createdAt": self.created,
+            "memory": self.has_memory,
+            "size": self.size,
+            "mechanism": self.meta.get("mechanism"),
+            "qemuVersion": (self.meta.get("qemu") or {}).get("version"),
+        }
+
+
+def read(inst_dir: Path, tag: str) -> Snapshot:
+    """The complete snapshot ``tag``; a clear error if there is none (or only an interrupted one)."""
+    d = snapshot_dir(inst_dir, tag)
+    path = d / filenames.SNAPSHOT_META
+    if not path.exists():
+        if d.exists():
+            raise InstanceStateError(
+                f"snapshot {tag!r} is incomplete (its creation was interrupted)",
+                hint=f"delete it with `torpor snapshot delete {inst_dir.name} --tag {tag}`",
+            )
+        raise InstanceStateError(
+            f"instance {inst_dir.name!r} has no snapshot {tag!r}",
+            hint=f"`torpor snapshot list {inst_dir.name}` shows its snapshots",
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InstanceStateError(f"snapshot {tag!r} cannot be read: {e}") from None
+    if not isinstance(meta, dict) or meta.get("metaDigest") != _digest(meta):
+        raise InstanceStateError(f"snapshot {tag!r} is damaged (its record's digest does not match)")
+    return Snapshot(tag, d, meta)
+
+
+def list_all(inst_dir: Path) -> tuple[list[Snapshot], list[str]]:
+    """Complete snapshots, oldest first, and the tags of broken or incomplete ones."""
+    good, bad = [], []
+    root = snapshots_dir(inst_dir)
+    for d in sorted(root.iterdir()) if root.exists() else []:
+        if d.name.startswith("."):
+            continue
+        try:
+            good.append(read(inst_dir, d.name))
+        except InstanceStateError:
+            bad.append(d.name)
+    good.sort(key=lambda s: s.created)
+    return good, bad
+
+
+def machine_changes(snapshot: Snapshot, config: dict[str, Any]) -> list[str]:
+    """How the machine ``config`` describes differs from the one the snapshot's memory was taken in."""
+    then = snapshot.meta.get("config") or {}
+    return [f"{k} {then.get(k)} -> {config.get(k)}" for k in MACHINE_FIELDS if then.get(k) != config.get(k)]
+
+
+def remove(inst_dir: Path, tag: str) -> None:
+    d = snapshot_dir(inst_dir, tag)
+    if d.exists():
+        shutil.rmtree(d)
+        atomic.fsync_dir(d.parent)
