@@ -1,12 +1,15 @@
-"""Benchmark: cold boot against save and restore of the default guest, measured side by side in one run.
+"""Benchmark: cold boot against save and restore of the default guest, torpor against raw QEMU, side by side.
 
-    python bench/save_restore.py [--touch-mib 200] [--rounds 2] [--configs copy:1GiB,copy:4GiB,...]
+    python bench/save_restore.py [--touch-mib 200] [--rounds 2] [--configs copy:1GiB,copy:4GiB:debian12,...]
 
-For each configuration (saveMode:memory) and round: a cold `torpor start` (to ready: SSH answers), TOUCH MiB of
-random data written into guest RAM (/dev/shm), `torpor stop --save`, `torpor start` (restore, to ready).  Times
-are wall-clock times of the CLI commands, as a user sees them (median of the rounds).  The restore is broken
-down with the host agent's event timestamps: CLI and host-agent start-up until the agent's first event, QEMU
-and the guest until ready, and the CLI noticing it.
+A configuration is saveMode:memory[:qemu], qemu being "installed" (default) or "debian12" (Debian 12's own QEMU
+7.2, unpacked beside the installed one as the tests do).  For each configuration and round: a cold `torpor
+start` (to ready: SSH answers), TOUCH MiB of random data written into guest RAM (/dev/shm), `torpor stop
+--save`; then the raw QEMU baseline on that very state (bench/rawqemu.py: the same QEMU loads it and saves it
+again by hand over QMP, plus fsync); then `torpor start` (restore, to ready); then `torpor snapshot create` and
+`torpor snapshot apply` of the running guest.  Times are wall-clock times of the CLI commands, as a user sees
+them (median of the rounds).  The restore is broken down with the host agent's event timestamps: CLI and host
+agent start-up until the agent's first event, QEMU and the guest until ready, and the CLI noticing it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import rawqemu  # noqa: E402
 
 
 def torpor(env: dict[str, str], *args: str) -> tuple[float, float, float, str]:
@@ -49,8 +55,17 @@ def allocated_mib(path: Path) -> float:
     return path.stat().st_blocks * 512 / 2**20 if path.exists() else 0.0
 
 
-def measure(env: dict[str, str], home: Path, mode: str, memory: str, *, touch: int, rounds: int) -> dict[str, float]:
-    name = f"b-{mode}-{memory.lower()}"
+def guest_used_mib(env: dict[str, str], name: str) -> float:
+    """Memory the guest uses (MemTotal - MemFree): what a state must hold, zero pages aside."""
+    _, _, _, out = torpor(env, "shell", name, "cat", "/proc/meminfo")
+    kib = {line.split(":")[0]: int(line.split()[1]) for line in out.splitlines() if line.endswith("kB")}
+    return (kib["MemTotal"] - kib["MemFree"]) / 1024
+
+
+def measure(
+    env: dict[str, str], home: Path, mode: str, memory: str, qemu: str, *, touch: int, rounds: int
+) -> tuple[str, dict[str, float]]:
+    name = f"b-{mode}-{memory.lower()}-{qemu}"
     (home / f"{name}.yaml").write_text(
         f"images: [{{location: build:default}}]\nmemory: {memory}\ncpus: 2\nsaveMode: {mode}\n"
     )
@@ -61,74 +76,136 @@ def measure(env: dict[str, str], home: Path, mode: str, memory: str, *, touch: i
     for i in range(rounds):
         cold, *_ = torpor(env, "start", name)
         torpor(env, "shell", name, "sh", "-c", f"dd if=/dev/urandom of=/dev/shm/t bs=1M count={touch} 2>/dev/null")
+        used = guest_used_mib(env, name)
         save, *_ = torpor(env, "stop", "--save", name)
         exiting = events(home, name)[-1]
         disk = allocated_mib(home / name / "saved" / "state.bin") + allocated_mib(home / name / "memory.ram")
+        manifest = json.loads((home / name / "saved" / "manifest.json").read_text())
+        raw = rawqemu.measure(manifest, home / name / "saved" / "state.bin", home / "raw-state.bin")
         restore, t0, t1, out = torpor(env, "start", name)
         if "restored in" not in out:
             raise SystemExit(f"{name} round {i}: the start did not restore:\n{out}")
         evs = {str(e["type"]): float(e["time"]) for e in events(home, name)}  # type: ignore[arg-type]
+        snap_create, _, _, out = torpor(env, "snapshot", "create", name, "--tag", "b")
+        paused = float(out.split("VM paused ")[1].split(" s")[0])
+        snap_apply, _, _, out = torpor(env, "snapshot", "apply", name, "--tag", "b", "--force")
+        torpor(env, "snapshot", "delete", name, "--tag", "b")
         torpor(env, "stop", name)
         sample = {
             "cold": cold,
             "save": save,
             "save_qemu": float(exiting["saveSeconds"]),  # type: ignore[arg-type]
             "disk": disk,
+            "used": used,
             "restore": restore,
             "startup": evs["starting"] - t0,
             "vm": evs["ready"] - evs["starting"],
             "notice": t1 - evs["ready"],
+            "snap_create": snap_create,
+            "snap_paused": paused,
+            "snap_apply": snap_apply,
+            **raw,
         }
         for k, v in sample.items():
             rows.setdefault(k, []).append(v)
-        print(f"{name} round {i + 1}: cold {cold:.2f} s, save {save:.2f} s, restore {restore:.2f} s", flush=True)
-    return {k: statistics.median(v) for k, v in rows.items()}
+        print(
+            f"{name} round {i + 1}: cold {cold:.2f} s, save {save:.2f} s (raw {raw['raw_save']:.2f} s), "
+            f"restore {restore:.2f} s (raw {raw['raw_restore']:.2f} s), snapshot {snap_create:.2f} s, "
+            f"apply {snap_apply:.2f} s",
+            flush=True,
+        )
+    return str(manifest["mechanism"]), {k: statistics.median(v) for k, v in rows.items()}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--touch-mib", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--configs", default="copy:1GiB,copy:4GiB,instant:1GiB,instant:4GiB")
+    ap.add_argument(
+        "--configs",
+        default="copy:1GiB,copy:4GiB,copy:1GiB:debian12,copy:4GiB:debian12,instant:1GiB,instant:4GiB",
+    )
     args = ap.parse_args()
-    configs = [tuple(c.split(":")) for c in args.configs.split(",")]
+    configs = [(*c.split(":"), "installed")[:3] for c in args.configs.split(",")]
     home = Path(tempfile.mkdtemp(prefix="torpor-bench-", dir="/tmp"))
-    env = dict(os.environ, TORPOR_HOME=str(home))
-    results: dict[tuple[str, str], dict[str, float]] = {}
+    base_env = dict(os.environ, TORPOR_HOME=str(home))
+    results: dict[tuple[str, ...], tuple[str, dict[str, float]]] = {}
+    versions: dict[str, str] = {}
     try:
-        for mode, memory in configs:
-            results[(mode, memory)] = measure(env, home, mode, memory, touch=args.touch_mib, rounds=args.rounds)
+        for mode, memory, qemu in configs:
+            env = dict(base_env)
+            if qemu == "debian12":
+                from tests.integration.qemus import debian12_qemu
+                from torpor.guest import builder
+
+                env["TORPOR_QEMU"] = str(debian12_qemu(builder.cache_root()))
+            versions[qemu] = _qemu_version(env)
+            results[(mode, memory, qemu)] = measure(
+                env, home, mode, memory, qemu, touch=args.touch_mib, rounds=args.rounds
+            )
     finally:
         for d in home.iterdir():
             if d.is_dir():
                 subprocess.run(
                     [sys.executable, "-m", "torpor", "stop", "--force", d.name],
-                    env=env,
+                    env=base_env,
                     capture_output=True,
                     check=False,
                 )
         shutil.rmtree(home, ignore_errors=True)
-
-    print(f"\ndefault guest, {args.touch_mib} MiB of random data in guest RAM, median of {args.rounds} rounds")
-    head = f"{'saveMode':<9}{'RAM':>6}{'cold':>8}{'save':>8}{'(QEMU)':>8}{'on disk':>10}{'restore':>9}"
-    head += f"{'startup':>9}{'VM+guest':>10}{'notice':>8}{'ratio':>7}"
-    print(head)
-    for (mode, memory), r in results.items():
-        print(
-            f"{mode:<9}{memory:>6}{r['cold']:>7.2f}s{r['save']:>7.2f}s{r['save_qemu']:>7.2f}s"
-            f"{r['disk']:>6.0f} MiB{r['restore']:>8.2f}s{r['startup']:>8.2f}s{r['vm']:>9.2f}s"
-            f"{r['notice']:>7.2f}s{r['restore'] / r['cold']:>7.2f}"
-        )
-    print("ratio = restore / cold boot; startup = CLI and host agent until the agent's first event;")
-    print("on disk = allocated blocks of the saved state plus, in instant mode, the guest RAM file")
-    for mode in ("copy", "instant"):
-        small, big = results.get((mode, "1GiB")), results.get((mode, "4GiB"))
-        if small and big:
-            print(
-                f"{mode}: 4 GiB / 1 GiB guest with the same touched memory: save x{big['save'] / small['save']:.2f}, "
-                f"restore x{big['restore'] / small['restore']:.2f}"
-            )
+    report(results, versions, args.touch_mib, args.rounds)
     return 0
+
+
+def _qemu_version(env: dict[str, str]) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "torpor", "info", "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return str(json.loads(proc.stdout)["qemu"]["version"])
+
+
+def report(
+    results: dict[tuple[str, ...], tuple[str, dict[str, float]]], versions: dict[str, str], touch: int, rounds: int
+) -> None:
+    print(f"\ndefault guest, {touch} MiB of random data in guest RAM, median of {rounds} rounds, times in seconds")
+    print(
+        f"{'saveMode':<8}{'RAM':>5} {'QEMU':<7}{'mechanism':<11}{'cold':>6}{'save':>6}{'raw':>6}{'x':>5}"
+        f"{'restore':>8}{'raw':>6}{'r/cold':>7}{'used':>6}{'disk':>6}{'d/used':>7}{'snap':>6}{'pause':>6}{'apply':>6}"
+    )
+    for (mode, memory, qemu), (mechanism, r) in results.items():
+        print(
+            f"{mode:<8}{memory:>5} {versions[qemu]:<7}{mechanism:<11}{r['cold']:>6.2f}{r['save']:>6.2f}"
+            f"{r['raw_save']:>6.2f}{r['save'] / r['raw_save']:>5.1f}{r['restore']:>8.2f}{r['raw_restore']:>6.2f}"
+            f"{r['restore'] / r['cold']:>7.2f}{r['used']:>6.0f}{r['disk']:>6.0f}{r['disk'] / r['used']:>7.2f}"
+            f"{r['snap_create']:>6.2f}{r['snap_paused']:>6.2f}{r['snap_apply']:>6.2f}"
+        )
+    print(
+        "save/restore: torpor stop --save / torpor start (restore) as whole commands; raw: the same QEMU saving "
+        "(stop, migrate, fsync)\nand loading the same state by hand over QMP; x = save / raw save; r/cold = restore "
+        "/ cold boot;\nused = guest MemTotal-MemFree (MiB); disk = allocated MiB of the state (+ the RAM file in "
+        "instant mode);\nsnap = torpor snapshot create of the running guest, pause = how long the VM was paused, "
+        "apply = torpor snapshot apply"
+    )
+    print("\nwhere a restore's time goes (medians, s): CLI + host agent start-up until its first event | QEMU + guest")
+    print("until ready | CLI noticing ready")
+    for (mode, memory, qemu), (_, r) in results.items():
+        print(
+            f"  {mode:<8}{memory:>5} {versions[qemu]:<7} {r['startup']:.3f} | {r['vm']:.3f} | {r['notice']:.3f}  "
+            f"(torpor outside QEMU and guest: {r['startup'] + r['notice']:.3f})"
+        )
+    for qemu, version in versions.items():
+        for mode in ("copy", "instant"):
+            small, big = results.get((mode, "1GiB", qemu)), results.get((mode, "4GiB", qemu))
+            if small and big:
+                s, b = small[1], big[1]
+                print(
+                    f"{mode} on QEMU {version}: 4 GiB / 1 GiB guest with the same touched memory: "
+                    f"save x{b['save'] / s['save']:.2f}, restore x{b['restore'] / s['restore']:.2f}"
+                )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,11 @@ VERBS: dict[str, tuple[str, str | None]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the verb named in ``argv`` gets its arguments (its module imported), for a fast start.
+
+    Without ``argv`` every verb's arguments are added.
+    """
     parser = argparse.ArgumentParser(
         prog="torpor", description="Developer VMs on QEMU that can save their whole running state on stop."
     )
@@ -44,16 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="interactive terminal output (default: whether stdout is a terminal)",
     )
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    wanted = set(VERBS) if argv is None else set(argv) & set(VERBS)
     for verb, (module, help_) in VERBS.items():
         kwargs = {"help": help_} if help_ else {}
         p = sub.add_parser(verb, description=help_, **kwargs)  # type: ignore[arg-type]
         p.set_defaults(module=module)
-        importlib.import_module(module).add_arguments(p)
+        if verb in wanted:
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.tty is None:
         args.tty = sys.stdout.isatty()

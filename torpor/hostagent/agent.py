@@ -311,6 +311,7 @@ class HostAgent:
             self.guest_agent.close()
             self.driver = None
             raise RestoreFailed(str(e)) from None
+        log.info("the saved state is loaded and the VM runs")
         # The guest runs and writes to its disk from here on: the state no longer matches the disk and must
         # never be restored again.
         savedstate.discard(self.dir)
@@ -336,8 +337,10 @@ class HostAgent:
         """Wait for SSH (and ``before_ready``), set up port forwards, report ready."""
         assert self.config is not None
         await self._until(self.ssh.connect_master(), deadline, "answer on SSH")
+        log.info("the guest answers on SSH")
         if before_ready is not None:
             await self._until(before_ready, deadline, "answer its guest agent")
+            log.info("the guest agent answers")
         message = f"{verb} in {time.monotonic() - t0:.1f} s"
         degraded = await self._check_provisioning() if verb == "ready" else ""
         if degraded:
@@ -443,7 +446,7 @@ class HostAgent:
                 manifest = await saving.save(
                     self.dir, self.driver, self.boot_record, events.ProgressEmitter(self.events, "saving")
                 )
-                size = manifest["state"]["size"]
+                size = manifest["state"]["allocated"]
                 return (
                     f"saved the VM state ({size / 2**20:.0f} MiB in {manifest['saveSeconds']:.2f} s)",
                     {"saved": True, "stateSize": size, "saveSeconds": manifest["saveSeconds"]},

@@ -20,7 +20,7 @@ def spawn_hostagent(name: str, inst_dir: Path, home: Path) -> subprocess.Popen[b
     env = dict(os.environ, TORPOR_HOME=str(home))
     with (inst_dir / filenames.HA_STDOUT).open("wb") as out, (inst_dir / filenames.HA_STDERR).open("wb") as err:
         return subprocess.Popen(
-            [sys.executable, "-m", "torpor", "hostagent", name],
+            [sys.executable, "-m", "torpor.hostagent", name],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,

@@ -1,0 +1,115 @@
+"""The raw QEMU baseline: the same QEMU and the same saved state, driven by hand over QMP, without torpor.
+
+Given a state torpor saved (its manifest has QEMU's exact argv and the mechanism), :func:`measure` starts that
+QEMU with ``-incoming defer`` and ``-snapshot`` (so that the instance's disk is not touched: torpor restores the
+same state afterwards), loads the state, and saves it again with the same mechanism into a scratch file,
+followed by fsync.  What it times is the floor torpor's own orchestration adds to:
+
+- restore: QEMU spawned until the state is loaded (the VM would run at the next ``cont``);
+- save: ``stop`` until QEMU reports the migration completed, plus fsync of the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPClient
+
+CAPS = {
+    "stream": {},
+    "mapped-ram": {"mapped-ram": True, "multifd": True},
+    "shared-ram": {"x-ignore-shared": True},
+}
+
+
+async def _connect(path: Path, proc: subprocess.Popen[bytes]) -> QMPClient:
+    qmp = QMPClient("bench")
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"QEMU exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            await qmp.connect(str(path))
+            return qmp
+        except Exception:
+            await asyncio.sleep(0.002)
+
+
+async def _prepare(qmp: QMPClient, mechanism: str) -> None:
+    await qmp.execute("migrate-set-parameters", {"max-bandwidth": 1 << 62})
+    if mechanism == "mapped-ram":
+        await qmp.execute("migrate-set-parameters", {"multifd-channels": max(2, min(8, os.cpu_count() or 2))})
+    caps = [{"capability": k, "state": v} for k, v in CAPS[mechanism].items()]
+    if caps:
+        await qmp.execute("migrate-set-capabilities", {"capabilities": caps})
+
+
+async def _wait(qmp: QMPClient, command: str, done: set[str]) -> dict[str, Any]:
+    while True:
+        info = await qmp.execute(command)
+        assert isinstance(info, dict)
+        if info.get("status") in done:
+            return info
+        if info.get("status") == "failed":
+            raise RuntimeError(f"migration failed: {info}")
+        await asyncio.sleep(0.002)
+
+
+async def _run(manifest: dict[str, Any], state: Path, scratch: Path) -> dict[str, float]:
+    mechanism = manifest["mechanism"]
+    argv = [*manifest["argv"], "-incoming", "defer", "-snapshot"]
+    qmp_path = Path(argv[argv.index("-qmp") + 1].removeprefix("unix:").split(",")[0])
+    qmp_path.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        qmp = await _connect(qmp_path, proc)
+        await _prepare(qmp, mechanism)
+        fd = -1
+        if mechanism == "mapped-ram":
+            await qmp.execute("migrate-incoming", {"uri": f"file:{state}"})
+        else:
+            fd = os.open(state, os.O_RDONLY)
+            qmp.send_fd_scm(fd)
+            await qmp.execute("getfd", {"fdname": "in"})
+            await qmp.execute("migrate-incoming", {"uri": "fd:in"})
+        while (await qmp.execute("query-status"))["status"] == "inmigrate":  # type: ignore[index]
+            await asyncio.sleep(0.002)
+        restore = time.monotonic() - t0
+        if fd >= 0:
+            os.close(fd)
+
+        t1 = time.monotonic()
+        await qmp.execute("stop")
+        await _prepare(qmp, mechanism)
+        if mechanism == "mapped-ram":
+            await qmp.execute("migrate", {"uri": f"file:{scratch}"})
+        else:
+            out = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            qmp.send_fd_scm(out)
+            os.close(out)
+            await qmp.execute("getfd", {"fdname": "out"})
+            await qmp.execute("migrate", {"uri": "fd:out"})
+        await _wait(qmp, "query-migrate", {"completed"})
+        sync = os.open(scratch, os.O_RDONLY)
+        os.fsync(sync)
+        os.close(sync)
+        save = time.monotonic() - t1
+        await qmp.execute("quit")
+        await qmp.disconnect()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        scratch.unlink(missing_ok=True)
+        for p in (qmp_path, Path(argv[argv.index("-pidfile") + 1])):
+            p.unlink(missing_ok=True)
+    return {"raw_restore": restore, "raw_save": save}
+
+
+def measure(manifest: dict[str, Any], state: Path, scratch: Path) -> dict[str, float]:
+    return asyncio.run(_run(manifest, state, scratch))
