@@ -6,12 +6,15 @@ same state afterwards), loads the state, and saves it again with the same mechan
 followed by fsync.  What it times is the floor torpor's own orchestration adds to:
 
 - restore: QEMU spawned until the state is loaded (the VM would run at the next ``cont``);
-- save: ``stop`` until QEMU reports the migration completed, plus fsync of the file.
+- save: ``stop`` until QEMU reports the migration completed, plus fsync of the file;
+- snapshot-save / snapshot-load: QMP jobs writing RAM and devices into the qcow2 image (here the ``-snapshot``
+  overlay) and loading them back: the alternative torpor's snapshots were measured against.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import time
@@ -59,6 +62,36 @@ async def _wait(qmp: QMPClient, command: str, done: set[str]) -> dict[str, Any]:
         await asyncio.sleep(0.002)
 
 
+async def _job(qmp: QMPClient, command: str, args: dict[str, Any]) -> float:
+    t0 = time.monotonic()
+    await qmp.execute(command, args)
+    while True:
+        jobs = await qmp.execute("query-jobs")
+        assert isinstance(jobs, list)
+        job = next(j for j in jobs if j["id"] == args["job-id"])
+        if job["status"] == "concluded":
+            await qmp.execute("job-dismiss", {"id": args["job-id"]})
+            if job.get("error"):
+                raise RuntimeError(f"{command}: {job['error']}")
+            return time.monotonic() - t0
+        await asyncio.sleep(0.002)
+
+
+async def _internal_snapshot(qmp: QMPClient, mechanism: str) -> dict[str, float]:
+    """The alternative torpor's snapshots were measured against: QMP snapshot-save / snapshot-load jobs, RAM and
+    devices written as a stream into the qcow2 image (here the -snapshot overlay over the instance's disk)."""
+    block = await qmp.execute("query-block")
+    assert isinstance(block, list)
+    node = next(b["inserted"]["node-name"] for b in block if b["device"] == "disk0")
+    args = {"tag": "bench", "vmstate": node, "devices": [node]}
+    caps = [{"capability": k, "state": False} for k in CAPS[mechanism]]  # a snapshot is a plain stream
+    if caps:
+        await qmp.execute("migrate-set-capabilities", {"capabilities": caps})
+    save = await _job(qmp, "snapshot-save", {"job-id": "s", **args})
+    load = await _job(qmp, "snapshot-load", {"job-id": "l", **args})
+    return {"raw_snapsave": save, "raw_snapload": load}
+
+
 async def _run(manifest: dict[str, Any], state: Path, scratch: Path) -> dict[str, float]:
     mechanism = manifest["mechanism"]
     argv = [*manifest["argv"], "-incoming", "defer", "-snapshot"]
@@ -82,6 +115,8 @@ async def _run(manifest: dict[str, Any], state: Path, scratch: Path) -> dict[str
         restore = time.monotonic() - t0
         if fd >= 0:
             os.close(fd)
+        # Loading a snapshot writes guest RAM: in a shared RAM file that would spoil the saved pair.
+        snap = await _internal_snapshot(qmp, mechanism) if mechanism != "shared-ram" else {}
 
         t1 = time.monotonic()
         await qmp.execute("stop")
@@ -99,8 +134,13 @@ async def _run(manifest: dict[str, Any], state: Path, scratch: Path) -> dict[str
         os.fsync(sync)
         os.close(sync)
         save = time.monotonic() - t1
-        await qmp.execute("quit")
-        await qmp.disconnect()
+        with contextlib.suppress(Exception):  # QEMU may close the socket before it answers
+            await qmp.execute("quit")
+            await qmp.disconnect()
+    except Exception as e:
+        proc.kill()
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        raise RuntimeError(f"raw QEMU run failed: {e!r}; QEMU said: {err[-2000:]}") from e
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -108,7 +148,7 @@ async def _run(manifest: dict[str, Any], state: Path, scratch: Path) -> dict[str
         scratch.unlink(missing_ok=True)
         for p in (qmp_path, Path(argv[argv.index("-pidfile") + 1])):
             p.unlink(missing_ok=True)
-    return {"raw_restore": restore, "raw_save": save}
+    return {"raw_restore": restore, "raw_save": save, **snap}
 
 
 def measure(manifest: dict[str, Any], state: Path, scratch: Path) -> dict[str, float]:

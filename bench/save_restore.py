@@ -175,6 +175,7 @@ def report(
     print(
         f"{'saveMode':<8}{'RAM':>5} {'QEMU':<7}{'mechanism':<11}{'cold':>6}{'save':>6}{'raw':>6}{'x':>5}"
         f"{'restore':>8}{'raw':>6}{'r/cold':>7}{'used':>6}{'disk':>6}{'d/used':>7}{'snap':>6}{'pause':>6}{'apply':>6}"
+        f"{'qsnsave':>8}{'qsnload':>8}"
     )
     for (mode, memory, qemu), (mechanism, r) in results.items():
         print(
@@ -182,6 +183,7 @@ def report(
             f"{r['raw_save']:>6.2f}{r['save'] / r['raw_save']:>5.1f}{r['restore']:>8.2f}{r['raw_restore']:>6.2f}"
             f"{r['restore'] / r['cold']:>7.2f}{r['used']:>6.0f}{r['disk']:>6.0f}{r['disk'] / r['used']:>7.2f}"
             f"{r['snap_create']:>6.2f}{r['snap_paused']:>6.2f}{r['snap_apply']:>6.2f}"
+            f"{r.get('raw_snapsave', float('nan')):>8.2f}{r.get('raw_snapload', float('nan')):>8.2f}"
         )
     print(
         "save/restore: torpor stop --save / torpor start (restore) as whole commands; raw: the same QEMU saving "
