@@ -92,6 +92,39 @@ async def _internal_snapshot(qmp: QMPClient, mechanism: str) -> dict[str, float]
     return {"raw_snapsave": save, "raw_snapload": load}
 
 
+async def _load(qmp: QMPClient, mechanism: str, state: Path) -> None:
+    await _prepare(qmp, mechanism)
+    fd = -1
+    if mechanism == "mapped-ram":
+        await qmp.execute("migrate-incoming", {"uri": f"file:{state}"})
+    else:
+        fd = os.open(state, os.O_RDONLY)
+        qmp.send_fd_scm(fd)
+        await qmp.execute("getfd", {"fdname": "in"})
+        await qmp.execute("migrate-incoming", {"uri": "fd:in"})
+    while (await qmp.execute("query-status"))["status"] == "inmigrate":  # type: ignore[index]
+        await asyncio.sleep(0.002)
+    if fd >= 0:
+        os.close(fd)
+
+
+async def _save(qmp: QMPClient, mechanism: str, scratch: Path) -> None:
+    await qmp.execute("stop")
+    await _prepare(qmp, mechanism)
+    if mechanism == "mapped-ram":
+        await qmp.execute("migrate", {"uri": f"file:{scratch}"})
+    else:
+        out = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        qmp.send_fd_scm(out)
+        os.close(out)
+        await qmp.execute("getfd", {"fdname": "out"})
+        await qmp.execute("migrate", {"uri": "fd:out"})
+    await _wait(qmp, "query-migrate", {"completed"})
+    sync = os.open(scratch, os.O_RDONLY)
+    os.fsync(sync)
+    os.close(sync)
+
+
 async def _run(manifest: dict[str, Any], state: Path, scratch: Path) -> dict[str, float]:
     mechanism = manifest["mechanism"]
     argv = [*manifest["argv"], "-incoming", "defer", "-snapshot"]
@@ -101,38 +134,12 @@ async def _run(manifest: dict[str, Any], state: Path, scratch: Path) -> dict[str
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         qmp = await _connect(qmp_path, proc)
-        await _prepare(qmp, mechanism)
-        fd = -1
-        if mechanism == "mapped-ram":
-            await qmp.execute("migrate-incoming", {"uri": f"file:{state}"})
-        else:
-            fd = os.open(state, os.O_RDONLY)
-            qmp.send_fd_scm(fd)
-            await qmp.execute("getfd", {"fdname": "in"})
-            await qmp.execute("migrate-incoming", {"uri": "fd:in"})
-        while (await qmp.execute("query-status"))["status"] == "inmigrate":  # type: ignore[index]
-            await asyncio.sleep(0.002)
+        await _load(qmp, mechanism, state)
         restore = time.monotonic() - t0
-        if fd >= 0:
-            os.close(fd)
         # Loading a snapshot writes guest RAM: in a shared RAM file that would spoil the saved pair.
         snap = await _internal_snapshot(qmp, mechanism) if mechanism != "shared-ram" else {}
-
         t1 = time.monotonic()
-        await qmp.execute("stop")
-        await _prepare(qmp, mechanism)
-        if mechanism == "mapped-ram":
-            await qmp.execute("migrate", {"uri": f"file:{scratch}"})
-        else:
-            out = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            qmp.send_fd_scm(out)
-            os.close(out)
-            await qmp.execute("getfd", {"fdname": "out"})
-            await qmp.execute("migrate", {"uri": "fd:out"})
-        await _wait(qmp, "query-migrate", {"completed"})
-        sync = os.open(scratch, os.O_RDONLY)
-        os.fsync(sync)
-        os.close(sync)
+        await _save(qmp, mechanism, scratch)
         save = time.monotonic() - t1
         with contextlib.suppress(Exception):  # QEMU may close the socket before it answers
             await qmp.execute("quit")
