@@ -136,9 +136,9 @@ def main() -> int:
             env = dict(base_env)
             if qemu == "debian12":
                 from tests.integration.qemus import debian12_qemu
-                from torpor.guest import builder
+                from torpor.store.cache import cache_root
 
-                env["TORPOR_QEMU"] = str(debian12_qemu(builder.cache_root()))
+                env["TORPOR_QEMU"] = str(debian12_qemu(cache_root()))
             versions[qemu] = _qemu_version(env)
             results[(mode, memory, qemu)] = measure(
                 env, home, mode, memory, qemu, touch=args.touch_mib, rounds=args.rounds

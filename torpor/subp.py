@@ -6,7 +6,7 @@ import logging
 import os
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from torpor.errors import CommandError
@@ -56,13 +56,36 @@ def run(
     return proc
 
 
-def die_with_parent() -> None:
-    """``preexec_fn`` for long-lived children (QEMU, the SSH master): SIGKILL them if their parent dies."""
+def spawn_daemon(argv: Sequence[str], pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
+    """Start a long-lived child (QEMU): stdin and stdout closed, stderr piped, in its own process group (a Ctrl-C
+    meant for a foreground host agent must not reach it; the agent decides how it stops), killed if its parent
+    dies."""
+    return subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        pass_fds=tuple(pass_fds),
+        preexec_fn=die_with_parent(),  # noqa: PLW1509 - it makes one libc call, see there
+        process_group=0,
+    )
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` for long-lived children (QEMU, the SSH master): SIGKILL them if their parent dies.
+
+    libc is looked up here, in the parent: between fork and exec the child only makes the one call (no imports,
+    which could deadlock on a lock another thread of the parent held at fork time).
+    """
     import ctypes
     import signal
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def set_pdeathsig() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    return set_pdeathsig
 
 
 def stream_stdout(argv: Sequence[str | os.PathLike[str]]) -> subprocess.Popen[bytes]:

@@ -20,6 +20,7 @@ import pytest
 
 from torpor.guest import builder
 from torpor.hostagent.client import HostAgentClient
+from torpor.store.cache import cache_root
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +67,7 @@ class Torpor:
 
 @pytest.fixture(scope="session")
 def image_cache() -> Path:
-    cache = builder.cache_root()
+    cache = cache_root()
     builder.build_default(cache)  # once for the whole session
     return cache
 

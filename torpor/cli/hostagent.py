@@ -13,8 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torpor.hostagent.agent import main
-    from torpor.store.instance import home, inspect
+    from torpor.hostagent.launch import run as run_agent
+    from torpor.store.instance import inspect
 
-    inst = inspect(args.name)
-    return main(args.name, inst.dir, home())
+    inspect(args.name)  # a clear error for an instance that does not exist
+    return run_agent(args.name)

@@ -10,20 +10,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torpor
-    from torpor.driver.qemu import host, migration
+    from torpor.driver.qemu import host, mechanisms
     from torpor.guest import builder
+    from torpor.store.cache import cache_root
     from torpor.store.instance import home
 
     qemu = host.find_qemu()
     built = builder.find_built()
-    accel = host.probe_accel(qemu, built.kernel if built else None, builder.cache_root())
-    save_modes = migration.by_save_mode(host.migration_capabilities(qemu))
+    accel = host.probe_accel(qemu, built.kernel if built else None, cache_root())
+    save_modes = mechanisms.by_save_mode(host.migration_capabilities(qemu))
     info = {
         "version": torpor.__version__,
         "qemu": {"binary": qemu.binary, "version": qemu.version},
         "accel": {"name": accel.name, "reason": accel.reason},
         "home": str(home()),
-        "cache": str(builder.cache_root()),
+        "cache": str(cache_root()),
         "defaultGuest": str(built.kernel.parent) if built else None,
         "saveModes": save_modes,
     }
@@ -37,5 +38,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"cache:         {info['cache']}")
     print(f"default guest: {info['defaultGuest'] or 'not built yet (`torpor image build`)'}")
     for mode, mechanism in save_modes.items():
-        print(f"saveMode {mode + ':':<9}{mechanism} - {migration.DESCRIPTIONS[mechanism]}")
+        print(f"saveMode {mode + ':':<9}{mechanism} - {mechanisms.DESCRIPTIONS[mechanism]}")
     return 0

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from torpor.errors import ImageError
 from torpor.guest import cpio, debs, elf, kmod
+from torpor.store.cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,6 @@ class GuestImage:
     kernel: Path
     initrd: Path
     manifest: dict[str, object]
-
-
-def cache_root() -> Path:
-    """Where torpor caches downloaded and built images (``$TORPOR_CACHE``, else the XDG cache directory)."""
-    if env := os.environ.get("TORPOR_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "torpor"
 
 
 def _rootfs_sources() -> dict[str, bytes]:

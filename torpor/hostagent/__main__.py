@@ -5,9 +5,8 @@
 
 import sys
 
-from torpor.hostagent.agent import main
-from torpor.store.instance import home, instance_dir
+from torpor.hostagent.launch import run
 
 if len(sys.argv) != 2:
     sys.exit("usage: python -m torpor.hostagent NAME")
-raise SystemExit(main(sys.argv[1], instance_dir(sys.argv[1]), home()))
+raise SystemExit(run(sys.argv[1]))

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable
 from dataclasses import replace
@@ -23,16 +21,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from torpor.driver.qemu import host
 from torpor.driver.qemu.cmdline import HostForward
-from torpor.driver.qemu.driver import QemuDriver, SavedMachine, vm_spec
+from torpor.driver.qemu.driver import Launched, QemuDriver, SavedMachine, vm_spec
 from torpor.errors import ConfigError, DriverError, InstanceStateError, QMPCommandError, TorporError
-from torpor.guest import builder, cidata, images
+from torpor.guest import cidata, images
 from torpor.guest import ssh as guest_ssh
 from torpor.guest.agent import GuestAgent, GuestAgentError
 from torpor.hostagent import events, saving, snapshotting
 from torpor.hostagent.api import APIServer, HTTPError, Request
+from torpor.hostagent.early import OWN_PID_FILE, Early, EarlyRestore
 from torpor.hostagent.forwarder import PortForwarder
 from torpor.hostagent.sshaccess import SSHAccess
 from torpor.store import atomic, filenames, savedstate, snapshots
+from torpor.store.cache import cache_root
 from torpor.store.instance import clear_runtime_files, read_instance_yaml
 
 if TYPE_CHECKING:
@@ -43,11 +43,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 GUEST_PROVISION_LOG = "/var/log/torpor/provision.log"
-OWN_PID_FILE = frozenset({filenames.HA_PID})  # removed last, while its lock is still held
-
-
-class AlreadyRunning(TorporError):
-    pass
 
 
 class StopDuringBoot(Exception):
@@ -59,11 +54,13 @@ class RestoreFailed(Exception):
 
 
 class HostAgent:
-    def __init__(self, name: str, inst_dir: Path, home: Path, out: events.EventWriter) -> None:
+    def __init__(self, name: str, inst_dir: Path, home: Path, early: Early) -> None:
         self.name = name
         self.dir = inst_dir
         self.home = home
-        self.events = out
+        self.events = early.out
+        self._pid_fd: int | None = early.pid_fd
+        self._early_restore = early.restore
         self.stop_requested = asyncio.Event()
         self.ready = False
         self.restored = False
@@ -84,7 +81,6 @@ class HostAgent:
                 ("DELETE", "/v1/snapshots"): self._delete_snapshot,
             }
         )
-        self._pid_fd: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # keeps background tasks referenced
         self._channels: list[asyncio.StreamWriter] = []
         self.default_guest = False  # the guest torpor builds, which reports ready and provisioning itself
@@ -96,13 +92,6 @@ class HostAgent:
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def run(self) -> int:
         """Run the instance until it is stopped; return the process exit code."""
-        try:
-            self._lock_pid()
-        except AlreadyRunning as e:
-            self.events.emit(events.EXITING, str(e), ok=False)
-            return 3
-        # Run directly (by systemd) after a crash, stale sockets of the last run may remain: ours now.
-        clear_runtime_files(self.dir, keep=OWN_PID_FILE)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -134,25 +123,17 @@ class HostAgent:
         log.info("received %s", signal.Signals(sig).name)
         self.stop_requested.set()
 
-    def _lock_pid(self) -> None:
-        fd = os.open(self.dir / filenames.HA_PID, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise AlreadyRunning(f"instance {self.name!r} already has a running host agent") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        os.fsync(fd)
-        self._pid_fd = fd
-
     async def _start(self) -> None:
-        self.events.emit(events.STARTING, f"starting instance {self.name}")
-        qemu = await asyncio.to_thread(host.find_qemu, "x86_64", builder.cache_root())
-        saved = await self._usable_saved_state(qemu)
+        early, self._early_restore = self._early_restore, None
+        saved: savedstate.Saved | None
+        if early is not None:
+            qemu, saved = early.qemu, early.saved
+        else:
+            qemu = await asyncio.to_thread(host.find_qemu, "x86_64", cache_root())
+            saved = await self._usable_saved_state(qemu)
         if saved is not None:
             try:
-                await self._restore(saved, qemu)
+                await self._restore(saved, qemu, early)
                 return
             except RestoreFailed as e:
                 aside = savedstate.set_aside(self.dir)
@@ -214,9 +195,7 @@ class HostAgent:
 
     async def _accel(self, qemu: host.Qemu) -> host.Accel:
         kernel = self.dir / filenames.KERNEL
-        accel = await asyncio.to_thread(
-            host.probe_accel, qemu, kernel if kernel.exists() else None, builder.cache_root()
-        )
+        accel = await asyncio.to_thread(host.probe_accel, qemu, kernel if kernel.exists() else None, cache_root())
         if accel.name != "kvm":
             self.events.emit(events.NOTICE, f"using TCG software emulation (slower): {accel.reason}")
         return accel
@@ -264,7 +243,7 @@ class HostAgent:
             self.guest = parse_ready(await self._until(ready_line, deadline, "report ready"))
         await self._guest_up(t0, deadline, "ready")
 
-    async def _restore(self, saved: savedstate.Saved, qemu: host.Qemu) -> None:
+    async def _restore(self, saved: savedstate.Saved, qemu: host.Qemu, early: EarlyRestore | None) -> None:
         boot = saved.manifest["boot"]
         self.boot_record = boot
         self.default_guest = bool(boot.get("defaultGuest"))
@@ -301,8 +280,9 @@ class HostAgent:
                 saved.state,
                 saved.mechanism,
                 connect_channels,
-                events.ProgressEmitter(self.events, "restoring"),
-                while_loading,
+                progress=events.ProgressEmitter(self.events, "restoring"),
+                while_loading=while_loading,
+                launched=Launched(early.popen, early.state_fd) if early else None,
             )
         except DriverError as e:
             with contextlib.suppress(Exception):
@@ -568,11 +548,7 @@ def parse_ready(line: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
 
 
-def main(name: str, inst_dir: Path, home: Path) -> int:
-    """Entry point of ``torpor hostagent NAME``: events on stdout, log on stderr."""
-    os.umask(0o077)  # QEMU's sockets and logs are for this user only
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    agent = HostAgent(name, inst_dir, home, events.EventWriter(sys.stdout))
+def main(name: str, inst_dir: Path, home: Path, early: Early) -> int:
+    """Run the host agent after :func:`torpor.hostagent.early.begin`: events on stdout, log on stderr."""
+    agent = HostAgent(name, inst_dir, home, early)
     return asyncio.run(agent.run())

@@ -53,7 +53,7 @@ class SSHAccess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
-                preexec_fn=subp.die_with_parent,
+                preexec_fn=subp.die_with_parent(),
             )
             while master.returncode is None and not control.exists():
                 await asyncio.sleep(0.005)

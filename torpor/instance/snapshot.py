@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from torpor.driver.qemu import disksnap
-from torpor.driver.qemu.migration import SHARED_RAM
+from torpor.driver.qemu.mechanisms import SHARED_RAM
 from torpor.errors import HostAgentError, InstanceStateError, TorporError
 from torpor.hostagent.client import HostAgentClient
 from torpor.store import atomic, filenames, lock, savedstate, snapshots
@@ -172,9 +172,9 @@ def _apply_problems(inst: Instance, snap: snapshots.Snapshot, root: Path) -> lis
         return out
     from torpor.config.layering import load_effective
     from torpor.driver.qemu import host
-    from torpor.guest import builder
+    from torpor.store.cache import cache_root
 
-    qemu = host.find_qemu("x86_64", builder.cache_root())
+    qemu = host.find_qemu("x86_64", cache_root())
     then = (snap.meta.get("qemu") or {}).get("version")
     if then != qemu.version:
         out.append(f"it was taken with QEMU {then}, this is QEMU {qemu.version}")

@@ -148,9 +148,10 @@ def _show(ev: events.Event, report: Report, progress: Report | None) -> None:
 def _first_start(name: str, inst_dir: Path, config: Config, report: Report, tty: bool) -> None:
     from torpor.driver.qemu import host
     from torpor.driver.qemu.driver import QemuDriver, vm_spec
-    from torpor.guest import builder, images
+    from torpor.guest import images
+    from torpor.store.cache import cache_root
 
-    base = images.prepare(inst_dir, config, builder.cache_root(), report, show_progress=tty)
+    base = images.prepare(inst_dir, config, cache_root(), report, show_progress=tty)
     qemu = host.find_qemu(config.arch)
     spec = vm_spec(inst_dir, name, config, host.Accel("tcg", "disk creation only"), "")
     QemuDriver(qemu, spec, config.disk).create_disk(base)

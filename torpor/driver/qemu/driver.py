@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any, Protocol
 
 from torpor import subp
 from torpor.driver.base import BeforeRun, Driver, Features, StopOutcome, VMState
-from torpor.driver.qemu import cmdline, migration
+from torpor.driver.qemu import cmdline, mechanisms, migration, process
 from torpor.driver.qemu.host import Accel, Qemu
 from torpor.driver.qemu.qmp import QMPSession
 from torpor.errors import DriverError
@@ -37,6 +38,14 @@ class MachineConfig(Protocol):
     def memory(self) -> int: ...
     @property
     def saveMode(self) -> str: ...  # noqa: N802 - the YAML field's name
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A QEMU the host agent's early path started with ``-incoming defer`` and set loading a saved state."""
+
+    popen: subprocess.Popen[bytes]
+    state_fd: int  # -1 for mapped-ram (QEMU opened the file itself); closed by the driver
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,7 @@ class QemuDriver:
         self.disk_size = disk_size
         self._argv = argv
         self.qmp = QMPSession(f"torpor-{spec.name}")
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: process.QemuProcess | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._stderr_task: asyncio.Task[None] | None = None
 
@@ -125,30 +134,45 @@ class QemuDriver:
         state: Path,
         mechanism: str,
         before_run: BeforeRun,
+        *,
         progress: migration.Progress | None = None,
         while_loading: Callable[[], None] | None = None,
+        launched: Launched | None = None,
     ) -> None:
         """Start QEMU with the boot's command line, load the saved state from ``state``, let the VM run.
 
-        ``while_loading`` runs once QEMU has started reading the state: work that may overlap the load.
+        ``launched`` is a QEMU already started with ``-incoming defer`` and loading ``state`` (the host agent's
+        early path); ``while_loading`` runs once QEMU has started reading the state: work that may overlap the
+        load.
         """
-        await self._launch([*self.argv, "-incoming", "defer"])
+        if launched is None:
+            await self._launch(self.restore_argv())
+        else:
+            await self._adopt(launched.popen)
+        fd = -1
         try:
-            await migration.load(
-                self.qmp, mechanism, state, self._running, progress=progress, while_loading=while_loading
-            )
+            fd = launched.state_fd if launched else await migration.start_incoming(self.qmp, mechanism, state)
+            if while_loading is not None:
+                while_loading()
+            await migration.wait_loaded(self.qmp, fd, state.stat().st_size, self._running, progress)
             await before_run()
         except DriverError as e:
             tail = self.stderr_tail()
             raise DriverError(f"{e}" + (f": {tail}" if tail else "")) from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
         await self.qmp.execute("cont")
+
+    def restore_argv(self) -> list[str]:
+        return [*self.argv, "-incoming", "defer"]
 
     async def save(self, state: Path, progress: migration.Progress | None = None) -> tuple[str, dict[str, object]]:
         """Pause the VM and write its state to ``state`` with the best mechanism this QEMU has.
 
         Returns the mechanism and QEMU's statistics; the caller fsyncs and names the file.
         """
-        mechanism = migration.choose(await migration.capabilities(self.qmp), self.spec.memory_file is not None, state)
+        mechanism = mechanisms.choose(await migration.capabilities(self.qmp), self.spec.memory_file is not None, state)
         log.info("saving the machine state (%s) to %s", mechanism, state)
         return mechanism, await migration.save(self.qmp, mechanism, state, progress)
 
@@ -166,7 +190,7 @@ class QemuDriver:
         try:
             await self.qmp.execute("blockdev-snapshot-internal-sync", {"device": cmdline.DISK_ID, "name": tag})
             disk_taken = True
-            mechanism = migration.choose(await migration.capabilities(self.qmp), False, state)
+            mechanism = mechanisms.choose(await migration.capabilities(self.qmp), False, state)
             stats = await migration.save(self.qmp, mechanism, state, progress)
         except DriverError:
             if disk_taken:
@@ -200,16 +224,11 @@ class QemuDriver:
 
     async def _launch(self, argv: list[str]) -> None:
         log.info("starting QEMU: %s", subprocess.list2cmdline(argv))
-        self._proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            preexec_fn=subp.die_with_parent,  # QEMU must not outlive a killed agent
-            # Its own process group: a Ctrl-C meant for a foreground host agent must not reach QEMU directly;
-            # the agent decides how the VM stops.
-            process_group=0,
-        )
+        await self._adopt(subp.spawn_daemon(argv))
+
+    async def _adopt(self, popen: subprocess.Popen[bytes]) -> None:
+        """Watch a started QEMU and connect the QMP session."""
+        self._proc = process.QemuProcess(popen)
         self._stderr_task = asyncio.create_task(self._read_stderr())
         try:
             await self.qmp.connect(self.spec.qmp_socket, QMP_CONNECT_TIMEOUT, alive=self._running)
@@ -225,9 +244,8 @@ class QemuDriver:
         return self._proc is not None and self._proc.returncode is None
 
     async def _read_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
-        async for raw in self._proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
+        assert self._proc is not None
+        async for line in self._proc.stderr_lines():
             if line:
                 self._stderr_tail.append(line)
                 log.warning("qemu: %s", line)

@@ -1,17 +1,4 @@
-"""Saving the machine state to a file and loading it back, over QMP, with the best mechanism QEMU offers.
-
-Mechanisms (recorded in the saved state's manifest; a restore uses the one the save used):
-
-``stream``
-    A migration stream written into a file descriptor the host agent opened and passed to QEMU (``getfd``): no
-    helper process, works on every QEMU.  Zero pages cost a few bytes each.
-``mapped-ram``
-    QEMU 9.0+: ``file:`` migration with the ``mapped-ram`` and ``multifd`` capabilities.  Each RAM page has a fixed
-    offset in the file and several threads write and read it; zero pages are holes, so the (sparse) file occupies
-    about the guest's touched memory whatever its size, and loading is parallel.
-``shared-ram``
-    saveMode instant: the guest RAM lives in a shared memory-backend-file that stays where it is
-    (``x-ignore-shared``); the state file holds the device state only.
+"""Saving the machine state to a file and loading it back over QMP (the mechanisms: see mechanisms.py).
 
 QEMU's default migration bandwidth cap (128 MiB/s) also applies to a paused VM, so it is lifted before saving.
 """
@@ -25,26 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torpor.driver.qemu import mechanisms
+from torpor.driver.qemu.mechanisms import FD_NAME, MAPPED_RAM
 from torpor.driver.qemu.qmp import QMPSession
 from torpor.errors import DriverError
 
 log = logging.getLogger(__name__)
 
-STREAM = "stream"
-MAPPED_RAM = "mapped-ram"
-SHARED_RAM = "shared-ram"
-MECHANISMS = (STREAM, MAPPED_RAM, SHARED_RAM)
-
-FD_NAME = "torpor-state"
 UNLIMITED = 1 << 62  # bytes per second
 POLL = 0.005
 
 Progress = Callable[[int, int], None]
-
-
-def multifd_channels() -> int:
-    """Threads QEMU writes and reads a mapped-ram state with: one per host CPU, between 2 and 8."""
-    return max(2, min(8, os.cpu_count() or 2))
 
 
 async def capabilities(qmp: QMPSession) -> set[str]:
@@ -52,47 +30,9 @@ async def capabilities(qmp: QMPSession) -> set[str]:
     return {c["capability"] for c in await qmp.execute("query-migrate-capabilities")}
 
 
-DESCRIPTIONS = {
-    STREAM: "migration stream into a file descriptor (every QEMU)",
-    MAPPED_RAM: f"file: migration with mapped-ram and multifd ({multifd_channels()} threads), sparse state file",
-    SHARED_RAM: "guest RAM in a shared memory-backend-file, x-ignore-shared; the state holds devices only",
-}
-
-
-def by_save_mode(capability_names: set[str]) -> dict[str, str]:
-    """The mechanism each saveMode uses with a QEMU that has these capabilities."""
-    return {"copy": choose(capability_names, False, Path("state")), "instant": SHARED_RAM}
-
-
-def choose(capability_names: set[str], shared_ram: bool, path: Path) -> str:
-    """The mechanism for a save: shared-ram for a shared RAM file, else mapped-ram where QEMU has it."""
-    if shared_ram:
-        return SHARED_RAM
-    # The file: URI takes options after a comma; a path with one goes by file descriptor instead.
-    if "mapped-ram" in capability_names and "multifd" in capability_names and "," not in str(path):
-        return MAPPED_RAM
-    return STREAM
-
-
 async def _prepare(qmp: QMPSession, mechanism: str) -> None:
-    """Capabilities and parameters; the saving and the restoring QEMU must agree on them.
-
-    Every capability torpor uses is set, on or off: a QEMU that restored one way (or took a snapshot) may save
-    another way later.
-    """
-    caps = {
-        # RAM in a shared memory-backend-file is not copied: it stays in its file.
-        "x-ignore-shared": mechanism == SHARED_RAM,
-        "mapped-ram": mechanism == MAPPED_RAM,
-        "multifd": mechanism == MAPPED_RAM,
-    }
-    known = await capabilities(qmp)
-    if mechanism == MAPPED_RAM:
-        await qmp.execute("migrate-set-parameters", {"multifd-channels": multifd_channels()})
-    await qmp.execute(
-        "migrate-set-capabilities",
-        {"capabilities": [{"capability": k, "state": v} for k, v in caps.items() if k in known]},
-    )
+    for command, args in mechanisms.setup_commands(mechanism, await capabilities(qmp)):
+        await qmp.execute(command, args)
 
 
 async def save(qmp: QMPSession, mechanism: str, path: Path, progress: Progress | None = None) -> dict[str, Any]:
@@ -126,52 +66,48 @@ async def save(qmp: QMPSession, mechanism: str, path: Path, progress: Progress |
         await asyncio.sleep(POLL)
 
 
-async def load(
-    qmp: QMPSession,
-    mechanism: str,
-    path: Path,
-    alive: Callable[[], bool],
-    *,
-    progress: Progress | None = None,
-    while_loading: Callable[[], None] | None = None,
-) -> None:
-    """Feed a saved state into a QEMU started with ``-incoming defer``; return when it is loaded (VM paused).
-
-    A stream's progress comes from the file offset, which QEMU's copy of the descriptor shares with ours;
-    mapped-ram threads read at their own offsets and report none.
-    """
-    if mechanism not in MECHANISMS:
+async def start_incoming(qmp: QMPSession, mechanism: str, path: Path) -> int:
+    """Have a QEMU started with ``-incoming defer`` begin loading ``path``; return the state's descriptor (-1
+    for mapped-ram, which QEMU opens itself).  The host agent's early path does the same before asyncio exists
+    (hostagent/early.py)."""
+    if mechanism not in mechanisms.ALL:
         raise DriverError(f"unknown save mechanism {mechanism!r}")
     await _prepare(qmp, mechanism)
-    fd = -1
+    fd = -1 if mechanism == MAPPED_RAM else os.open(path, os.O_RDONLY)
     try:
-        if mechanism == MAPPED_RAM:
-            await qmp.execute("migrate-incoming", {"uri": f"file:{path}"})
-        else:
-            fd = os.open(path, os.O_RDONLY)
+        if fd >= 0:
             await qmp.pass_fd(fd, FD_NAME)
-            await qmp.execute("migrate-incoming", {"uri": f"fd:{FD_NAME}"})
-        if while_loading is not None:
-            while_loading()
-        total = path.stat().st_size
-        # A `cont` sent while QEMU is still "inmigrate" is accepted and ignored: wait until the load has finished.
-        while True:
-            if not alive():
-                raise DriverError("QEMU exited while loading the saved state")
-            try:
-                status = (await qmp.execute("query-status")).get("status")
-                if progress is not None and fd >= 0:
-                    progress(os.lseek(fd, 0, os.SEEK_CUR), total)
-                if status != "inmigrate":
-                    info = await qmp.execute("query-migrate")
-                    if info.get("status") == "failed":
-                        raise DriverError(f"QEMU rejected the saved state: {info.get('error-desc', 'failed')}")
-                    return
-            except DriverError:
-                if not alive():
-                    raise DriverError("QEMU exited while loading the saved state") from None
-                raise
-            await asyncio.sleep(POLL)
-    finally:
+        await qmp.execute("migrate-incoming", {"uri": mechanisms.incoming_uri(mechanism, path)})
+    except BaseException:
         if fd >= 0:
             os.close(fd)
+        raise
+    return fd
+
+
+async def wait_loaded(
+    qmp: QMPSession, fd: int, total: int, alive: Callable[[], bool], progress: Progress | None = None
+) -> None:
+    """Return once QEMU has loaded the state (the VM is paused); raise if it failed.
+
+    A stream's progress comes from the offset of ``fd``, which QEMU's copy of the descriptor shares; mapped-ram
+    threads read at their own offsets and report none (``fd`` -1).
+    """
+    # A `cont` sent while QEMU is still "inmigrate" is accepted and ignored: wait until the load has finished.
+    while True:
+        if not alive():
+            raise DriverError("QEMU exited while loading the saved state")
+        try:
+            status = (await qmp.execute("query-status")).get("status")
+            if progress is not None and fd >= 0:
+                progress(os.lseek(fd, 0, os.SEEK_CUR), total)
+            if status != "inmigrate":
+                info = await qmp.execute("query-migrate")
+                if info.get("status") == "failed":
+                    raise DriverError(f"QEMU rejected the saved state: {info.get('error-desc', 'failed')}")
+                return
+        except DriverError:
+            if not alive():
+                raise DriverError("QEMU exited while loading the saved state") from None
+            raise
+        await asyncio.sleep(POLL)

@@ -1,0 +1,83 @@
+"""How a machine state is written and read, by name: the choice and the QMP set-up each needs (pure, no I/O).
+
+``stream``
+    A migration stream written into a file descriptor the host agent opened and passed to QEMU (``getfd``): no
+    helper process, works on every QEMU.  Zero pages cost a few bytes each.
+``mapped-ram``
+    QEMU 9.0+: ``file:`` migration with the ``mapped-ram`` and ``multifd`` capabilities.  Each RAM page has a fixed
+    offset in the file and several threads write and read it; zero pages are holes, so the (sparse) file occupies
+    about the guest's touched memory whatever its size, and loading is parallel.
+``shared-ram``
+    saveMode instant: the guest RAM lives in a shared memory-backend-file that stays where it is
+    (``x-ignore-shared``); the state file holds the device state only.
+
+Kept free of asyncio and qemu.qmp: the host agent's early restore path uses it before those are imported.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+STREAM = "stream"
+MAPPED_RAM = "mapped-ram"
+SHARED_RAM = "shared-ram"
+ALL = (STREAM, MAPPED_RAM, SHARED_RAM)
+FD_NAME = "torpor-state"
+
+
+def multifd_channels() -> int:
+    """Threads QEMU writes and reads a mapped-ram state with: one per host CPU, between 2 and 8."""
+    return max(2, min(8, os.cpu_count() or 2))
+
+
+DESCRIPTIONS = {
+    STREAM: "migration stream into a file descriptor (every QEMU)",
+    MAPPED_RAM: f"file: migration with mapped-ram and multifd ({multifd_channels()} threads), sparse state file",
+    SHARED_RAM: "guest RAM in a shared memory-backend-file, x-ignore-shared; the state holds devices only",
+}
+
+
+def choose(capability_names: set[str], shared_ram: bool, path: Path) -> str:
+    """The mechanism for a save: shared-ram for a shared RAM file, else mapped-ram where QEMU has it."""
+    if shared_ram:
+        return SHARED_RAM
+    # The file: URI takes options after a comma; a path with one goes by file descriptor instead.
+    if "mapped-ram" in capability_names and "multifd" in capability_names and "," not in str(path):
+        return MAPPED_RAM
+    return STREAM
+
+
+def by_save_mode(capability_names: set[str]) -> dict[str, str]:
+    """The mechanism each saveMode uses with a QEMU that has these capabilities."""
+    return {"copy": choose(capability_names, False, Path("state")), "instant": SHARED_RAM}
+
+
+def setup_commands(mechanism: str, known: set[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The QMP commands that set QEMU's capabilities and parameters for ``mechanism``.
+
+    Saving and restoring QEMU must agree on them.  Every capability torpor uses is set, on or off (those this
+    QEMU knows): a QEMU that restored one way (or took a snapshot) may save another way later.
+    """
+    caps = {
+        # RAM in a shared memory-backend-file is not copied: it stays in its file.
+        "x-ignore-shared": mechanism == SHARED_RAM,
+        "mapped-ram": mechanism == MAPPED_RAM,
+        "multifd": mechanism == MAPPED_RAM,
+    }
+    out: list[tuple[str, dict[str, Any]]] = []
+    if mechanism == MAPPED_RAM:
+        out.append(("migrate-set-parameters", {"multifd-channels": multifd_channels()}))
+    out.append(
+        (
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": k, "state": v} for k, v in caps.items() if k in known]},
+        )
+    )
+    return out
+
+
+def incoming_uri(mechanism: str, path: Path) -> str:
+    """Where a restoring QEMU reads the state: the file itself (mapped-ram), else a passed descriptor."""
+    return f"file:{path}" if mechanism == MAPPED_RAM else f"fd:{FD_NAME}"
