@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up torpor on a Debian/Ubuntu machine: QEMU, the OpenSSH client and the tools the default guest is built with (system
+# Set up torpor on a Debian/Ubuntu machine: QEMU, the OpenSSH client and the tools the guests are built with (system
 # packages), then torpor itself in a virtualenv at .venv.  Safe to run again.
 #
 # On Debian 12 (bookworm) QEMU comes from bookworm-backports (10.x): it can save RAM into a sparse file with
@@ -23,7 +23,8 @@ if [ "$codename" = bookworm ]; then
     qemu_from=(-t bookworm-backports)
 fi
 
-packages=(openssh-client dpkg apt python3-venv)
+# mmdebstrap and e2fsprogs build template:debian's image.
+packages=(openssh-client dpkg apt python3-venv mmdebstrap e2fsprogs)
 echo "torpor setup: installing system packages: qemu-system-x86 qemu-utils ${packages[*]}"
 $SUDO apt-get update -qq
 apt_install "${packages[@]}"

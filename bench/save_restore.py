@@ -1,9 +1,10 @@
-"""Benchmark: cold boot against save and restore of the default guest, torpor against raw QEMU, side by side.
+"""Benchmark: cold boot against save and restore, torpor against raw QEMU, side by side in one run.
 
     python bench/save_restore.py [--touch-mib 200] [--rounds 2] [--configs copy:1GiB,copy:4GiB:debian12,...]
 
-A configuration is saveMode:memory[:qemu], qemu being "installed" (default) or "debian12" (Debian 12's own QEMU
-7.2, unpacked beside the installed one as the tests do).  For each configuration and round: a cold `torpor
+A configuration is saveMode:memory[:qemu[:guest]], qemu being "installed" (default) or "debian12" (Debian 12's
+own QEMU 7.2, unpacked beside the installed one as the tests do), guest "default" (torpor's small guest) or
+"debian" (template:debian: systemd, cloud-init).  For each configuration and round: a cold `torpor
 start` (to ready: SSH answers), TOUCH MiB of random data written into guest RAM (/dev/shm), `torpor stop
 --save`; then the raw QEMU baseline on that very state (bench/rawqemu.py: the same QEMU loads it and saves it
 again by hand over QMP, plus fsync); then `torpor start` (restore, to ready); then `torpor snapshot create` and
@@ -63,11 +64,13 @@ def guest_used_mib(env: dict[str, str], name: str) -> float:
 
 
 def measure(
-    env: dict[str, str], home: Path, mode: str, memory: str, qemu: str, *, touch: int, rounds: int
+    env: dict[str, str], home: Path, config: tuple[str, ...], *, touch: int, rounds: int
 ) -> tuple[str, dict[str, float]]:
-    name = f"b-{mode}-{memory.lower()}-{qemu}"
+    mode, memory, qemu, guest = config
+    name = f"b-{guest}-{mode}-{memory.lower()}-{qemu}"
     (home / f"{name}.yaml").write_text(
-        f"images: [{{location: build:default}}]\nmemory: {memory}\ncpus: 2\nsaveMode: {mode}\n"
+        f"images: [{{location: 'build:{guest}'}}]\nmemory: {memory}\ncpus: 2\nsaveMode: {mode}\n"
+        "bootTimeout: 900\ndisk: 8GiB\n"
     )
     torpor(env, "create", "--name", name, str(home / f"{name}.yaml"))
     torpor(env, "start", name)  # the first boot installs the guest onto its disk: not measured
@@ -117,32 +120,37 @@ def measure(
     return str(manifest["mechanism"]), {k: statistics.median(v) for k, v in rows.items()}
 
 
+def parse_config(text: str) -> tuple[str, str, str, str]:
+    """saveMode:memory[:qemu[:guest]] -> (mode, memory, qemu, guest); qemu installed|debian12, guest default|debian."""
+    mode, memory, qemu, guest = (*text.split(":"), "", "")[:4]
+    return mode, memory, qemu or "installed", guest or "default"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--touch-mib", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument(
         "--configs",
-        default="copy:1GiB,copy:4GiB,copy:1GiB:debian12,copy:4GiB:debian12,instant:1GiB,instant:4GiB",
+        default="copy:1GiB,copy:4GiB,copy:1GiB:debian12,copy:4GiB:debian12,instant:1GiB,instant:4GiB,"
+        "copy:2GiB::debian,instant:2GiB::debian",
     )
     args = ap.parse_args()
-    configs = [(*c.split(":"), "installed")[:3] for c in args.configs.split(",")]
+    configs = [parse_config(c) for c in args.configs.split(",")]
     home = Path(tempfile.mkdtemp(prefix="torpor-bench-", dir="/tmp"))
     base_env = dict(os.environ, TORPOR_HOME=str(home))
     results: dict[tuple[str, ...], tuple[str, dict[str, float]]] = {}
     versions: dict[str, str] = {}
     try:
-        for mode, memory, qemu in configs:
+        for config in configs:
             env = dict(base_env)
-            if qemu == "debian12":
+            if config[2] == "debian12":
                 from tests.integration.qemus import debian12_qemu
                 from torpor.store.cache import cache_root
 
                 env["TORPOR_QEMU"] = str(debian12_qemu(cache_root()))
-            versions[qemu] = _qemu_version(env)
-            results[(mode, memory, qemu)] = measure(
-                env, home, mode, memory, qemu, touch=args.touch_mib, rounds=args.rounds
-            )
+            versions[config[2]] = _qemu_version(env)
+            results[config] = measure(env, home, config, touch=args.touch_mib, rounds=args.rounds)
     finally:
         for d in home.iterdir():
             if d.is_dir():
@@ -171,15 +179,15 @@ def _qemu_version(env: dict[str, str]) -> str:
 def report(
     results: dict[tuple[str, ...], tuple[str, dict[str, float]]], versions: dict[str, str], touch: int, rounds: int
 ) -> None:
-    print(f"\ndefault guest, {touch} MiB of random data in guest RAM, median of {rounds} rounds, times in seconds")
+    print(f"\n{touch} MiB of random data in guest RAM, median of {rounds} rounds, times in seconds")
     print(
-        f"{'saveMode':<8}{'RAM':>5} {'QEMU':<7}{'mechanism':<11}{'cold':>6}{'save':>6}{'raw':>6}{'x':>5}"
+        f"{'guest':<8}{'saveMode':<8}{'RAM':>5} {'QEMU':<7}{'mechanism':<11}{'cold':>6}{'save':>6}{'raw':>6}{'x':>5}"
         f"{'restore':>8}{'raw':>6}{'r/cold':>7}{'used':>6}{'disk':>6}{'d/used':>7}{'snap':>6}{'pause':>6}{'apply':>6}"
         f"{'qsnsave':>8}{'qsnload':>8}"
     )
-    for (mode, memory, qemu), (mechanism, r) in results.items():
+    for (mode, memory, qemu, guest), (mechanism, r) in results.items():
         print(
-            f"{mode:<8}{memory:>5} {versions[qemu]:<7}{mechanism:<11}{r['cold']:>6.2f}{r['save']:>6.2f}"
+            f"{guest:<8}{mode:<8}{memory:>5} {versions[qemu]:<7}{mechanism:<11}{r['cold']:>6.2f}{r['save']:>6.2f}"
             f"{r['raw_save']:>6.2f}{r['save'] / r['raw_save']:>5.1f}{r['restore']:>8.2f}{r['raw_restore']:>6.2f}"
             f"{r['restore'] / r['cold']:>7.2f}{r['used']:>6.0f}{r['disk']:>6.0f}{r['disk'] / r['used']:>7.2f}"
             f"{r['snap_create']:>6.2f}{r['snap_paused']:>6.2f}{r['snap_apply']:>6.2f}"
@@ -190,23 +198,25 @@ def report(
         "(stop, migrate, fsync)\nand loading the same state by hand over QMP; x = save / raw save; r/cold = restore "
         "/ cold boot;\nused = guest MemTotal-MemFree (MiB); disk = allocated MiB of the state (+ the RAM file in "
         "instant mode);\nsnap = torpor snapshot create of the running guest, pause = how long the VM was paused, "
-        "apply = torpor snapshot apply"
+        "apply = torpor snapshot apply;\nqsnsave/qsnload = QMP snapshot-save / snapshot-load jobs (RAM into the "
+        "qcow2 image) of the same state by hand, the alternative not taken"
     )
-    print("\nwhere a restore's time goes (medians, s): CLI + host agent start-up until its first event | QEMU + guest")
+    print("\nwhere a restore's time goes (medians, s): CLI + host agent until QEMU is launched | QEMU + guest")
     print("until ready | CLI noticing ready")
-    for (mode, memory, qemu), (_, r) in results.items():
+    for (mode, memory, qemu, guest), (_, r) in results.items():
         print(
-            f"  {mode:<8}{memory:>5} {versions[qemu]:<7} {r['startup']:.3f} | {r['vm']:.3f} | {r['notice']:.3f}  "
-            f"(torpor outside QEMU and guest: {r['startup'] + r['notice']:.3f})"
+            f"  {guest:<8}{mode:<8}{memory:>5} {versions[qemu]:<7} {r['startup']:.3f} | {r['vm']:.3f} | "
+            f"{r['notice']:.3f}  (torpor outside QEMU and guest: {r['startup'] + r['notice']:.3f})"
         )
     for qemu, version in versions.items():
         for mode in ("copy", "instant"):
-            small, big = results.get((mode, "1GiB", qemu)), results.get((mode, "4GiB", qemu))
+            small, big = results.get((mode, "1GiB", qemu, "default")), results.get((mode, "4GiB", qemu, "default"))
             if small and big:
                 s, b = small[1], big[1]
                 print(
                     f"{mode} on QEMU {version}: 4 GiB / 1 GiB guest with the same touched memory: "
-                    f"save x{b['save'] / s['save']:.2f}, restore x{b['restore'] / s['restore']:.2f}"
+                    f"save x{b['save'] / s['save']:.2f}, restore x{b['restore'] / s['restore']:.2f}, "
+                    f"state on disk x{b['disk'] / s['disk']:.2f}"
                 )
 
 

@@ -7,10 +7,22 @@ from torpor.cli.common import report
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    sub.add_parser("build", help="build the default guest from Debian packages (cached)")
+    b = sub.add_parser("build", help="build a guest image from Debian packages (cached)")
+    b.add_argument(
+        "guest",
+        nargs="?",
+        choices=["default", "debian"],
+        default="default",
+        help="default: torpor's small guest (seconds); debian: Debian 12 with systemd and cloud-init (minutes)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.guest == "debian":
+        from torpor.guest import debian
+
+        print(debian.build(report=report).disk.parent)
+        return 0
     from torpor.guest import builder
 
     img = builder.build_default(report=report)

@@ -78,7 +78,8 @@ class Kernel(File):
 class Image(Model):
     """One entry of ``images``: a disk image (``location``) and/or a kernel and initrd to boot directly.
 
-    ``location: build:default`` names the guest torpor builds itself from Debian packages (see ``torpor image``).
+    ``location: build:default`` names the small guest torpor builds itself from Debian packages, ``build:debian``
+    a full Debian system it builds with mmdebstrap (see ``torpor image``).
     """
 
     location: str | None = None

@@ -15,16 +15,20 @@ if TYPE_CHECKING:
     from torpor.config.schema import Config, Image
 
 from torpor.errors import ImageError
-from torpor.guest import builder, fetch
+from torpor.guest import builder, debian, fetch
 from torpor.store import filenames
 
 BUILD_SCHEME = "build:"
+DEFAULT_GUEST = "build:default"  # torpor's own small guest, which reports ready and provisioning itself
+DEBIAN_GUEST = "build:debian"
 DEFAULT_CMDLINE = "console=ttyS0 quiet panic=-1"
 
 
 def kernel_cmdline(image: Image) -> str:
-    if image.location and image.location.startswith(BUILD_SCHEME):
+    if image.location == DEFAULT_GUEST:
         return DEFAULT_CMDLINE
+    if image.location == DEBIAN_GUEST:
+        return debian.CMDLINE
     return image.kernel.cmdline if image.kernel else ""
 
 
@@ -33,14 +37,22 @@ def prepare(
 ) -> Path | None:
     """Put the image's boot files into ``inst_dir``; return the base disk to create the instance disk over."""
     image = config.image_for_arch()
-    if image.location and image.location.startswith(BUILD_SCHEME):
-        name = image.location.removeprefix(BUILD_SCHEME)
-        if name != "default":
-            raise ImageError(f"unknown built guest {name!r}", hint="the only built guest is build:default")
+    if image.location == DEFAULT_GUEST:
         built = builder.build_default(cache, report)
         _copy(built.kernel, inst_dir / filenames.KERNEL)
         _copy(built.initrd, inst_dir / filenames.INITRD)
         return None
+    if image.location == DEBIAN_GUEST:
+        deb = debian.build(cache, report)
+        _copy(deb.kernel, inst_dir / filenames.KERNEL)
+        _copy(deb.initrd, inst_dir / filenames.INITRD)
+        base = inst_dir / filenames.BASE_DISK
+        _copy(deb.disk, base)
+        return base
+    if image.location and image.location.startswith(BUILD_SCHEME):
+        raise ImageError(
+            f"unknown built guest {image.location!r}", hint=f"torpor builds {DEFAULT_GUEST} and {DEBIAN_GUEST}"
+        )
     if image.kernel is not None:
         _copy(_get(image.kernel.location, image.kernel.digest, cache, show_progress), inst_dir / filenames.KERNEL)
     if image.initrd is not None:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import time
 from collections.abc import Awaitable
@@ -204,7 +205,7 @@ class HostAgent:
         accel = await self._accel(qemu)
         self.config = config
         image = config.image_for_arch()
-        self.default_guest = bool(image.location and image.location.startswith(images.BUILD_SCHEME))
+        self.default_guest = image.location == images.DEFAULT_GUEST
         ssh_port, user = await asyncio.to_thread(self._prepare_guest_access, config)
         # A cold boot starts from fresh RAM; a RAM file left by an earlier (instant mode) run goes.
         (self.dir / filenames.MEMORY_FILE).unlink(missing_ok=True)
@@ -322,7 +323,12 @@ class HostAgent:
             await self._until(before_ready, deadline, "answer its guest agent")
             log.info("the guest agent answers")
         message = f"{verb} in {time.monotonic() - t0:.1f} s"
-        degraded = await self._check_provisioning() if verb == "ready" else ""
+        degraded = ""
+        if verb == "ready":
+            if self.default_guest:
+                degraded = await self._check_provisioning()
+            else:
+                degraded = await self._until(self._wait_for_cloud_init(), deadline, "finish cloud-init")
         if degraded:
             message += f", but provisioning failed: {degraded}"
         self.ready = True
@@ -371,6 +377,19 @@ class HostAgent:
             f"the guest did not {what} within the boot timeout",
             hint=f"see {self.dir / filenames.SERIAL_LOG} for the guest console",
         )
+
+    async def _wait_for_cloud_init(self) -> str:
+        """In a cloud-init guest, wait until cloud-init has finished (users, runcmd...); return what failed."""
+        script = (
+            "command -v cloud-init >/dev/null || { echo status: none; exit 0; }; "
+            "cloud-init status --wait >/dev/null 2>&1; cloud-init status --long"
+        )
+        code, out = await self.ssh.run(["sh", "-c", shlex.quote(script)], timeout=3600)
+        status = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("status:")), "")
+        log.info("cloud-init: %s", status or out)
+        if status in ("done", "none", "disabled"):
+            return ""
+        return f"cloud-init finished with status {status or f'unknown (exit code {code})'}:\n{out}"
 
     async def _check_provisioning(self) -> str:
         """Copy the guest's provisioning log out; return what failed, or "" if nothing did."""

@@ -39,6 +39,10 @@ class SSHAccess:
             return -1, "timed out"
         return proc.returncode or 0, out.decode(errors="replace").strip()
 
+    async def run(self, command: list[str], timeout: float = 15.0) -> tuple[int, str]:
+        """Run ``command`` in the guest through the master; return the exit code and the output."""
+        return await self._run(*self._argv(command=command), timeout=timeout)
+
     async def connect_master(self, interval: float = 0.1) -> None:
         """Connect the control master, retrying until the guest's SSH server accepts torpor's key.
 
