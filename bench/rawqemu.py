@@ -1,14 +1,14 @@
 """The raw QEMU baseline: the same QEMU and the same saved state, driven by hand over QMP, without torpor.
 
 Given a state torpor saved (its manifest has QEMU's exact argv and the mechanism), :func:`measure` starts that
-QEMU with ``-incoming defer`` and ``-snapshot`` (so that the instance's disk is not touched: torpor restores the
-same state afterwards), loads the state, and saves it again with the same mechanism into a scratch file,
+QEMU with ``-incoming defer`` on a copy of the instance's disk (torpor restores the same state afterwards, and
+that disk must not change), loads the state, and saves it again with the same mechanism into a scratch file,
 followed by fsync.  What it times is the floor torpor's own orchestration adds to:
 
 - restore: QEMU spawned until the state is loaded (the VM would run at the next ``cont``);
 - save: ``stop`` until QEMU reports the migration completed, plus fsync of the file;
-- snapshot-save / snapshot-load: QMP jobs writing RAM and devices into the qcow2 image (here the ``-snapshot``
-  overlay) and loading them back: the alternative torpor's snapshots were measured against.
+- snapshot-save / snapshot-load: QMP jobs writing RAM and devices into the qcow2 image (here the disk's copy)
+  and loading them back: the alternative torpor's snapshots were measured against.
 """
 
 from __future__ import annotations
@@ -79,11 +79,14 @@ async def _job(qmp: QMPClient, command: str, args: dict[str, Any]) -> float:
 
 async def _internal_snapshot(qmp: QMPClient, mechanism: str) -> dict[str, float]:
     """The alternative torpor's snapshots were measured against: QMP snapshot-save / snapshot-load jobs, RAM and
-    devices written as a stream into the qcow2 image (here the -snapshot overlay over the instance's disk)."""
+    devices written as a stream into the qcow2 image (here the copy of the instance's disk)."""
     block = await qmp.execute("query-block")
     assert isinstance(block, list)
     node = next(b["inserted"]["node-name"] for b in block if b["device"] == "disk0")
     args = {"tag": "bench", "vmstate": node, "devices": [node]}
+    # QEMU 10 keeps the images of a VM loaded from a migration inactive until it runs: let it run a moment.
+    await qmp.execute("cont")
+    await qmp.execute("stop")
     caps = [{"capability": k, "state": False} for k in CAPS[mechanism]]  # a snapshot is a plain stream
     if caps:
         await qmp.execute("migrate-set-capabilities", {"capabilities": caps})
@@ -127,7 +130,12 @@ async def _save(qmp: QMPClient, mechanism: str, scratch: Path) -> None:
 
 async def _run(manifest: dict[str, Any], state: Path, scratch: Path) -> dict[str, float]:
     mechanism = manifest["mechanism"]
-    argv = [*manifest["argv"], "-incoming", "defer", "-snapshot"]
+    # A copy of the disk beside it (a relative backing file still resolves): the instance's disk stays untouched.
+    disk = Path(next(a for a in manifest["argv"] if a.startswith("file=") and "id=disk0" in a).split(",")[0][5:])
+    scratch_disk = disk.with_name("bench-disk.qcow2")
+    subprocess.run(["cp", "--sparse=always", str(disk), str(scratch_disk)], check=True)
+    argv = [a.replace(f"file={disk},", f"file={scratch_disk},") for a in manifest["argv"]]
+    argv += ["-incoming", "defer"]
     qmp_path = Path(argv[argv.index("-qmp") + 1].removeprefix("unix:").split(",")[0])
     qmp_path.unlink(missing_ok=True)
     t0 = time.monotonic()
@@ -153,6 +161,7 @@ async def _run(manifest: dict[str, Any], state: Path, scratch: Path) -> dict[str
             proc.kill()
         proc.wait()
         scratch.unlink(missing_ok=True)
+        scratch_disk.unlink(missing_ok=True)
         for p in (qmp_path, Path(argv[argv.index("-pidfile") + 1])):
             p.unlink(missing_ok=True)
     return {"raw_restore": restore, "raw_save": save, **snap}

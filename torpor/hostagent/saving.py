@@ -76,6 +76,7 @@ async def save(
     manifest = state_record(
         inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state, digest=state_sha
     )
+    manifest["state"]["identity"] = savedstate.written_identity(state)
     manifest.update(
         ramFile=savedstate.file_identity(ram) if ram is not None else None,
         disk=savedstate.file_identity(disk),

@@ -200,6 +200,9 @@ def _materialize(inst_dir: Path, snap: snapshots.Snapshot) -> None:
     atomic.write_bytes(inst_dir / filenames.CIDATA, (snap.dir / filenames.CIDATA).read_bytes())
     manifest = {k: v for k, v in snap.meta.items() if k not in _SNAPSHOT_ONLY}
     manifest.update(disk=savedstate.file_identity(inst_dir / filenames.DISK), ramFile=None)
+    # Its digest was verified just now (see _apply_problems), after which the file was linked.
+    state = sdir / filenames.STATE_FILE
+    manifest["state"] = dict(manifest["state"], identity=savedstate.written_identity(state))
     savedstate.write_manifest(inst_dir, manifest)
 
 

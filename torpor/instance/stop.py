@@ -100,10 +100,12 @@ def force_stop(name: str, report: Report, root: Path | None = None) -> None:
     killed = []
     if inst.agent_pid is not None and kill_and_wait(inst.agent_pid):
         killed.append(f"host agent (pid {inst.agent_pid})")
-    # Re-inspect: QEMU dies with its agent (PDEATHSIG), but an orphan from an older crash may remain.
-    qemu_pid = inspect(name, root).qemu_pid
-    if qemu_pid is not None and kill_and_wait(qemu_pid):
-        killed.append(f"QEMU (pid {qemu_pid})")
+    # QEMU dies with its agent (PDEATHSIG), but an orphan from an older crash may remain; and a QEMU that is
+    # dying still holds its disk's lock until it is gone (tearing down a large guest's RAM takes a while), so
+    # the pid known before the agent was killed is waited for too.
+    for qemu_pid in {p for p in (inst.qemu_pid, inspect(name, root).qemu_pid) if p is not None}:
+        if kill_and_wait(qemu_pid):
+            killed.append(f"QEMU (pid {qemu_pid})")
     removed = clear_runtime_files(inst.dir)
     if killed:
         report(f"killed {' and '.join(killed)}")

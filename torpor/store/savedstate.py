@@ -43,6 +43,22 @@ def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def written_identity(path: Path) -> dict[str, int]:
+    """:func:`file_identity` plus the inode's change time, which every write, truncation, link or attribute
+    change moves and which no one can set back (short of changing the clock): unchanged, the file is as it was."""
+    st = path.stat()
+    return {**file_identity(path), "ctimeNs": st.st_ctime_ns}
+
+
+def state_unchanged(saved: Saved) -> bool:
+    """Whether the state file is untouched since it was written (its digest need not be recomputed)."""
+    recorded = saved.manifest.get("state", {}).get("identity")
+    try:
+        return recorded is not None and written_identity(saved.state) == recorded
+    except OSError:
+        return False
+
+
 BLOCK = 1 << 20
 _ZERO_BLOCK_DIGEST = hashlib.sha256(bytes(BLOCK)).digest()
 
