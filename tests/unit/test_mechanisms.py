@@ -1,0 +1,31 @@
+from pathlib import Path
+
+from torpor.driver.qemu import mechanisms
+
+QEMU_72 = {"x-ignore-shared", "multifd", "xbzrle"}
+QEMU_10 = QEMU_72 | {"mapped-ram"}
+
+
+def test_best_mechanism_from_capabilities() -> None:
+    state = Path("/x/saved/state.bin.tmp")
+    assert mechanisms.choose(QEMU_10, False, state) == mechanisms.MAPPED_RAM
+    assert mechanisms.choose(QEMU_72, False, state) == mechanisms.STREAM
+    assert mechanisms.choose(QEMU_10, True, state) == mechanisms.SHARED_RAM
+    # A comma would end the file: URI's path: such a path is saved as a stream instead.
+    assert mechanisms.choose(QEMU_10, False, Path("/a,b/state.bin")) == mechanisms.STREAM
+    assert mechanisms.by_save_mode(QEMU_10) == {"copy": "mapped-ram", "instant": "shared-ram"}
+    assert mechanisms.by_save_mode(QEMU_72) == {"copy": "stream", "instant": "shared-ram"}
+
+
+def test_setup_sets_every_known_capability_on_or_off() -> None:
+    commands = dict(mechanisms.setup_commands(mechanisms.MAPPED_RAM, QEMU_10))
+    caps = {c["capability"]: c["state"] for c in commands["migrate-set-capabilities"]["capabilities"]}
+    assert caps == {"mapped-ram": True, "multifd": True, "x-ignore-shared": False}
+    assert commands["migrate-set-parameters"]["multifd-channels"] >= 2
+    # After a mapped-ram restore, a stream save turns them off again; 7.2 is not asked about mapped-ram at all.
+    commands = dict(mechanisms.setup_commands(mechanisms.STREAM, QEMU_72))
+    caps = {c["capability"]: c["state"] for c in commands["migrate-set-capabilities"]["capabilities"]}
+    assert caps == {"multifd": False, "x-ignore-shared": False}
+    assert "migrate-set-parameters" not in commands
+    assert mechanisms.incoming_uri(mechanisms.MAPPED_RAM, Path("/s")) == "file:/s"
+    assert mechanisms.incoming_uri(mechanisms.STREAM, Path("/s")) == f"fd:{mechanisms.FD_NAME}"

@@ -1,0 +1,58 @@
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from torpor.errors import InstanceStateError
+from torpor.store import filenames, savedstate, snapshots
+
+
+def test_tags_are_checked() -> None:
+    assert snapshots.validate_tag("clean-1.0_a") == "clean-1.0_a"
+    for bad in ("", "-x", "a/b", "a b", "x" * 65, "..", ".hidden"):
+        with pytest.raises(InstanceStateError, match="invalid snapshot tag"):
+            snapshots.validate_tag(bad)
+
+
+def test_record_written_last_with_digest_and_read_back(tmp_path: Path) -> None:
+    d = snapshots.snapshot_dir(tmp_path, "t1")
+    d.mkdir(parents=True)
+    snapshots.write_meta(d, {"tag": "t1", "memory": True, "createdAt": 5.0, "config": {"cpus": 2}})
+    snap = snapshots.read(tmp_path, "t1")
+    assert snap.has_memory and snap.created == 5.0
+    assert snapshots.list_all(tmp_path) == ([snap], [])
+    path = d / filenames.SNAPSHOT_META
+    path.write_text(path.read_text().replace('"cpus": 2', '"cpus": 3'))
+    with pytest.raises(InstanceStateError, match="damaged"):
+        snapshots.read(tmp_path, "t1")
+    assert snapshots.list_all(tmp_path) == ([], ["t1"])
+
+
+def test_missing_and_interrupted_snapshots_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(InstanceStateError, match="has no snapshot 'nope'") as e:
+        snapshots.read(tmp_path, "nope")
+    assert "snapshot list" in (e.value.hint or "")
+    snapshots.snapshot_dir(tmp_path, "half").mkdir(parents=True)
+    with pytest.raises(InstanceStateError, match="incomplete"):
+        snapshots.read(tmp_path, "half")
+
+
+def test_machine_changes_name_the_fields(tmp_path: Path) -> None:
+    snap = snapshots.Snapshot("t", tmp_path, {"config": {"arch": "x86_64", "cpus": 2, "memory": 1, "saveMode": "copy"}})
+    now = {"arch": "x86_64", "cpus": 4, "memory": 1, "saveMode": "copy", "disk": 99}
+    assert snapshots.machine_changes(snap, now) == ["cpus 2 -> 4"]
+
+
+def test_state_unchanged_follows_the_change_time(tmp_path: Path) -> None:
+    d = savedstate.saved_dir(tmp_path)
+    d.mkdir()
+    state = d / filenames.STATE_FILE
+    state.write_bytes(b"S" * 100)
+    saved = savedstate.Saved(d, {"state": {"identity": savedstate.written_identity(state)}})
+    assert savedstate.state_unchanged(saved)
+    time.sleep(0.05)  # past the kernel's coarse clock tick, which timestamps change times
+    os.link(state, tmp_path / "other-name")  # a new link moves the change time, like any write
+    assert not savedstate.state_unchanged(saved)
+    assert not savedstate.state_unchanged(savedstate.Saved(d, json.loads('{"state": {}}')))
