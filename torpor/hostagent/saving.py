@@ -61,13 +61,16 @@ async def save(
     checksum = asyncio.ensure_future(asyncio.to_thread(savedstate.state_digest, state))
     # From here the VM's memory exists only in the state file (and, in instant mode, the RAM file).
     await driver.quit()
+    log.info("QEMU has quit")
     disk = inst_dir / filenames.DISK
     await asyncio.to_thread(fsync_path, disk)
     ram = driver.spec.memory_file
     if ram is not None:
         await asyncio.to_thread(fsync_path, ram)  # the guest's dirty pages, written back by the kernel
+    log.info("disk flushed")
     try:
         state_sha = await checksum
+        log.info("state digest computed")
     except OSError as e:
         savedstate.discard(inst_dir)
         raise SaveFailed(
