@@ -130,3 +130,36 @@ def test_snapshots_of_stopped_and_saved_instances_and_their_lifetime(torpor: Tor
     assert set(snapshot_rows(torpor, "st")) == {"saved"}
     torpor.run("delete", "st")
     assert not torpor.dir("st").exists()
+
+
+def test_instant_mode_snapshot_copies_the_ram_file(torpor: Torpor) -> None:
+    torpor.run("create", str(write_template(torpor, "ins", "saveMode: instant\n", memory="1GiB")))
+    torpor.run("start", "ins")
+    torpor.sh("ins", COUNTER)
+    torpor.sh("ins", "dd if=/dev/urandom of=/dev/shm/blob bs=1M count=32 2>/dev/null")
+    set_token(torpor, "ins", "at-snapshot")
+    at_snapshot = torpor.sh("ins", STATE + "; md5sum < /dev/shm/blob")
+    torpor.run("snapshot", "create", "ins", "--tag", "i")
+    d = torpor.dir("ins") / "snapshots" / "i"
+    # Devices in the state file, the RAM as a sparse copy of the RAM file (1 GiB apparent, far less allocated).
+    assert (d / "state.bin").stat().st_size < 8 * 2**20
+    assert (d / "memory.ram").stat().st_size == 2**30
+    assert (d / "memory.ram").stat().st_blocks * 512 < 2**29
+
+    torpor.sh("ins", "dd if=/dev/urandom of=/dev/shm/blob bs=1M count=32 2>/dev/null")
+    set_token(torpor, "ins", "changed")
+    torpor.run("snapshot", "apply", "ins", "--tag", "i", "--force")
+    assert torpor.sh("ins", STATE + "; md5sum < /dev/shm/blob") == at_snapshot
+    # The instance's RAM file is its own again: saving and restoring it works as before.
+    torpor.run("stop", "--save", "ins")
+    out = torpor.run("start", "ins")
+    assert "restored in" in out.stderr, out.stderr
+    assert torpor.sh("ins", STATE + "; md5sum < /dev/shm/blob") == at_snapshot
+    # A saved instance's snapshot takes its RAM file too, and brings it back.
+    torpor.run("stop", "--save", "ins")
+    torpor.run("snapshot", "create", "ins", "--tag", "saved")
+    assert (torpor.dir("ins") / "snapshots" / "saved" / "memory.ram").exists()
+    torpor.run("start", "ins")
+    set_token(torpor, "ins", "changed-again")
+    torpor.run("snapshot", "apply", "ins", "--tag", "saved", "--force")
+    assert torpor.sh("ins", STATE + "; md5sum < /dev/shm/blob") == at_snapshot

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "create":
         meta = snapshot.create(args.name, args.tag, report)
         if "pausedSeconds" in meta:
-            size = (meta.get("state") or {}).get("allocated", 0)
+            size = (meta.get("state") or {}).get("allocated", 0) + (meta.get("ram") or {}).get("allocated", 0)
             report(
                 f"snapshot {args.tag!r} taken: memory and disk, {size / 2**20:.0f} MiB, "
                 f"VM paused {meta['pausedSeconds']:.2f} s"

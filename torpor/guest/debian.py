@@ -113,7 +113,7 @@ def build(cache: Path | None = None, report: Callable[[str], None] = log.info) -
             'status=$?; umount "$clean"; rmdir "$clean"; exit $status',
             f'cp "$1"/boot/vmlinuz-* {shlex.quote(str(stage / "vmlinuz"))}',
             f'cp "$1"/boot/initrd.img-* {shlex.quote(str(stage / "initrd.img"))}',
-            f'chmod a+r {shlex.quote(str(stage))}/*',
+            f"chmod a+r {shlex.quote(str(stage))}/*",
         ]
         argv = [
             "mmdebstrap",

@@ -524,7 +524,8 @@ class HostAgent:
             except (DriverError, OSError) as e:
                 raise HTTPError(500, f"the snapshot failed: {e}") from None
         self.events.emit(events.NOTICE, f"snapshot {tag!r} taken (VM paused {meta['pausedSeconds']:.2f} s)")
-        return 200, {k: meta[k] for k in ("tag", "createdAt", "mechanism", "pausedSeconds", "seconds", "state")}
+        keys = ("tag", "createdAt", "mechanism", "pausedSeconds", "seconds", "state", "ram")
+        return 200, {k: meta[k] for k in keys if k in meta}
 
     async def _delete_snapshot(self, req: Request) -> tuple[int, Any]:
         """Delete a snapshot while the VM runs: QEMU holds the disk, so it deletes the disk's part."""

@@ -33,14 +33,18 @@ async def create(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, mode=0o700)
     state = work / filenames.STATE_FILE
+    ram = work / filenames.MEMORY_FILE
     try:
         t0 = time.monotonic()
-        mechanism, stats = await driver.snapshot(tag, state, progress)
+        mechanism, stats = await driver.snapshot(tag, state, ram, progress)
         paused = time.monotonic() - t0
         await asyncio.to_thread(fsync_path, state)
         await asyncio.to_thread(shutil.copyfile, inst_dir / filenames.CIDATA, work / filenames.CIDATA)
         digest = await asyncio.to_thread(savedstate.state_digest, state)
         meta = state_record(inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state, digest=digest)
+        if ram.exists():
+            await asyncio.to_thread(fsync_path, ram)
+            meta["ram"] = await asyncio.to_thread(snapshots.ram_record, ram)
         meta.update(tag=tag, memory=True, pausedSeconds=paused, seconds=time.monotonic() - t0)
         snapshots.write_meta(work, meta)
         work.rename(final)

@@ -28,7 +28,7 @@ Confirm = Callable[[str], bool]
 SNAPSHOT_TIMEOUT = 3600.0  # a large guest's RAM under a slow disk
 # Keys of a saved state's manifest that describe that save, not the machine state a snapshot keeps.
 _SAVE_ONLY = ("manifestDigest", "format", "complete", "disk", "ramFile", "saveSeconds")
-_SNAPSHOT_ONLY = ("metaDigest", "tag", "memory", "pausedSeconds", "seconds", "fromSavedState")
+_SNAPSHOT_ONLY = ("metaDigest", "tag", "memory", "pausedSeconds", "seconds", "fromSavedState", "ram")
 
 
 def _agent(inst: Instance) -> HostAgentClient:
@@ -80,11 +80,13 @@ def _create_offline(inst: Instance, tag: str, report: Report) -> dict[str, Any]:
             saved = savedstate.load(inst.dir)
         except savedstate.Unusable as e:
             report(f"the saved state is unusable ({e}): the snapshot holds the disk only")
-        if saved is not None and saved.mechanism == SHARED_RAM:
-            report(
-                "the saved state keeps its RAM in the instance's RAM file (instant mode): the snapshot holds "
-                "the disk only; take it while the instance runs to include its memory"
-            )
+        ram = inst.dir / filenames.MEMORY_FILE
+        if (
+            saved is not None
+            and saved.mechanism == SHARED_RAM
+            and (not ram.exists() or savedstate.file_identity(ram) != saved.manifest.get("ramFile"))
+        ):
+            report("the saved state's RAM file changed since the save: the snapshot holds the disk only")
             saved = None
     final = snapshots.snapshot_dir(inst.dir, tag)
     work = final.with_name(f".{tag}.tmp-{os.getpid()}")
@@ -100,6 +102,9 @@ def _create_offline(inst: Instance, tag: str, report: Report) -> dict[str, Any]:
             shutil.copyfile(inst.dir / filenames.CIDATA, work / filenames.CIDATA)
             meta = {k: v for k, v in saved.manifest.items() if k not in _SAVE_ONLY}
             meta.update(memory=True, fromSavedState=True)
+            if saved.mechanism == SHARED_RAM:  # instant mode: the RAM lives in its own file, which will change
+                savedstate.sparse_copy(inst.dir / filenames.MEMORY_FILE, work / filenames.MEMORY_FILE)
+                meta["ram"] = snapshots.ram_record(work / filenames.MEMORY_FILE)
         meta.update(tag=tag, createdAt=time.time())
         snapshots.write_meta(work, meta)
         work.rename(final)
@@ -189,6 +194,10 @@ def _apply_problems(inst: Instance, snap: snapshots.Snapshot, root: Path) -> lis
         out.append("its memory state is missing")
     elif savedstate.state_digest(snap.state) != (snap.meta.get("state") or {}).get("digest"):
         out.append("its memory state is damaged (checksum mismatch)")
+    elif snap.ram is not None and (
+        not snap.ram.exists() or savedstate.state_digest(snap.ram) != snap.meta["ram"].get("digest")
+    ):
+        out.append("its copy of the guest's RAM is missing or damaged (checksum mismatch)")
     return out
 
 
@@ -198,8 +207,15 @@ def _materialize(inst_dir: Path, snap: snapshots.Snapshot) -> None:
     sdir.mkdir(mode=0o700, exist_ok=True)
     _link_or_copy(snap.state, sdir / filenames.STATE_FILE)
     atomic.write_bytes(inst_dir / filenames.CIDATA, (snap.dir / filenames.CIDATA).read_bytes())
+    ram_file = None
+    if snap.ram is not None:  # instant mode: the guest's RAM file goes back to the snapshot's copy
+        ram = inst_dir / filenames.MEMORY_FILE
+        tmp = ram.with_name(f".{ram.name}.tmp")
+        savedstate.sparse_copy(snap.ram, tmp)
+        tmp.rename(ram)
+        ram_file = savedstate.file_identity(ram)
     manifest = {k: v for k, v in snap.meta.items() if k not in _SNAPSHOT_ONLY}
-    manifest.update(disk=savedstate.file_identity(inst_dir / filenames.DISK), ramFile=None)
+    manifest.update(disk=savedstate.file_identity(inst_dir / filenames.DISK), ramFile=ram_file)
     # Its digest was verified just now (see _apply_problems), after which the file was linked.
     state = sdir / filenames.STATE_FILE
     manifest["state"] = dict(manifest["state"], identity=savedstate.written_identity(state))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +14,7 @@ from torpor.errors import HostAgentError, InstanceNotFound, InstanceStateError
 from torpor.hostagent import events
 from torpor.instance import spawn
 from torpor.store import filenames, lock, savedstate
-from torpor.store.instance import Status, clear_runtime_files, home, inspect, pid_alive, read_instance_yaml
+from torpor.store.instance import Status, clear_runtime_files, home, inspect, read_instance_yaml
 
 if TYPE_CHECKING:
     from torpor.config.layering import Effective
@@ -170,14 +171,21 @@ def _recover(inst_dir: Path, agent_pid: int | None, qemu_pid: int | None, reason
 
 
 def kill_and_wait(pid: int, timeout: float = 10.0) -> bool:
-    """SIGKILL ``pid`` and wait until it is gone; return whether it went."""
+    """SIGKILL ``pid`` and wait until it is gone; return whether it went.
+
+    Gone means every thread of it: a QEMU whose main thread is already a zombie may still have threads tearing
+    down, and it keeps its files (and the disk image's lock) until the last one exits.  A pidfd becomes readable
+    only then.
+    """
     try:
-        os.kill(pid, signal.SIGKILL)
+        pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         return True
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    try:
+        with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
+    finally:
+        os.close(pidfd)

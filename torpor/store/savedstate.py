@@ -90,8 +90,8 @@ def state_digest(path: Path) -> str:
     return "blocks-sha256:" + h.hexdigest()
 
 
-def _data_blocks(fd: int, size: int) -> Iterator[int]:
-    """The 1 MiB blocks of ``fd`` that hold some data (SEEK_DATA / SEEK_HOLE), in order."""
+def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """The ranges ``(start, end)`` of ``fd`` that hold data, between its holes (SEEK_DATA / SEEK_HOLE)."""
     offset = 0
     while offset < size:
         try:
@@ -99,8 +99,29 @@ def _data_blocks(fd: int, size: int) -> Iterator[int]:
         except OSError:  # ENXIO: only a hole up to the end
             return
         hole = os.lseek(fd, data, os.SEEK_HOLE)
-        yield from range(data // BLOCK, -(-hole // BLOCK))
+        yield data, hole
         offset = hole
+
+
+def _data_blocks(fd: int, size: int) -> Iterator[int]:
+    """The 1 MiB blocks of ``fd`` that hold some data, in order."""
+    for start, end in _data_extents(fd, size):
+        yield from range(start // BLOCK, -(-end // BLOCK))
+
+
+def sparse_copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` extent by extent (``copy_file_range``): holes stay holes, a sparse RAM file of a
+    few GiB with a few hundred MiB in use copies in a fraction of a second."""
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        for start, end in _data_extents(fin.fileno(), size):
+            done = start
+            while done < end:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), end - done, done, done)
+                if n == 0:
+                    raise OSError(f"{src} ended early while copying it")
+                done += n
+        fout.truncate(size)
 
 
 def _digest(manifest: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from torpor.errors import InstanceStateError
-from torpor.store import atomic, filenames
+from torpor.store import atomic, filenames, savedstate
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # The machine fields a memory snapshot depends on: a change to any of them means it no longer fits.
@@ -74,10 +74,16 @@ class Snapshot:
         return self.dir / filenames.STATE_FILE
 
     @property
+    def ram(self) -> Path | None:
+        """The copy of the guest's RAM file (instant mode), else None (the RAM is in ``state``)."""
+        return self.dir / filenames.MEMORY_FILE if self.meta.get("ram") else None
+
+    @property
     def size(self) -> int:
         """Bytes its memory state occupies (the disk snapshot shares clusters with the disk)."""
         state = self.meta.get("state") or {}
-        return int(state.get("allocated", 0))
+        ram = self.meta.get("ram") or {}
+        return int(state.get("allocated", 0)) + int(ram.get("allocated", 0))
 
     def row(self) -> dict[str, Any]:
         return {
@@ -88,6 +94,12 @@ class Snapshot:
             "mechanism": self.meta.get("mechanism"),
             "qemuVersion": (self.meta.get("qemu") or {}).get("version"),
         }
+
+
+def ram_record(path: Path) -> dict[str, Any]:
+    """What a snapshot records of its RAM file copy: size, allocation and digest."""
+    st = path.stat()
+    return {"size": st.st_size, "allocated": st.st_blocks * 512, "digest": savedstate.state_digest(path)}
 
 
 def read(inst_dir: Path, tag: str) -> Snapshot:

@@ -19,7 +19,7 @@ from torpor.driver.qemu import cmdline, mechanisms, migration, process
 from torpor.driver.qemu.host import Accel, Qemu
 from torpor.driver.qemu.qmp import QMPSession
 from torpor.errors import DriverError
-from torpor.store import filenames
+from torpor.store import filenames, savedstate
 
 log = logging.getLogger(__name__)
 
@@ -177,12 +177,14 @@ class QemuDriver:
         return mechanism, await migration.save(self.qmp, mechanism, state, progress)
 
     async def snapshot(
-        self, tag: str, state: Path, progress: migration.Progress | None = None
+        self, tag: str, state: Path, ram_copy: Path, progress: migration.Progress | None = None
     ) -> tuple[str, dict[str, object]]:
-        """Capture disk, RAM and devices: the disk as internal qcow2 snapshot ``tag``, RAM and devices in ``state``.
+        """Capture disk, RAM and devices: the disk as internal qcow2 snapshot ``tag``, devices (and RAM) in
+        ``state``; with RAM in a shared file (instant mode), the RAM as a sparse copy of that file in ``ram_copy``
+        (copying only its allocated extents is much cheaper than migrating every page of it).
 
-        The VM is paused for the disk snapshot and the RAM copy (never the shared-RAM mechanism: the RAM file
-        changes as soon as the guest runs again) and resumed at once; the caller fsyncs and names the file.
+        The VM is paused for the disk snapshot and the copies and resumed at once; the caller fsyncs and names
+        the files.
         """
         was_running = bool((await self.qmp.execute("query-status")).get("running"))
         await self.qmp.execute("stop")
@@ -190,9 +192,13 @@ class QemuDriver:
         try:
             await self.qmp.execute("blockdev-snapshot-internal-sync", {"device": cmdline.DISK_ID, "name": tag})
             disk_taken = True
-            mechanism = mechanisms.choose(await migration.capabilities(self.qmp), False, state)
+            shared = self.spec.memory_file is not None
+            mechanism = mechanisms.choose(await migration.capabilities(self.qmp), shared, state)
             stats = await migration.save(self.qmp, mechanism, state, progress)
-        except DriverError:
+            if self.spec.memory_file is not None:
+                # Paused, the guest's RAM is what the file's pages (in the page cache) hold.
+                await asyncio.to_thread(savedstate.sparse_copy, self.spec.memory_file, ram_copy)
+        except (DriverError, OSError):
             if disk_taken:
                 with contextlib.suppress(DriverError):
                     await self.qmp.execute(
