@@ -41,10 +41,15 @@ async def save(
     sdir.mkdir(mode=0o700, exist_ok=True)  # may exist empty (a mount point for the state, say)
     tmp = sdir / (filenames.STATE_FILE + ".tmp")
     t0 = time.monotonic()
+    checksum: asyncio.Future[str] | None = None
     try:
         mechanism, stats = await driver.save(tmp, progress)
+        # The digest is computed while the state is flushed, QEMU quits and the disk is flushed, not before.
+        checksum = asyncio.ensure_future(asyncio.to_thread(savedstate.state_digest, tmp))
         await asyncio.to_thread(fsync_path, tmp)
     except Exception as e:
+        if checksum is not None:
+            checksum.cancel()
         tmp.unlink(missing_ok=True)
         alive = await _resume(driver)
         raise SaveFailed(f"saving the machine state failed: {e}", alive) from e
@@ -54,11 +59,10 @@ async def save(
         tmp.rename(state)
         atomic.fsync_dir(sdir)
     except OSError as e:
+        checksum.cancel()
         state.unlink(missing_ok=True)
         alive = await _resume(driver)
         raise SaveFailed(f"writing the state file failed: {e}", alive) from e
-    # The checksum is computed while QEMU quits and the disk is flushed, not before.
-    checksum = asyncio.ensure_future(asyncio.to_thread(savedstate.state_digest, state))
     # From here the VM's memory exists only in the state file (and, in instant mode, the RAM file).
     await driver.quit()
     log.info("QEMU has quit")
