@@ -56,7 +56,7 @@ def run(
     return proc
 
 
-def spawn_daemon(argv: Sequence[str], pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
+def spawn_daemon(argv: Sequence[str]) -> subprocess.Popen[bytes]:
     """Start a long-lived child (QEMU): stdin and stdout closed, stderr piped, in its own process group (a Ctrl-C
     meant for a foreground host agent must not reach it; the agent decides how it stops), killed if its parent
     dies."""
@@ -65,7 +65,6 @@ def spawn_daemon(argv: Sequence[str], pass_fds: Sequence[int] = ()) -> subproces
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        pass_fds=tuple(pass_fds),
         preexec_fn=die_with_parent(),  # noqa: PLW1509 - it makes one libc call, see there
         process_group=0,
     )

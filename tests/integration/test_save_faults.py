@@ -86,7 +86,12 @@ def damage_and_start(torpor: Torpor, name: str, damage: str) -> subprocess.Compl
     started_with_data(torpor, name)
     torpor.run("stop", "--save", name)
     d = torpor.dir(name)
-    if damage == "truncate":
+    if damage == "flip":  # same size, other contents: only the digest, checked while QEMU loads, can tell
+        state = d / "saved" / "state.bin"
+        with state.open("r+b") as f:
+            f.seek(state.stat().st_size // 2)
+            f.write(b"\xa5" * 4096)
+    elif damage == "truncate":
         with (d / "saved" / "state.bin").open("r+b") as f:
             f.truncate(f.seek(0, 2) // 2)
     elif damage == "manifest":
@@ -107,6 +112,7 @@ def damage_and_start(torpor: Torpor, name: str, damage: str) -> subprocess.Compl
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
+        ("flip", "checksum mismatch"),
         ("truncate", "the state file is"),
         ("manifest", "manifest is damaged"),
         ("disk", "the disk changed since the save"),

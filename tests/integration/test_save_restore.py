@@ -90,12 +90,13 @@ def test_signal_saves_when_save_on_stop_is_true_and_api(torpor: Torpor) -> None:
     assert torpor.status("sig")["status"] == "Running"
 
     torpor.sh("sig", COUNTER)
+    pid = torpor.sh("sig", "cat /dev/shm/counter.pid")
     agent = int((torpor.dir("sig") / "ha.pid").read_text())
     os.kill(agent, signal.SIGTERM)  # what systemd sends at logout
     assert wait_for(lambda: not pid_alive(agent), timeout=60)
     assert torpor.status("sig")["status"] == "Saved"
     torpor.run("start", "sig")
-    assert torpor.sh("sig", "cat /dev/shm/counter.pid") != ""
+    assert torpor.sh("sig", "cat /dev/shm/counter.pid") == pid
 
     # stop --no-save overrides saveOnStop: true for this stop only
     torpor.run("stop", "--no-save", "sig")

@@ -60,7 +60,7 @@ class HostAgent:
         self.dir = inst_dir
         self.home = home
         self.events = early.out
-        self._pid_fd: int | None = early.pid_fd
+        self._pid_fd = early.pid_fd
         self._early_restore = early.restore
         self.stop_requested = asyncio.Event()
         self.ready = False
@@ -298,7 +298,7 @@ class HostAgent:
         log.info("the saved state is loaded and the VM runs")
         # The guest runs and writes to its disk from here on: the state no longer matches the disk and must
         # never be restored again.
-        savedstate.discard(self.dir)
+        await asyncio.to_thread(savedstate.discard, self.dir)
         self.restored = True
         assert self.config is not None
         deadline = t0 + self.config.bootTimeout
@@ -481,9 +481,8 @@ class HostAgent:
         if self.driver is not None:
             await self.driver.close()
         clear_runtime_files(self.dir, keep=OWN_PID_FILE)
-        if self._pid_fd is not None:
-            (self.dir / filenames.HA_PID).unlink(missing_ok=True)
-            os.close(self._pid_fd)
+        (self.dir / filenames.HA_PID).unlink(missing_ok=True)
+        os.close(self._pid_fd)
 
     # -- API ------------------------------------------------------------------------------------------------
     async def _get_info(self, _req: Request) -> tuple[int, Any]:

@@ -46,9 +46,13 @@ class HostAgentClient:
         except ValueError:
             raise HostAgentError(f"the host agent sent a response that is not JSON: {data[:200]!r}") from None
 
-    def get(self, path: str) -> Any:
-        status, body = self.request("GET", path)
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """Send a request and return the decoded body of a 200; any other status raises with the agent's message."""
+        status, reply = self.request(method, path, body)
         if status != 200:
-            msg = body.get("message") if isinstance(body, dict) else body
+            msg = reply.get("message") if isinstance(reply, dict) else reply
             raise HostAgentError(f"host agent: {msg} (HTTP {status})")
-        return body
+        return reply
+
+    def get(self, path: str) -> Any:
+        return self.call("GET", path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +45,7 @@ async def save(
         mechanism, stats = await driver.save(tmp, progress)
         # The digest is computed while the state is flushed, QEMU quits and the disk is flushed, not before.
         checksum = asyncio.ensure_future(asyncio.to_thread(savedstate.state_digest, tmp))
-        await asyncio.to_thread(fsync_path, tmp)
+        await asyncio.to_thread(atomic.fsync_file, tmp)
     except Exception as e:
         if checksum is not None:
             checksum.cancel()
@@ -67,10 +66,10 @@ async def save(
     await driver.quit()
     log.info("QEMU has quit")
     disk = inst_dir / filenames.DISK
-    await asyncio.to_thread(fsync_path, disk)
+    await asyncio.to_thread(atomic.fsync_file, disk)
     ram = driver.spec.memory_file
     if ram is not None:
-        await asyncio.to_thread(fsync_path, ram)  # the guest's dirty pages, written back by the kernel
+        await asyncio.to_thread(atomic.fsync_file, ram)  # the guest's dirty pages, written back by the kernel
     log.info("disk flushed")
     try:
         state_sha = await checksum
@@ -80,17 +79,15 @@ async def save(
         raise SaveFailed(
             f"reading the state file back failed after QEMU stopped ({e}); the next start cold boots", False
         ) from e
-    manifest = state_record(
-        inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state, digest=state_sha
-    )
-    manifest["state"]["identity"] = savedstate.written_identity(state)
+    manifest = state_record(inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state)
+    manifest["state"].update(digest=state_sha, identity=savedstate.written_identity(state))
     manifest.update(
         ramFile=savedstate.file_identity(ram) if ram is not None else None,
         disk=savedstate.file_identity(disk),
         saveSeconds=save_seconds,
     )
     try:
-        savedstate.write_manifest(inst_dir, manifest)
+        await asyncio.to_thread(savedstate.write_manifest, inst_dir, manifest)
     except OSError as e:
         # QEMU has quit: the running state is gone, but the disk was flushed and closed; the next start cold boots.
         savedstate.discard(inst_dir)
@@ -108,11 +105,9 @@ def state_record(
     mechanism: str,
     stats: dict[str, Any],
     state: Path,
-    digest: str,
 ) -> dict[str, Any]:
-    """What a restore of ``state`` needs to know: the machine it came from and how it was written.
-
-    A saved state's manifest and a snapshot's record both start from this.
+    """What a restore of ``state`` needs to know: the machine it came from and how it was written (its digest
+    is the caller's to add).  A saved state's manifest and a snapshot's record both start from this.
     """
     st = state.stat()
     return {
@@ -125,17 +120,9 @@ def state_record(
         "config": boot_record["config"],
         "configDigest": boot_record["configDigest"],
         "cidataSha256": savedstate.sha256_file(inst_dir / filenames.CIDATA),
-        "state": {"size": st.st_size, "allocated": st.st_blocks * 512, "digest": digest},
+        "state": {"size": st.st_size, "allocated": st.st_blocks * 512},
         "qemuStats": {k: stats.get(k) for k in ("total-time", "downtime") if k in stats},
     }
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 async def _resume(driver: QemuDriver) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from torpor.driver.qemu.driver import QemuDriver
-from torpor.hostagent.saving import fsync_path, state_record
+from torpor.hostagent.saving import state_record
 from torpor.store import atomic, filenames, savedstate, snapshots
 
 
@@ -30,26 +30,39 @@ async def create(
     """Take snapshot ``tag`` of the running VM; return its record."""
     final = snapshots.snapshot_dir(inst_dir, tag)
     work = final.with_name(f".{tag}.tmp-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True, mode=0o700)
+    await asyncio.to_thread(_fresh_dir, work)
     state = work / filenames.STATE_FILE
     ram = work / filenames.MEMORY_FILE
     try:
         t0 = time.monotonic()
         mechanism, stats = await driver.snapshot(tag, state, ram, progress)
         paused = time.monotonic() - t0
-        await asyncio.to_thread(fsync_path, state)
-        await asyncio.to_thread(shutil.copyfile, inst_dir / filenames.CIDATA, work / filenames.CIDATA)
-        digest = await asyncio.to_thread(savedstate.state_digest, state)
-        meta = state_record(inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state, digest=digest)
-        if ram.exists():
-            await asyncio.to_thread(fsync_path, ram)
-            meta["ram"] = await asyncio.to_thread(snapshots.ram_record, ram)
-        meta.update(tag=tag, memory=True, pausedSeconds=paused, seconds=time.monotonic() - t0)
-        snapshots.write_meta(work, meta)
-        work.rename(final)
-        atomic.fsync_dir(final.parent)
+        # The guest runs again: the rest is file work, done off the event loop.
+        meta = state_record(inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state)
+        meta.update(tag=tag, memory=True, pausedSeconds=paused)
+        await asyncio.to_thread(_complete, inst_dir, work, final, meta)
+        meta["seconds"] = time.monotonic() - t0
         return meta
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def _fresh_dir(work: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, mode=0o700)
+
+
+def _complete(inst_dir: Path, work: Path, final: Path, meta: dict[str, Any]) -> None:
+    """Flush and digest what QEMU wrote, add the boot's seed, write the record last and put the snapshot in place."""
+    state = work / filenames.STATE_FILE
+    atomic.fsync_file(state)
+    shutil.copyfile(inst_dir / filenames.CIDATA, work / filenames.CIDATA)
+    meta["state"]["digest"] = savedstate.state_digest(state)
+    ram = work / filenames.MEMORY_FILE
+    if ram.exists():
+        atomic.fsync_file(ram)
+        meta["ram"] = snapshots.ram_record(ram)
+    snapshots.write_meta(work, meta)
+    work.rename(final)
+    atomic.fsync_dir(final.parent)

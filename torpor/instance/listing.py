@@ -44,7 +44,7 @@ def describe(name: str, root: Path) -> dict[str, Any]:
             saved=True,
             stateSize=saved.size,
             stateAge=round(time.time() - saved.created, 1),
-            saveMechanism=saved.manifest.get("mechanism"),
+            saveMechanism=saved.mechanism,
         )
     if inst.agent_pid is not None:
         row["hostAgentPID"] = inst.agent_pid

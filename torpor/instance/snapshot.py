@@ -17,7 +17,7 @@ from typing import Any
 
 from torpor.driver.qemu import disksnap
 from torpor.driver.qemu.mechanisms import SHARED_RAM
-from torpor.errors import HostAgentError, InstanceStateError, TorporError
+from torpor.errors import InstanceStateError, TorporError
 from torpor.hostagent.client import HostAgentClient
 from torpor.store import atomic, filenames, lock, savedstate, snapshots
 from torpor.store.instance import Instance, Status, home, inspect, read_instance_yaml
@@ -27,8 +27,8 @@ Confirm = Callable[[str], bool]
 
 SNAPSHOT_TIMEOUT = 3600.0  # a large guest's RAM under a slow disk
 # Keys of a saved state's manifest that describe that save, not the machine state a snapshot keeps.
-_SAVE_ONLY = ("manifestDigest", "format", "complete", "disk", "ramFile", "saveSeconds")
-_SNAPSHOT_ONLY = ("metaDigest", "tag", "memory", "pausedSeconds", "seconds", "fromSavedState", "ram")
+_SAVE_ONLY = (savedstate.MANIFEST_DIGEST, "format", "complete", "disk", "ramFile", "saveSeconds")
+_SNAPSHOT_ONLY = (snapshots.META_DIGEST, "tag", "memory", "pausedSeconds", "seconds", "fromSavedState", "ram")
 
 
 def _agent(inst: Instance) -> HostAgentClient:
@@ -65,10 +65,7 @@ def create(name: str, tag: str, report: Report, root: Path | None = None) -> dic
             )
         if inst.status is Status.RUNNING:
             report(f"taking snapshot {tag!r} of the running VM (memory and disk)")
-            status, body = _agent(inst).request("POST", "/v1/snapshots", {"tag": tag})
-            if status != 200:
-                raise HostAgentError(f"snapshot {tag!r} failed: {_message(body)}")
-            return dict(body)
+            return dict(_agent(inst).call("POST", "/v1/snapshots", {"tag": tag}))
         return _create_offline(inst, tag, report)
 
 
@@ -242,9 +239,7 @@ def delete(name: str, tag: str, report: Report, root: Path | None = None) -> Non
                 f"instance {name!r} has no snapshot {tag!r}", hint=f"`torpor snapshot list {name}` shows its snapshots"
             )
         if inst.status is Status.RUNNING:
-            status, body = _agent(inst).request("DELETE", "/v1/snapshots", {"tag": tag})
-            if status != 200:
-                raise HostAgentError(f"deleting snapshot {tag!r} failed: {_message(body)}")
+            _agent(inst).call("DELETE", "/v1/snapshots", {"tag": tag})
         else:
             if in_disk:
                 with savedstate.disk_file_edit(inst.dir):
@@ -256,9 +251,5 @@ def delete(name: str, tag: str, report: Report, root: Path | None = None) -> Non
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
-    except OSError:  # another filesystem (a mount point for saved/, say)
-        shutil.copyfile(src, dst)
-
-
-def _message(body: Any) -> str:
-    return str(body.get("message", body)) if isinstance(body, dict) else str(body)
+    except OSError:  # another filesystem (a mount point for saved/, say); a mapped-ram state stays sparse
+        savedstate.sparse_copy(src, dst)

@@ -62,11 +62,7 @@ def stop(
                 progress(ev.message)
 
         if save is not None:
-            status, body = HostAgentClient(inst.dir / filenames.HA_SOCK).request(
-                "PATCH", "/v1/driver/config", {"saveOnStop": save}
-            )
-            if status != 200:
-                raise HostAgentError(f"the host agent refused saveOnStop={save}: {body.get('message', body)}")
+            HostAgentClient(inst.dir / filenames.HA_SOCK).call("PATCH", "/v1/driver/config", {"saveOnStop": save})
         os.kill(pid, signal.SIGINT)
         last = spawn.follow(
             reader, alive=lambda: pid_alive(pid), until=lambda ev: False, on_event=show, timeout=timeout

@@ -7,7 +7,12 @@ from pathlib import Path
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_file(path)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush what was written to ``path`` (a file or a directory) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

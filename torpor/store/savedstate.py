@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torpor.store import atomic, filenames
+from torpor.store import atomic, filenames, sealed
 
 FORMAT = 1
 
@@ -124,16 +124,14 @@ def sparse_copy(src: Path, dst: Path) -> None:
         fout.truncate(size)
 
 
-def _digest(manifest: dict[str, Any]) -> str:
-    body = {k: v for k, v in manifest.items() if k != "manifestDigest"}
-    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+MANIFEST_DIGEST = "manifestDigest"
 
 
 def write_manifest(inst_dir: Path, manifest: dict[str, Any]) -> None:
     """Mark the save complete: the manifest (with its digest) goes in last, atomically."""
-    m = dict(manifest, format=FORMAT, complete=True)
-    m["manifestDigest"] = _digest(m)
-    atomic.write_text(saved_dir(inst_dir) / filenames.MANIFEST, json.dumps(m, indent=2, sort_keys=True) + "\n", 0o600)
+    sealed.write(
+        saved_dir(inst_dir) / filenames.MANIFEST, dict(manifest, format=FORMAT, complete=True), MANIFEST_DIGEST
+    )
 
 
 @dataclass(frozen=True)
@@ -178,7 +176,7 @@ def load(inst_dir: Path) -> Saved | None:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise Unusable(f"the saved state's manifest is unreadable: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("manifestDigest") != _digest(manifest):
+    if not sealed.verifies(manifest, MANIFEST_DIGEST):
         raise Unusable("the saved state's manifest is damaged (its digest does not match)")
     if manifest.get("format") != FORMAT or not manifest.get("complete"):
         raise Unusable("the saved state's manifest is not a complete save of this torpor version")

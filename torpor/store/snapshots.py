@@ -9,7 +9,6 @@ valid one is an interrupted snapshot and is never applied.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from torpor.errors import InstanceStateError
-from torpor.store import atomic, filenames, savedstate
+from torpor.store import atomic, filenames, savedstate, sealed
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # The machine fields a memory snapshot depends on: a change to any of them means it no longer fits.
@@ -42,17 +41,12 @@ def snapshot_dir(inst_dir: Path, tag: str) -> Path:
     return snapshots_dir(inst_dir) / validate_tag(tag)
 
 
-def _digest(meta: dict[str, Any]) -> str:
-    body = {k: v for k, v in meta.items() if k != "metaDigest"}
-    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+META_DIGEST = "metaDigest"
 
 
 def write_meta(d: Path, meta: dict[str, Any]) -> None:
     """Complete the snapshot in ``d``: its record goes in last, atomically, with its digest."""
-    m = dict(meta)
-    m["metaDigest"] = _digest(m)
-    atomic.write_text(d / filenames.SNAPSHOT_META, json.dumps(m, indent=2, sort_keys=True) + "\n", 0o600)
-    atomic.fsync_dir(d.parent)
+    sealed.write(d / filenames.SNAPSHOT_META, meta, META_DIGEST)
 
 
 @dataclass(frozen=True)
@@ -120,7 +114,7 @@ def read(inst_dir: Path, tag: str) -> Snapshot:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise InstanceStateError(f"snapshot {tag!r} cannot be read: {e}") from None
-    if not isinstance(meta, dict) or meta.get("metaDigest") != _digest(meta):
+    if not sealed.verifies(meta, META_DIGEST):
         raise InstanceStateError(f"snapshot {tag!r} is damaged (its record's digest does not match)")
     return Snapshot(tag, d, meta)
 

@@ -146,7 +146,7 @@ class QemuDriver:
         load.
         """
         if launched is None:
-            await self._launch(self.restore_argv())
+            await self._launch([*self.argv, "-incoming", "defer"])
         else:
             await self._adopt(launched.popen)
         fd = -1
@@ -164,17 +164,15 @@ class QemuDriver:
                 os.close(fd)
         await self.qmp.execute("cont")
 
-    def restore_argv(self) -> list[str]:
-        return [*self.argv, "-incoming", "defer"]
-
     async def save(self, state: Path, progress: migration.Progress | None = None) -> tuple[str, dict[str, object]]:
         """Pause the VM and write its state to ``state`` with the best mechanism this QEMU has.
 
         Returns the mechanism and QEMU's statistics; the caller fsyncs and names the file.
         """
-        mechanism = mechanisms.choose(await migration.capabilities(self.qmp), self.spec.memory_file is not None, state)
+        known = await migration.capabilities(self.qmp)
+        mechanism = mechanisms.choose(known, self.spec.memory_file is not None, state)
         log.info("saving the machine state (%s) to %s", mechanism, state)
-        return mechanism, await migration.save(self.qmp, mechanism, state, progress)
+        return mechanism, await migration.save(self.qmp, mechanism, state, known, progress)
 
     async def snapshot(
         self, tag: str, state: Path, ram_copy: Path, progress: migration.Progress | None = None
@@ -192,9 +190,9 @@ class QemuDriver:
         try:
             await self.qmp.execute("blockdev-snapshot-internal-sync", {"device": cmdline.DISK_ID, "name": tag})
             disk_taken = True
-            shared = self.spec.memory_file is not None
-            mechanism = mechanisms.choose(await migration.capabilities(self.qmp), shared, state)
-            stats = await migration.save(self.qmp, mechanism, state, progress)
+            known = await migration.capabilities(self.qmp)
+            mechanism = mechanisms.choose(known, self.spec.memory_file is not None, state)
+            stats = await migration.save(self.qmp, mechanism, state, known, progress)
             if self.spec.memory_file is not None:
                 # Paused, the guest's RAM is what the file's pages (in the page cache) hold.
                 await asyncio.to_thread(savedstate.sparse_copy, self.spec.memory_file, ram_copy)

@@ -32,10 +32,6 @@ class Qemu:
     binary: str
     version: str  # "7.2.19"
 
-    @property
-    def version_tuple(self) -> tuple[int, ...]:
-        return tuple(int(x) for x in re.findall(r"\d+", self.version)[:3])
-
 
 def migration_capabilities(qemu: Qemu) -> set[str]:
     """The migration capabilities this QEMU knows, asked over QMP from a machine-less QEMU."""

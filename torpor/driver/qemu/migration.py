@@ -30,19 +30,21 @@ async def capabilities(qmp: QMPSession) -> set[str]:
     return {c["capability"] for c in await qmp.execute("query-migrate-capabilities")}
 
 
-async def _prepare(qmp: QMPSession, mechanism: str) -> None:
-    for command, args in mechanisms.setup_commands(mechanism, await capabilities(qmp)):
+async def _prepare(qmp: QMPSession, mechanism: str, known: set[str]) -> None:
+    for command, args in mechanisms.setup_commands(mechanism, known):
         await qmp.execute(command, args)
 
 
-async def save(qmp: QMPSession, mechanism: str, path: Path, progress: Progress | None = None) -> dict[str, Any]:
+async def save(
+    qmp: QMPSession, mechanism: str, path: Path, known: set[str], progress: Progress | None = None
+) -> dict[str, Any]:
     """Pause the VM and write its state to ``path`` (created, mode 0600); return QEMU's final statistics.
 
-    The caller fsyncs the file.
+    ``known`` are the QEMU's migration capabilities (:func:`capabilities`); the caller fsyncs the file.
     """
     await qmp.execute("stop")
     await qmp.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
-    await _prepare(qmp, mechanism)
+    await _prepare(qmp, mechanism, known)
     if mechanism == MAPPED_RAM:
         path.touch(mode=0o600)  # QEMU keeps an existing file's mode
         await qmp.execute("migrate", {"uri": f"file:{path}"})
@@ -72,7 +74,7 @@ async def start_incoming(qmp: QMPSession, mechanism: str, path: Path) -> int:
     (hostagent/early.py)."""
     if mechanism not in mechanisms.ALL:
         raise DriverError(f"unknown save mechanism {mechanism!r}")
-    await _prepare(qmp, mechanism)
+    await _prepare(qmp, mechanism, await capabilities(qmp))
     fd = -1 if mechanism == MAPPED_RAM else os.open(path, os.O_RDONLY)
     try:
         if fd >= 0:
