@@ -123,3 +123,15 @@ def test_unknown_template_lists_the_available_ones() -> None:
     with pytest.raises(ConfigError) as exc:
         load_template_text("template:nope")
     assert exc.value.hint is not None and "default" in exc.value.hint
+
+
+def test_missing_images_is_a_validation_error_naming_a_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_effective(tmp_path, "cpus: 1\n", "i.yaml")
+    assert any(p.startswith("images:") and "build:default" in p for p in exc.value.problems)
+
+
+def test_images_for_another_arch_only_is_a_validation_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_effective(tmp_path, "images: [{location: /x.qcow2, arch: aarch64}]\n", "i.yaml")
+    assert any("arch x86_64" in p for p in exc.value.problems)

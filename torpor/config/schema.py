@@ -124,7 +124,7 @@ class Config(Model):
     cpus: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1, le=255)
     memory: Size = Field(parse_size("1GiB"), ge=parse_size("64MiB"))
     disk: Size = Field(parse_size("10GiB"), ge=parse_size("256MiB"))
-    images: list[Image] = Field(default_factory=list)
+    images: list[Image] = Field(default_factory=list, validate_default=True)
     ssh: SSH = SSH()
     portForwards: list[PortForward] = Field(default_factory=list)  # noqa: N815
     provision: list[Provision] = Field(default_factory=list)
@@ -140,8 +140,17 @@ class Config(Model):
     @classmethod
     def _has_images(cls, v: list[Image]) -> list[Image]:
         if not v:
-            raise ValueError("at least one image is required")
+            raise ValueError(
+                "at least one image is required, for example images: [{location: 'build:default'}] "
+                "(torpor's small guest) or [{location: 'build:debian'}]"
+            )
         return v
+
+    @model_validator(mode="after")
+    def _image_for_arch(self) -> Config:
+        if self.images and not any(img.arch == self.arch for img in self.images):
+            raise ValueError(f"images: none is for arch {self.arch}; add one with arch: {self.arch}")
+        return self
 
     def image_for_arch(self) -> Image:
         for img in self.images:
