@@ -7,7 +7,9 @@ copies and the host agent's port forwards.
 
 from __future__ import annotations
 
+import shlex
 import socket
+import sys
 from pathlib import Path
 
 from torpor import subp
@@ -76,3 +78,10 @@ def write_config(inst_dir: Path, name: str, port: int, user: str, key: Path) -> 
 def ssh_argv(inst_dir: Path, name: str, options: list[str], command: list[str] | None = None) -> list[str]:
     """``ssh`` with the instance's config, ``options`` before the host and ``command`` after it."""
     return ["ssh", "-F", str(inst_dir / filenames.SSH_CONFIG), *options, host_alias(name), *(command or [])]
+
+
+def nodelay_options() -> list[str]:
+    """Options that connect ``ssh`` through ssh_nodelay (no Nagle stalls in the handshake: see there)."""
+    helper = Path(__file__).with_name("ssh_nodelay.py")
+    command = shlex.join([sys.executable, "-I", "-S", str(helper)])
+    return ["-o", f"ProxyCommand={command} %h %p", "-o", "ProxyUseFdpass=yes"]

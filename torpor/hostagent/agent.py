@@ -296,14 +296,19 @@ class HostAgent:
             self.driver = None
             raise RestoreFailed(str(e)) from None
         log.info("the saved state is loaded and the VM runs")
-        # The guest runs and writes to its disk from here on: the state no longer matches the disk and must
-        # never be restored again.
-        await asyncio.to_thread(savedstate.discard, self.dir)
         self.restored = True
         assert self.config is not None
         deadline = t0 + self.config.bootTimeout
-        clock = asyncio.ensure_future(self._set_guest_clock())
-        await self._guest_up(t0, deadline, "restored", before_ready=clock)
+
+        async def before_ready() -> None:
+            # The guest runs and writes to its disk from here on: the state no longer matches the disk and must
+            # never be restored again (until it is gone, the disk's changed identity refuses it).  Deleting a
+            # large file takes tens of milliseconds: beside the SSH handshake, not before it.
+            discarded = asyncio.ensure_future(asyncio.to_thread(savedstate.discard, self.dir))
+            await self._set_guest_clock()
+            await discarded
+
+        await self._guest_up(t0, deadline, "restored", before_ready=asyncio.ensure_future(before_ready()))
 
     async def _set_guest_clock(self) -> None:
         """The guest's clock stood still while it was saved: set it to the host's time."""

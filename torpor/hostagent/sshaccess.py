@@ -15,6 +15,9 @@ from torpor.store import filenames
 log = logging.getLogger(__name__)
 
 
+MASTER_OPTIONS = ("-M", "-N", "-o", "ControlPersist=no", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5")
+
+
 class SSHAccess:
     def __init__(self, inst_dir: Path, name: str) -> None:
         self.dir = inst_dir
@@ -53,7 +56,7 @@ class SSHAccess:
         while True:
             control.unlink(missing_ok=True)
             master = await asyncio.create_subprocess_exec(
-                *self._argv("-M", "-N", "-o", "ControlPersist=no", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"),
+                *self._argv(*MASTER_OPTIONS, *ssh.nodelay_options()),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
