@@ -21,7 +21,7 @@ def extract(iso_bytes: bytes, dest: Path) -> str:
     """Unpack the ISO through its Rock Ridge names (what Linux shows); return its volume label."""
     iso = pycdlib.PyCdlib()
     iso.open_fp(io.BytesIO(iso_bytes))
-    label = iso.pvd.volume_identifier.decode().strip()
+    label = str(iso.pvd.volume_identifier.decode().strip())
     for dirpath, _dirs, files in iso.walk(rr_path="/"):
         for f in files:
             out = dest / dirpath.lstrip("/") / f

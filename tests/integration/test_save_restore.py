@@ -196,3 +196,35 @@ def test_instant_mode_saves_device_state_only_and_restores(torpor: Torpor) -> No
     out = torpor.run("start", "inst")
     assert "guest RAM file changed" in out.stderr and "ready in" in out.stderr
     assert torpor.sh("inst", "cat /dev/shm/counter.pid 2>/dev/null || echo none").strip() == "none"
+
+
+def test_stop_while_restoring_keeps_the_saved_state(torpor: Torpor) -> None:
+    """A SIGTERM that reaches the host agent while QEMU loads the state (the early path, before the agent's own
+    handlers exist) stops it without letting the VM run: the state stays and restores later."""
+    torpor.run("create", str(write_template(torpor, "sw", memory="1GiB")))
+    torpor.run("start", "sw")
+    torpor.sh("sw", COUNTER)
+    # a longer load: time to land the signal
+    torpor.sh("sw", "dd if=/dev/urandom of=/dev/shm/fill bs=1M count=400 2>/dev/null")
+    pid = torpor.sh("sw", "cat /dev/shm/counter.pid")
+    torpor.run("stop", "--save", "sw")
+    events = torpor.dir("sw") / "ha.stdout.log"
+
+    start = subprocess.Popen(
+        [sys.executable, "-m", "torpor", "--no-tty", "start", "sw"],
+        env=torpor.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert wait_for(lambda: events.exists() and '"restoring": true' in events.read_text(), timeout=30, interval=0.002)
+    agent = int((torpor.dir("sw") / "ha.pid").read_text())
+    os.kill(agent, signal.SIGTERM)
+    _, err = start.communicate(timeout=60)
+    assert start.returncode != 0 and "stopped before the restored VM ran" in err, err
+    assert wait_for(lambda: not pid_alive(agent), timeout=30)
+    assert torpor.status("sw")["status"] == "Saved"
+
+    out = torpor.run("start", "sw")
+    assert "restored in" in out.stderr
+    assert torpor.sh("sw", "cat /dev/shm/counter.pid") == pid

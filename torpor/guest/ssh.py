@@ -7,8 +7,10 @@ copies and the host agent's port forwards.
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -80,8 +82,26 @@ def ssh_argv(inst_dir: Path, name: str, options: list[str], command: list[str] |
     return ["ssh", "-F", str(inst_dir / filenames.SSH_CONFIG), *options, host_alias(name), *(command or [])]
 
 
+MASTER_OPTIONS = ("-M", "-N", "-o", "ControlPersist=no", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5")
+
+
 def nodelay_options() -> list[str]:
     """Options that connect ``ssh`` through ssh_nodelay (no Nagle stalls in the handshake: see there)."""
     helper = Path(__file__).with_name("ssh_nodelay.py")
     command = shlex.join([sys.executable, "-I", "-S", str(helper)])
     return ["-o", f"ProxyCommand={command} %h %p", "-o", "ProxyUseFdpass=yes"]
+
+
+def spawn_master(inst_dir: Path, name: str) -> subprocess.Popen[bytes]:
+    """Start the instance's control master; it creates the control socket once it has authenticated.
+
+    It dies with the calling process.  ssh runs the ProxyCommand with $SHELL: /bin/sh starts quicker than bash.
+    """
+    return subprocess.Popen(
+        ssh_argv(inst_dir, name, [*MASTER_OPTIONS, *nodelay_options()]),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=subp.die_with_parent(),  # noqa: PLW1509 - it makes one libc call, see there
+        env=dict(os.environ, SHELL="/bin/sh"),
+    )

@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import signal
+import subprocess
 import time
 from collections.abc import Awaitable
 from dataclasses import replace
@@ -24,12 +25,11 @@ from torpor.driver.qemu import host
 from torpor.driver.qemu.cmdline import HostForward
 from torpor.driver.qemu.driver import Launched, QemuDriver, SavedMachine, vm_spec
 from torpor.errors import ConfigError, DriverError, InstanceStateError, QMPCommandError, TorporError
-from torpor.guest import cidata, images
 from torpor.guest import ssh as guest_ssh
 from torpor.guest.agent import GuestAgent, GuestAgentError
 from torpor.hostagent import events, saving, snapshotting
 from torpor.hostagent.api import APIServer, HTTPError, Request
-from torpor.hostagent.early import OWN_PID_FILE, Early, EarlyRestore
+from torpor.hostagent.early import OWN_PID_FILE, Early, EarlyRestore, restoring_message
 from torpor.hostagent.forwarder import PortForwarder
 from torpor.hostagent.sshaccess import SSHAccess
 from torpor.store import atomic, filenames, savedstate, snapshots
@@ -62,6 +62,7 @@ class HostAgent:
         self.events = early.out
         self._pid_fd = early.pid_fd
         self._early_restore = early.restore
+        self._early_signals = early.signals
         self.stop_requested = asyncio.Event()
         self.ready = False
         self.restored = False
@@ -96,6 +97,8 @@ class HostAgent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        for received in self._early_signals:  # before these handlers were in place
+            self._on_signal(received)
         code = 0
         try:
             await self.api.start(self.dir / filenames.HA_SOCK)
@@ -202,6 +205,9 @@ class HostAgent:
         return accel
 
     async def _cold_boot(self, config: Config, digest: str, qemu: host.Qemu) -> None:
+        # Imported here: a restore does without them (urllib, the image builder: 20 ms on its path).
+        from torpor.guest import images
+
         accel = await self._accel(qemu)
         self.config = config
         image = config.image_for_arch()
@@ -252,23 +258,22 @@ class HostAgent:
         # Built from the saved JSON: validating it (pydantic) overlaps QEMU's load, in while_loading below.
         spec = vm_spec(self.dir, self.name, SavedMachine.from_record(boot["config"]), accel, "")
         self.driver = QemuDriver(qemu, spec, int(boot["config"]["disk"]), argv=saved.manifest["argv"])
-        key, _ = await asyncio.to_thread(guest_ssh.ensure_keypair, self.home)
-        guest_ssh.write_config(self.dir, self.name, boot["sshPort"], boot["user"], key)
-        age = time.time() - saved.created
-        self.events.emit(
-            events.BOOTING,
-            f"restoring the saved state ({saved.size / 2**20:.0f} MiB, saved {age:.0f} s ago)",
-            restoring=True,
-        )
+        if early is None:  # else the early path did these
+            key, _ = await asyncio.to_thread(guest_ssh.ensure_keypair, self.home)
+            guest_ssh.write_config(self.dir, self.name, boot["sshPort"], boot["user"], key)
+            self.events.emit(events.BOOTING, restoring_message(saved), restoring=True)
         t0 = time.monotonic()
 
         # A state file touched since the save has its digest verified while QEMU loads it, before the VM may run.
+        # (The early path lets the VM run only if it was not touched.)
         checksum = None
-        if not savedstate.state_unchanged(saved):
+        if not (early and early.running) and not savedstate.state_unchanged(saved):
             log.info("the state file changed since the save (its change time says so): verifying its digest")
             checksum = asyncio.ensure_future(asyncio.to_thread(savedstate.state_digest, saved.state))
 
         async def connect_channels() -> None:
+            if self.stop_requested.is_set() and not (early and early.running):
+                raise StopDuringBoot()  # the VM has not run: its saved state stays valid
             if checksum is not None and await checksum != saved.manifest["state"]["digest"]:
                 raise DriverError("the state file's contents changed since the save (checksum mismatch)")
             await self.guest_agent.connect(self.dir / filenames.QGA_SOCK)
@@ -286,7 +291,7 @@ class HostAgent:
                 connect_channels,
                 progress=events.ProgressEmitter(self.events, "restoring"),
                 while_loading=while_loading,
-                launched=Launched(early.popen, early.state_fd) if early else None,
+                launched=Launched(early.popen, early.state_fd, early.running) if early else None,
             )
         except DriverError as e:
             with contextlib.suppress(Exception):
@@ -308,7 +313,13 @@ class HostAgent:
             await self._set_guest_clock()
             await discarded
 
-        await self._guest_up(t0, deadline, "restored", before_ready=asyncio.ensure_future(before_ready()))
+        await self._guest_up(
+            t0,
+            deadline,
+            "restored",
+            before_ready=asyncio.ensure_future(before_ready()),
+            ssh_master=early.ssh_master if early else None,
+        )
 
     async def _set_guest_clock(self) -> None:
         """The guest's clock stood still while it was saved: set it to the host's time."""
@@ -321,11 +332,17 @@ class HostAgent:
                 await asyncio.sleep(0.1)
 
     async def _guest_up(
-        self, t0: float, deadline: float, verb: str, before_ready: Awaitable[None] | None = None
+        self,
+        t0: float,
+        deadline: float,
+        verb: str,
+        before_ready: Awaitable[None] | None = None,
+        ssh_master: subprocess.Popen[bytes] | None = None,
     ) -> None:
-        """Wait for SSH (and ``before_ready``), set up port forwards, report ready."""
+        """Wait for SSH (through ``ssh_master`` if one was started) and ``before_ready``, set up port forwards,
+        report ready."""
         assert self.config is not None
-        await self._until(self.ssh.connect_master(), deadline, "answer on SSH")
+        await self._until(self.ssh.connect_master(ssh_master), deadline, "answer on SSH")
         log.info("the guest answers on SSH")
         if before_ready is not None:
             await self._until(before_ready, deadline, "answer its guest agent")
@@ -356,6 +373,8 @@ class HostAgent:
 
     def _prepare_guest_access(self, config: Config) -> tuple[int, str]:
         """Write this boot's cidata and ssh config; return the host port forwarded to SSH and the guest user."""
+        from torpor.guest import cidata
+
         key, pubkey = guest_ssh.ensure_keypair(self.home)
         user = cidata.GuestUser.from_host()
         cidata.write(self.dir, self.name, user, pubkey, config.provision)
@@ -444,6 +463,10 @@ class HostAgent:
         assert self.driver is not None and self.config is not None
         await self._stop_guest_access()
         if not self.ready:
+            if not self.restored and savedstate.saved_dir(self.dir).exists():
+                self.events.emit(events.STOPPING, "stop requested before the restored VM ran; stopping QEMU")
+                await self.driver.kill()
+                return "stopped before the restored VM ran; the saved state is kept", {"saved": True}
             self.events.emit(events.STOPPING, "stop requested during boot; stopping QEMU")
             await self.driver.kill()
             return "stopped during boot", {}

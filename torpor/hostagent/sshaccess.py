@@ -4,25 +4,21 @@ copies and port forwards share, and adding or cancelling forwards through it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import subprocess
 from pathlib import Path
 
-from torpor import subp
 from torpor.guest import ssh
 from torpor.store import filenames
 
 log = logging.getLogger(__name__)
 
 
-MASTER_OPTIONS = ("-M", "-N", "-o", "ControlPersist=no", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5")
-
-
 class SSHAccess:
     def __init__(self, inst_dir: Path, name: str) -> None:
         self.dir = inst_dir
         self.name = name
-        self._master: asyncio.subprocess.Process | None = None
+        self._master: subprocess.Popen[bytes] | None = None
 
     def _argv(self, *options: str, command: list[str] | None = None) -> list[str]:
         return ssh.ssh_argv(self.dir, self.name, list(options), command)
@@ -46,38 +42,34 @@ class SSHAccess:
         """Run ``command`` in the guest through the master; return the exit code and the output."""
         return await self._run(*self._argv(command=command), timeout=timeout)
 
-    async def connect_master(self, interval: float = 0.1) -> None:
+    async def connect_master(self, first: subprocess.Popen[bytes] | None = None, interval: float = 0.1) -> None:
         """Connect the control master, retrying until the guest's SSH server accepts torpor's key.
 
         The master's control socket appears only once it has authenticated, so its presence is the readiness
-        test as well: one SSH handshake instead of a probe followed by the master's own.
+        test as well: one SSH handshake instead of a probe followed by the master's own.  ``first`` is a master
+        already started (by the early restore path, as soon as the VM ran).
         """
         control = self.dir / filenames.SSH_CONTROL
         while True:
-            control.unlink(missing_ok=True)
-            master = await asyncio.create_subprocess_exec(
-                *self._argv(*MASTER_OPTIONS, *ssh.nodelay_options()),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-                preexec_fn=subp.die_with_parent(),
-            )
-            while master.returncode is None and not control.exists():
+            if first is None:
+                control.unlink(missing_ok=True)
+            master, first = first or ssh.spawn_master(self.dir, self.name), None
+            while master.poll() is None and not control.exists():
                 await asyncio.sleep(0.005)
-            if master.returncode is None:
+            if master.poll() is None:
                 self._master = master
                 return
             await asyncio.sleep(interval)
 
     async def stop_master(self) -> None:
-        if self._master is not None and self._master.returncode is None:
-            self._master.terminate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._master.wait(), 5)
-            if self._master.returncode is None:
-                self._master.kill()
-                await self._master.wait()
-        self._master = None
+        master, self._master = self._master, None
+        if master is not None and master.poll() is None:
+            master.terminate()
+            try:
+                await asyncio.to_thread(master.wait, 5)
+            except subprocess.TimeoutExpired:
+                master.kill()
+                await asyncio.to_thread(master.wait)
         (self.dir / filenames.SSH_CONTROL).unlink(missing_ok=True)
 
     async def forward(self, spec: str) -> str | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from torpor.hostagent.events import EXITING, Event, EventReader
 from torpor.store import filenames
 
-POLL = 0.02
+POLL = 0.005
 
 
 def spawn_hostagent(name: str, inst_dir: Path, home: Path) -> subprocess.Popen[bytes]:

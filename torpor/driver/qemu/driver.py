@@ -46,6 +46,7 @@ class Launched:
 
     popen: subprocess.Popen[bytes]
     state_fd: int  # -1 for mapped-ram (QEMU opened the file itself); closed by the driver
+    running: bool  # the early path saw the load through and let the VM run
 
 
 @dataclass(frozen=True)
@@ -142,13 +143,21 @@ class QemuDriver:
         """Start QEMU with the boot's command line, load the saved state from ``state``, let the VM run.
 
         ``launched`` is a QEMU already started with ``-incoming defer`` and loading ``state`` (the host agent's
-        early path); ``while_loading`` runs once QEMU has started reading the state: work that may overlap the
-        load.
+        early path), or with the state loaded and the VM running (``launched.running``: then ``while_loading`` and
+        ``before_run`` run at once, the VM having run already); ``while_loading`` runs once QEMU has started
+        reading the state: work that may overlap the load.
         """
         if launched is None:
             await self._launch([*self.argv, "-incoming", "defer"])
         else:
             await self._adopt(launched.popen)
+        if launched is not None and launched.running:
+            if launched.state_fd >= 0:
+                os.close(launched.state_fd)
+            if while_loading is not None:
+                while_loading()
+            await before_run()
+            return
         fd = -1
         try:
             fd = launched.state_fd if launched else await migration.start_incoming(self.qmp, mechanism, state)
