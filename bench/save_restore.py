@@ -56,13 +56,6 @@ def allocated_mib(path: Path) -> float:
     return path.stat().st_blocks * 512 / 2**20 if path.exists() else 0.0
 
 
-def guest_used_mib(env: dict[str, str], name: str) -> float:
-    """Memory the guest uses (MemTotal - MemFree): what a state must hold, zero pages aside."""
-    _, _, _, out = torpor(env, "shell", name, "cat", "/proc/meminfo")
-    kib = {line.split(":")[0]: int(line.split()[1]) for line in out.splitlines() if line.endswith("kB")}
-    return (kib["MemTotal"] - kib["MemFree"]) / 1024
-
-
 def measure(
     env: dict[str, str], home: Path, config: tuple[str, ...], *, touch: int, rounds: int
 ) -> tuple[str, dict[str, float]]:
@@ -79,7 +72,6 @@ def measure(
     for i in range(rounds):
         cold, *_ = torpor(env, "start", name)
         torpor(env, "shell", name, "sh", "-c", f"dd if=/dev/urandom of=/dev/shm/t bs=1M count={touch} 2>/dev/null")
-        used = guest_used_mib(env, name)
         save, *_ = torpor(env, "stop", "--save", name)
         exiting = events(home, name)[-1]
         disk = allocated_mib(home / name / "saved" / "state.bin") + allocated_mib(home / name / "memory.ram")
@@ -99,7 +91,6 @@ def measure(
             "save": save,
             "save_qemu": float(exiting["saveSeconds"]),  # type: ignore[arg-type]
             "disk": disk,
-            "used": used,
             "restore": restore,
             "startup": evs["starting"] - t0,
             "vm": evs["ready"] - evs["starting"],
@@ -182,22 +173,23 @@ def report(
     print(f"\n{touch} MiB of random data in guest RAM, median of {rounds} rounds, times in seconds")
     print(
         f"{'guest':<8}{'saveMode':<8}{'RAM':>5} {'QEMU':<7}{'mechanism':<11}{'cold':>6}{'save':>6}{'raw':>6}{'x':>5}"
-        f"{'restore':>8}{'raw':>6}{'r/cold':>7}{'used':>6}{'disk':>6}{'d/used':>7}{'snap':>6}{'pause':>6}{'apply':>6}"
+        f"{'restore':>8}{'raw':>6}{'r/cold':>7}{'touch':>6}{'disk':>6}{'d/t':>6}{'snap':>6}{'pause':>6}{'apply':>6}"
         f"{'qsnsave':>8}{'qsnload':>8}"
     )
     for (mode, memory, qemu, guest), (mechanism, r) in results.items():
         print(
             f"{guest:<8}{mode:<8}{memory:>5} {versions[qemu]:<7}{mechanism:<11}{r['cold']:>6.2f}{r['save']:>6.2f}"
             f"{r['raw_save']:>6.2f}{r['save'] / r['raw_save']:>5.1f}{r['restore']:>8.2f}{r['raw_restore']:>6.2f}"
-            f"{r['restore'] / r['cold']:>7.2f}{r['used']:>6.0f}{r['disk']:>6.0f}{r['disk'] / r['used']:>7.2f}"
+            f"{r['restore'] / r['cold']:>7.2f}{r['touched']:>6.0f}{r['disk']:>6.0f}{r['disk'] / r['touched']:>6.2f}"
             f"{r['snap_create']:>6.2f}{r['snap_paused']:>6.2f}{r['snap_apply']:>6.2f}"
             f"{r.get('raw_snapsave', float('nan')):>8.2f}{r.get('raw_snapload', float('nan')):>8.2f}"
         )
     print(
         "save/restore: torpor stop --save / torpor start (restore) as whole commands; raw: the same QEMU saving "
         "(stop, migrate, fsync)\nand loading the same state by hand over QMP; x = save / raw save; r/cold = restore "
-        "/ cold boot;\nused = guest MemTotal-MemFree (MiB); disk = allocated MiB of the state (+ the RAM file in "
-        "instant mode);\nsnap = torpor snapshot create of the running guest, pause = how long the VM was paused, "
+        "/ cold boot;\ntouch = the state's touched guest memory: non-zero 4 KiB pages of guest RAM, counted by "
+        "reading it (MiB);\ndisk = allocated MiB of the state (+ the RAM file in instant mode); d/t = disk / touch;"
+        "\nsnap = torpor snapshot create of the running guest, pause = how long the VM was paused, "
         "apply = torpor snapshot apply;\nqsnsave/qsnload = QMP snapshot-save / snapshot-load jobs (RAM into the "
         "qcow2 image) of the same state by hand, the alternative not taken"
     )

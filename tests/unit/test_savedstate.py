@@ -111,7 +111,8 @@ def test_instant_mode_ram_file_must_be_unchanged(tmp_path: Path) -> None:
     assert any("RAM file changed" in p for p in savedstate.problems(saved, tmp_path, "7.2.0"))
 
 
-def test_state_digest_depends_on_contents_not_on_holes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algorithm", sorted(savedstate.BLOCK_HASHES))
+def test_state_digest_depends_on_contents_not_on_holes(tmp_path: Path, algorithm: str) -> None:
     block = savedstate.BLOCK
     sparse, dense = tmp_path / "sparse", tmp_path / "dense"
     with sparse.open("wb") as f:  # data, a 3-block hole, data, a hole to a ragged end
@@ -124,10 +125,24 @@ def test_state_digest_depends_on_contents_not_on_holes(tmp_path: Path) -> None:
     data[4 * block + 5 : 5 * block + 5] = b"b" * block
     dense.write_bytes(bytes(data))
     assert sparse.stat().st_blocks * 512 < len(data) // 2  # it really is sparse
-    assert savedstate.state_digest(sparse) == savedstate.state_digest(dense)
+    assert savedstate.state_digest(sparse, algorithm) == savedstate.state_digest(dense, algorithm)
     data[7 * block] = 1
     dense.write_bytes(bytes(data))
-    assert savedstate.state_digest(sparse) != savedstate.state_digest(dense)
+    assert savedstate.state_digest(sparse, algorithm) != savedstate.state_digest(dense, algorithm)
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
-    assert savedstate.state_digest(empty) != savedstate.state_digest(dense)
+    assert savedstate.state_digest(empty, algorithm) != savedstate.state_digest(dense, algorithm)
+
+
+def test_digests_verify_by_the_algorithm_they_name(tmp_path: Path) -> None:
+    f = tmp_path / "state"
+    f.write_bytes(b"x" * (savedstate.BLOCK + 7))
+    new, old = savedstate.state_digest(f), savedstate.state_digest(f, "blocks-sha256")
+    assert new.startswith(savedstate.DIGEST + ":") and old.startswith("blocks-sha256:")
+    assert savedstate.digest_matches(f, new) and savedstate.digest_matches(f, old)  # an older save still verifies
+    assert not savedstate.digest_matches(f, "md5:" + old.partition(":")[2])
+    assert not savedstate.digest_matches(f, None)
+    with f.open("r+b") as g:  # one byte changed, same size
+        g.seek(savedstate.BLOCK + 3)
+        g.write(b"y")
+    assert not savedstate.digest_matches(f, new) and not savedstate.digest_matches(f, old)

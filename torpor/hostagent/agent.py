@@ -269,12 +269,14 @@ class HostAgent:
         checksum = None
         if not (early and early.running) and not savedstate.state_unchanged(saved):
             log.info("the state file changed since the save (its change time says so): verifying its digest")
-            checksum = asyncio.ensure_future(asyncio.to_thread(savedstate.state_digest, saved.state))
+            checksum = asyncio.ensure_future(
+                asyncio.to_thread(savedstate.digest_matches, saved.state, saved.manifest["state"].get("digest"))
+            )
 
         async def connect_channels() -> None:
             if self.stop_requested.is_set() and not (early and early.running):
                 raise StopDuringBoot()  # the VM has not run: its saved state stays valid
-            if checksum is not None and await checksum != saved.manifest["state"]["digest"]:
+            if checksum is not None and not await checksum:
                 raise DriverError("the state file's contents changed since the save (checksum mismatch)")
             await self.guest_agent.connect(self.dir / filenames.QGA_SOCK)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,8 +44,9 @@ async def save(
     checksum: asyncio.Future[str] | None = None
     try:
         mechanism, stats = await driver.save(tmp, progress)
-        # The digest is computed while the state is flushed, QEMU quits and the disk is flushed, not before.
-        checksum = asyncio.ensure_future(asyncio.to_thread(savedstate.state_digest, tmp))
+        # The digest is computed while the state is flushed, renamed, QEMU quits and the disk is flushed, not
+        # before: through a descriptor opened now, which the rename does not affect.
+        checksum = asyncio.ensure_future(asyncio.to_thread(_digest_of, os.open(tmp, os.O_RDONLY)))
         await asyncio.to_thread(atomic.fsync_file, tmp)
     except Exception as e:
         if checksum is not None:
@@ -123,6 +125,14 @@ def state_record(
         "state": {"size": st.st_size, "allocated": st.st_blocks * 512},
         "qemuStats": {k: stats.get(k) for k in ("total-time", "downtime") if k in stats},
     }
+
+
+def _digest_of(fd: int) -> str:
+    """The state's digest through ``fd``, which it closes."""
+    try:
+        return savedstate.fd_digest(fd)
+    finally:
+        os.close(fd)
 
 
 async def _resume(driver: QemuDriver) -> bool:

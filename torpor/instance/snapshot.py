@@ -189,10 +189,10 @@ def _apply_problems(inst: Instance, snap: snapshots.Snapshot, root: Path) -> lis
         out.append(f"the instance's configuration is invalid: {e}")
     if not (snap.dir / filenames.CIDATA).exists() or not snap.state.exists():
         out.append("its memory state is missing")
-    elif savedstate.state_digest(snap.state) != (snap.meta.get("state") or {}).get("digest"):
+    elif not savedstate.digest_matches(snap.state, (snap.meta.get("state") or {}).get("digest")):
         out.append("its memory state is damaged (checksum mismatch)")
     elif snap.ram is not None and (
-        not snap.ram.exists() or savedstate.state_digest(snap.ram) != snap.meta["ram"].get("digest")
+        not snap.ram.exists() or not savedstate.digest_matches(snap.ram, snap.meta["ram"].get("digest"))
     ):
         out.append("its copy of the guest's RAM is missing or damaged (checksum mismatch)")
     return out
