@@ -1,3 +1,4 @@
+import hashlib
 import json
 from pathlib import Path
 
@@ -142,6 +143,11 @@ def test_digests_verify_by_the_algorithm_they_name(tmp_path: Path) -> None:
     assert savedstate.digest_matches(f, new) and savedstate.digest_matches(f, old)  # an older save still verifies
     assert not savedstate.digest_matches(f, "md5:" + old.partition(":")[2])
     assert not savedstate.digest_matches(f, None)
+    # blocks-sha256 is what earlier versions wrote: sha256 over the sha256 of each 1 MiB block as read
+    data = f.read_bytes()
+    blocks = [data[i : i + savedstate.BLOCK] for i in range(0, len(data), savedstate.BLOCK)]
+    reference = hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in blocks)).hexdigest()
+    assert old == "blocks-sha256:" + reference
     with f.open("r+b") as g:  # one byte changed, same size
         g.seek(savedstate.BLOCK + 3)
         g.write(b"y")

@@ -298,6 +298,9 @@ class HostAgent:
         except DriverError as e:
             with contextlib.suppress(Exception):
                 await self.driver.kill()
+            if early is not None and early.ssh_master is not None:
+                early.ssh_master.kill()
+                await asyncio.to_thread(early.ssh_master.wait)
             await self.driver.close()
             self.guest_agent.close()
             self.driver = None
