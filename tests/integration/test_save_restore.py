@@ -228,3 +228,34 @@ def test_stop_while_restoring_keeps_the_saved_state(torpor: Torpor) -> None:
     out = torpor.run("start", "sw")
     assert "restored in" in out.stderr
     assert torpor.sh("sw", "cat /dev/shm/counter.pid") == pid
+
+
+def test_stop_after_the_restored_vm_ran_saves_it_again(torpor: Torpor) -> None:
+    """A SIGTERM after the restored VM ran but before it answered SSH again: the VM is a booted guest, so with
+    saveOnStop it is saved again (not killed), and the next start brings the same processes back."""
+    torpor.run("create", str(write_template(torpor, "sa", "saveOnStop: true\n")))
+    torpor.run("start", "sa")
+    torpor.sh("sa", COUNTER)
+    pid = torpor.sh("sa", "cat /dev/shm/counter.pid")
+    torpor.run("stop", "sa")
+    log = torpor.dir("sa") / "ha.stderr.log"
+
+    start = subprocess.Popen(
+        [sys.executable, "-m", "torpor", "--no-tty", "start", "sa"],
+        env=torpor.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ran = "the saved state is loaded and the VM runs; connecting SSH"
+    assert wait_for(lambda: log.exists() and ran in log.read_text(), timeout=30, interval=0.002)
+    agent = int((torpor.dir("sa") / "ha.pid").read_text())
+    os.kill(agent, signal.SIGTERM)
+    _, err = start.communicate(timeout=60)
+    assert start.returncode != 0 and "saved the VM state" in err, err  # it never became ready, but is saved
+    assert wait_for(lambda: not pid_alive(agent), timeout=30)
+    assert torpor.status("sa")["status"] == "Saved"
+
+    out = torpor.run("start", "sa")
+    assert "restored in" in out.stderr
+    assert torpor.sh("sa", "cat /dev/shm/counter.pid") == pid

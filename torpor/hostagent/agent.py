@@ -63,6 +63,7 @@ class HostAgent:
         self._pid_fd = early.pid_fd
         self._early_restore = early.restore
         self._early_signals = early.signals
+        self._discarded: asyncio.Future[None] | None = None  # a restored state being deleted
         self.stop_requested = asyncio.Event()
         self.ready = False
         self.restored = False
@@ -310,11 +311,12 @@ class HostAgent:
         assert self.config is not None
         deadline = t0 + self.config.bootTimeout
 
+        # The guest runs and writes to its disk from here on: the state no longer matches the disk and must never
+        # be restored again (until it is gone, the disk's changed identity refuses it).  Deleting a large file
+        # takes tens of milliseconds: beside the SSH handshake, not before it.
+        discarded = self._discarded = asyncio.ensure_future(asyncio.to_thread(savedstate.discard, self.dir))
+
         async def before_ready() -> None:
-            # The guest runs and writes to its disk from here on: the state no longer matches the disk and must
-            # never be restored again (until it is gone, the disk's changed identity refuses it).  Deleting a
-            # large file takes tens of milliseconds: beside the SSH handshake, not before it.
-            discarded = asyncio.ensure_future(asyncio.to_thread(savedstate.discard, self.dir))
             await self._set_guest_clock()
             await discarded
 
@@ -467,14 +469,17 @@ class HostAgent:
     async def _stop_vm_now(self) -> tuple[str, dict[str, Any]]:
         assert self.driver is not None and self.config is not None
         await self._stop_guest_access()
-        if not self.ready:
-            if not self.restored and savedstate.saved_dir(self.dir).exists():
+        if not self.ready and not self.restored:
+            if savedstate.saved_dir(self.dir).exists():
                 self.events.emit(events.STOPPING, "stop requested before the restored VM ran; stopping QEMU")
                 await self.driver.kill()
                 return "stopped before the restored VM ran; the saved state is kept", {"saved": True}
             self.events.emit(events.STOPPING, "stop requested during boot; stopping QEMU")
             await self.driver.kill()
             return "stopped during boot", {}
+        # A restored VM is a booted guest even before it answers SSH again: it is saved or shut down like any.
+        if self._discarded is not None:
+            await self._discarded  # the state it was restored from goes before a new one is written
         if self.save_on_stop:
             self.events.emit(events.STOPPING, "saving the VM state")
             try:
