@@ -198,6 +198,25 @@ def test_instant_mode_saves_device_state_only_and_restores(torpor: Torpor) -> No
     assert torpor.sh("inst", "cat /dev/shm/counter.pid 2>/dev/null || echo none").strip() == "none"
 
 
+def start_and_signal_when(torpor: Torpor, name: str, log: Path, needle: str) -> str:
+    """`torpor start NAME`, SIGTERM to its host agent as soon as ``log`` shows ``needle``; the start's stderr
+    (the start must fail: the agent was stopped before the guest was ready), once the agent is gone."""
+    start = subprocess.Popen(
+        [sys.executable, "-m", "torpor", "--no-tty", "start", name],
+        env=torpor.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert wait_for(lambda: log.exists() and needle in log.read_text(), timeout=30, interval=0.002)
+    agent = int((torpor.dir(name) / "ha.pid").read_text())
+    os.kill(agent, signal.SIGTERM)
+    _, err = start.communicate(timeout=60)
+    assert start.returncode != 0, err
+    assert wait_for(lambda: not pid_alive(agent), timeout=30)
+    return err
+
+
 def test_stop_while_restoring_keeps_the_saved_state(torpor: Torpor) -> None:
     """A SIGTERM that reaches the host agent while QEMU loads the state (the early path, before the agent's own
     handlers exist) stops it without letting the VM run: the state stays and restores later."""
@@ -208,21 +227,9 @@ def test_stop_while_restoring_keeps_the_saved_state(torpor: Torpor) -> None:
     torpor.sh("sw", "dd if=/dev/urandom of=/dev/shm/fill bs=1M count=400 2>/dev/null")
     pid = torpor.sh("sw", "cat /dev/shm/counter.pid")
     torpor.run("stop", "--save", "sw")
-    events = torpor.dir("sw") / "ha.stdout.log"
 
-    start = subprocess.Popen(
-        [sys.executable, "-m", "torpor", "--no-tty", "start", "sw"],
-        env=torpor.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert wait_for(lambda: events.exists() and '"restoring": true' in events.read_text(), timeout=30, interval=0.002)
-    agent = int((torpor.dir("sw") / "ha.pid").read_text())
-    os.kill(agent, signal.SIGTERM)
-    _, err = start.communicate(timeout=60)
-    assert start.returncode != 0 and "stopped before the restored VM ran" in err, err
-    assert wait_for(lambda: not pid_alive(agent), timeout=30)
+    err = start_and_signal_when(torpor, "sw", torpor.dir("sw") / "ha.stdout.log", '"restoring": true')
+    assert "stopped before the restored VM ran" in err, err
     assert torpor.status("sw")["status"] == "Saved"
 
     out = torpor.run("start", "sw")
@@ -238,22 +245,10 @@ def test_stop_after_the_restored_vm_ran_saves_it_again(torpor: Torpor) -> None:
     torpor.sh("sa", COUNTER)
     pid = torpor.sh("sa", "cat /dev/shm/counter.pid")
     torpor.run("stop", "sa")
-    log = torpor.dir("sa") / "ha.stderr.log"
 
-    start = subprocess.Popen(
-        [sys.executable, "-m", "torpor", "--no-tty", "start", "sa"],
-        env=torpor.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     ran = "the saved state is loaded and the VM runs; connecting SSH"
-    assert wait_for(lambda: log.exists() and ran in log.read_text(), timeout=30, interval=0.002)
-    agent = int((torpor.dir("sa") / "ha.pid").read_text())
-    os.kill(agent, signal.SIGTERM)
-    _, err = start.communicate(timeout=60)
-    assert start.returncode != 0 and "saved the VM state" in err, err  # it never became ready, but is saved
-    assert wait_for(lambda: not pid_alive(agent), timeout=30)
+    err = start_and_signal_when(torpor, "sa", torpor.dir("sa") / "ha.stderr.log", ran)
+    assert "saved the VM state" in err, err  # it never became ready, but is saved
     assert torpor.status("sa")["status"] == "Saved"
 
     out = torpor.run("start", "sa")
