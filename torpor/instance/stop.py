@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from torpor.store.instance import (
 
 Report = Callable[[str], None]
 STOP_MARGIN = 30.0  # beyond the guest's shutdownTimeout: QEMU quit and the agent's cleanup
+EXIT_WAIT = 10.0  # for the agent to let go of its pid lock once it has reported its exit
 
 
 def stop(
@@ -67,6 +69,10 @@ def stop(
         last = spawn.follow(
             reader, alive=lambda: pid_alive(pid), until=lambda ev: False, on_event=show, timeout=timeout
         )
+        # The agent reports before it has closed its socket and let go of its pid lock: a start straight after
+        # this stop must find the instance stopped, not a half-gone agent ("not answering on ha.sock").
+        if last is not None:
+            _wait_released(inst.dir / filenames.HA_PID, EXIT_WAIT)
     if last is None:
         if pid_alive(pid):
             raise HostAgentError(
@@ -78,6 +84,12 @@ def stop(
             hint=f"see {inst.dir / filenames.HA_STDERR}",
         )
     return last
+
+
+def _wait_released(pid_file: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while lock.is_locked(pid_file) and time.monotonic() < deadline:
+        time.sleep(spawn.POLL)
 
 
 def _shutdown_timeout(inst: Instance, root: Path) -> float:
