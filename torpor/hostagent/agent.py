@@ -267,15 +267,16 @@ class HostAgent:
 
         # A state file touched since the save has its digest verified while QEMU loads it, before the VM may run.
         # (The early path lets the VM run only if it was not touched.)
+        ran_early = early is not None and early.running
         checksum = None
-        if not (early and early.running) and not savedstate.state_unchanged(saved):
+        if not ran_early and not savedstate.state_unchanged(saved):
             log.info("the state file changed since the save (its change time says so): verifying its digest")
             checksum = asyncio.ensure_future(
                 asyncio.to_thread(savedstate.digest_matches, saved.state, saved.manifest["state"].get("digest"))
             )
 
         async def connect_channels() -> None:
-            if self.stop_requested.is_set() and not (early and early.running):
+            if self.stop_requested.is_set() and not ran_early:
                 raise StopDuringBoot()  # the VM has not run: its saved state stays valid
             if checksum is not None and not await checksum:
                 raise DriverError("the state file's contents changed since the save (checksum mismatch)")
