@@ -5,6 +5,7 @@ Each proves that memory (a running process and data only guest RAM holds) and di
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,14 @@ def test_mechanism_keeps_memory_and_disk(torpor: Torpor, image_cache: Path, qemu
     elif expected == "shared-ram":
         assert state.stat().st_size < 8 * 2**20  # device state only
 
+    # The state file put back from a copy (a backup restored, say): its identity changed, so its digest, taken
+    # as the save finished, is verified against the contents: they match, and it restores.
+    copy = state.with_name("copy.bin")
+    subprocess.run(["cp", "--sparse=always", str(state), str(copy)], check=True)
+    copy.replace(state)
     out = torpor.run("start", "m")
     assert "restored in" in out.stderr, out.stderr
+    assert "verifying its digest" in (torpor.dir("m") / "ha.stderr.log").read_text()
     assert torpor.sh("m", "cat /dev/shm/counter.pid") == pid
     assert torpor.sh("m", "md5sum < /dev/shm/blob") == blob
     assert torpor.sh("m", "md5sum < $HOME/disk.bin") == on_disk

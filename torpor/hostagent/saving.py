@@ -41,16 +41,13 @@ async def save(
     sdir.mkdir(mode=0o700, exist_ok=True)  # may exist empty (a mount point for the state, say)
     tmp = sdir / (filenames.STATE_FILE + ".tmp")
     t0 = time.monotonic()
-    checksum: asyncio.Future[str] | None = None
+    digest = _StateDigest(tmp)
     try:
-        mechanism, stats = await driver.save(tmp, progress)
-        # The digest is computed while the state is flushed, renamed, QEMU quits and the disk is flushed, not
-        # before: through a descriptor opened now, which the rename does not affect.
-        checksum = asyncio.ensure_future(asyncio.to_thread(_digest_of, os.open(tmp, os.O_RDONLY)))
+        mechanism, stats = await driver.save(tmp, progress, written=digest.start)
         await asyncio.to_thread(atomic.fsync_file, tmp)
+        digest.settle()
     except Exception as e:
-        if checksum is not None:
-            checksum.cancel()
+        digest.cancel()
         tmp.unlink(missing_ok=True)
         alive = await _resume(driver)
         raise SaveFailed(f"saving the machine state failed: {e}", alive) from e
@@ -60,7 +57,7 @@ async def save(
         tmp.rename(state)
         atomic.fsync_dir(sdir)
     except OSError as e:
-        checksum.cancel()
+        digest.cancel()
         state.unlink(missing_ok=True)
         alive = await _resume(driver)
         raise SaveFailed(f"writing the state file failed: {e}", alive) from e
@@ -74,7 +71,7 @@ async def save(
         await asyncio.to_thread(atomic.fsync_file, ram)  # the guest's dirty pages, written back by the kernel
     log.info("disk flushed")
     try:
-        state_sha = await checksum
+        state_sha = await digest.result()
         log.info("state digest computed")
     except OSError as e:
         savedstate.discard(inst_dir)
@@ -127,10 +124,59 @@ def state_record(
     }
 
 
-def _digest_of(fd: int) -> str:
-    """The state's digest through ``fd``, which it closes."""
+class _StateDigest:
+    """The state's digest, computed while the save finishes instead of after it.
+
+    It starts as soon as QEMU reports the state written, while QEMU syncs and closes the file, the state is
+    renamed, QEMU quits and the disk is flushed; it reads through a descriptor opened then, which the rename
+    does not affect.  Once QEMU has closed the file, :meth:`settle` makes sure it did not write to it after it
+    reported it written (it does not: cheap insurance against a QEMU that would).
+    """
+
+    def __init__(self, tmp: Path) -> None:
+        self._tmp = tmp
+        self._task: asyncio.Future[tuple[str, os.stat_result]] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(asyncio.to_thread(_digest_of, os.open(self._tmp, os.O_RDONLY)))
+
+    def settle(self) -> None:
+        """Call once QEMU has closed the state, before it is renamed."""
+        self.start()
+        assert self._task is not None
+        first, fd = self._task, os.open(self._tmp, os.O_RDONLY)
+
+        async def checked() -> tuple[str, os.stat_result]:
+            owned = True
+            try:
+                digest, before = await first
+                now = os.fstat(fd)
+                if (before.st_size, before.st_mtime_ns) == (now.st_size, now.st_mtime_ns):
+                    return digest, before
+                log.warning("QEMU wrote to the state after it reported it written; computing its digest again")
+                owned = False
+                return await asyncio.to_thread(_digest_of, fd)
+            finally:
+                if owned:
+                    os.close(fd)
+
+        self._task = asyncio.ensure_future(checked())
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def result(self) -> str:
+        assert self._task is not None
+        return (await self._task)[0]
+
+
+def _digest_of(fd: int) -> tuple[str, os.stat_result]:
+    """The state's digest through ``fd``, which it closes, and the file's status before it was read."""
     try:
-        return savedstate.fd_digest(fd)
+        before = os.fstat(fd)
+        return savedstate.fd_digest(fd), before
     finally:
         os.close(fd)
 

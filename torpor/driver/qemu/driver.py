@@ -173,15 +173,22 @@ class QemuDriver:
                 os.close(fd)
         await self.qmp.execute("cont")
 
-    async def save(self, state: Path, progress: migration.Progress | None = None) -> tuple[str, dict[str, object]]:
+    async def save(
+        self,
+        state: Path,
+        progress: migration.Progress | None = None,
+        *,
+        written: Callable[[], None] | None = None,
+    ) -> tuple[str, dict[str, object]]:
         """Pause the VM and write its state to ``state`` with the best mechanism this QEMU has.
 
-        Returns the mechanism and QEMU's statistics; the caller fsyncs and names the file.
+        Returns the mechanism and QEMU's statistics; the caller fsyncs and names the file.  ``written``: see
+        :func:`migration.save`.
         """
         known = await migration.capabilities(self.qmp)
         mechanism = mechanisms.choose(known, self.spec.memory_file is not None, state)
         log.info("saving the machine state (%s) to %s", mechanism, state)
-        return mechanism, await migration.save(self.qmp, mechanism, state, known, progress)
+        return mechanism, await migration.save(self.qmp, mechanism, state, known, progress, written=written)
 
     async def snapshot(
         self, tag: str, state: Path, ram_copy: Path, progress: migration.Progress | None = None

@@ -65,6 +65,8 @@ def setup_commands(mechanism: str, known: set[str]) -> list[tuple[str, dict[str,
         "x-ignore-shared": mechanism == SHARED_RAM,
         "mapped-ram": mechanism == MAPPED_RAM,
         "multifd": mechanism == MAPPED_RAM,
+        # MIGRATION events: "completed" arrives before QEMU has synced and closed the state (migration.save).
+        "events": True,
     }
     out: list[tuple[str, dict[str, Any]]] = []
     if mechanism == MAPPED_RAM:

@@ -36,12 +36,50 @@ async def _prepare(qmp: QMPSession, mechanism: str, known: set[str]) -> None:
 
 
 async def save(
-    qmp: QMPSession, mechanism: str, path: Path, known: set[str], progress: Progress | None = None
+    qmp: QMPSession,
+    mechanism: str,
+    path: Path,
+    known: set[str],
+    progress: Progress | None = None,
+    *,
+    written: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Pause the VM and write its state to ``path`` (created, mode 0600); return QEMU's final statistics.
 
     ``known`` are the QEMU's migration capabilities (:func:`capabilities`); the caller fsyncs the file.
+    ``written`` is called once, on success, as soon as QEMU has written the whole state: its MIGRATION event
+    "completed" comes before QEMU has closed the file, which query-migrate waits for.  (QEMU 9+ fdatasyncs a
+    file: channel as it closes it, in its main loop: saving a 326 MiB state here, the event came 0.16 s after
+    the ``stop`` and query-migrate's "completed" 0.32 s after it.)
     """
+    called = False
+
+    def once() -> None:
+        nonlocal called
+        if written is not None and not called:
+            called = True
+            written()
+
+    watcher = asyncio.ensure_future(_on_completed(qmp, once))
+    try:
+        await asyncio.sleep(0)  # listening before the migration starts
+        info = await _migrate(qmp, mechanism, path, known, progress)
+    finally:
+        watcher.cancel()
+    once()  # no event seen (the capability unknown, say)
+    return info
+
+
+async def _on_completed(qmp: QMPSession, callback: Callable[[], None]) -> None:
+    async for event in qmp.events("MIGRATION"):
+        if event.get("data", {}).get("status") == "completed":
+            callback()
+            return
+
+
+async def _migrate(
+    qmp: QMPSession, mechanism: str, path: Path, known: set[str], progress: Progress | None
+) -> dict[str, Any]:
     await qmp.execute("stop")
     await qmp.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
     await _prepare(qmp, mechanism, known)
