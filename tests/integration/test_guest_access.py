@@ -127,6 +127,7 @@ provision:
     # second boot: same instance-id, provisioning once, boot scripts every boot
     iid1 = torpor.run("shell", "acc", "cat", "/run/cidata/meta-data").stdout
     torpor.run("stop", "acc")
+    assert not host_listeners(static_host), "a forward outlived the stop"
     torpor.run("start", "acc")
     iid2 = torpor.run("shell", "acc", "cat", "/run/cidata/meta-data").stdout
     assert "instance-id:" in iid1 and iid1 == iid2

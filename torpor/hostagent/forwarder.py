@@ -64,9 +64,3 @@ class PortForwarder:
             except GuestAgentError as e:
                 log.debug("port poll: %s", e)
             await asyncio.sleep(POLL_INTERVAL)
-
-    async def clear(self) -> None:
-        for fwd in sorted(self.active):
-            await self.access.cancel(fwd.spec())
-        self.active.clear()
-        self.failed.clear()
