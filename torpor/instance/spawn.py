@@ -1,8 +1,11 @@
-"""Spawning the host agent and following its event stream."""
+"""Spawning the host agent, following its event stream, and killing what is left of it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -61,3 +64,24 @@ def tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return ""
     return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def kill_and_wait(pid: int, timeout: float = 10.0) -> bool:
+    """SIGKILL ``pid`` and wait until it is gone; return whether it went.
+
+    Gone means every thread of it: a QEMU whose main thread is already a zombie may still have threads tearing
+    down, and it keeps its files (and the disk image's lock) until the last one exits.  A pidfd becomes readable
+    only then.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
+    finally:
+        os.close(pidfd)

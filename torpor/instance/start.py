@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import select
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -166,26 +162,5 @@ def _recover(inst_dir: Path, agent_pid: int | None, qemu_pid: int | None, reason
         )
     report(f"recovering: {reason}")
     if qemu_pid is not None:
-        kill_and_wait(qemu_pid)
+        spawn.kill_and_wait(qemu_pid)
     clear_runtime_files(inst_dir)
-
-
-def kill_and_wait(pid: int, timeout: float = 10.0) -> bool:
-    """SIGKILL ``pid`` and wait until it is gone; return whether it went.
-
-    Gone means every thread of it: a QEMU whose main thread is already a zombie may still have threads tearing
-    down, and it keeps its files (and the disk image's lock) until the last one exits.  A pidfd becomes readable
-    only then.
-    """
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        return bool(poller.poll(timeout * 1000))
-    finally:
-        os.close(pidfd)

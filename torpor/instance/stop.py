@@ -13,7 +13,6 @@ from torpor.errors import HostAgentError, InstanceStateError
 from torpor.hostagent import events
 from torpor.hostagent.client import HostAgentClient
 from torpor.instance import spawn
-from torpor.instance.start import kill_and_wait
 from torpor.store import filenames, lock
 from torpor.store.instance import (
     Instance,
@@ -27,6 +26,7 @@ from torpor.store.instance import (
 Report = Callable[[str], None]
 STOP_MARGIN = 30.0  # beyond the guest's shutdownTimeout: QEMU quit and the agent's cleanup
 EXIT_WAIT = 10.0  # for the agent to let go of its pid lock once it has reported its exit
+RELEASE_POLL = 0.001  # it does within a few ms: a stop --save waits for nothing else
 
 
 def stop(
@@ -89,7 +89,7 @@ def stop(
 def _wait_released(pid_file: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while lock.is_locked(pid_file) and time.monotonic() < deadline:
-        time.sleep(spawn.POLL)
+        time.sleep(RELEASE_POLL)
 
 
 def _shutdown_timeout(inst: Instance, root: Path) -> float:
@@ -106,13 +106,13 @@ def force_stop(name: str, report: Report, root: Path | None = None) -> None:
     root = root or home()
     inst = inspect(name, root)
     killed = []
-    if inst.agent_pid is not None and kill_and_wait(inst.agent_pid):
+    if inst.agent_pid is not None and spawn.kill_and_wait(inst.agent_pid):
         killed.append(f"host agent (pid {inst.agent_pid})")
     # QEMU dies with its agent (PDEATHSIG), but an orphan from an older crash may remain; and a QEMU that is
     # dying still holds its disk's lock until it is gone (tearing down a large guest's RAM takes a while), so
     # the pid known before the agent was killed is waited for too.
     for qemu_pid in {p for p in (inst.qemu_pid, inspect(name, root).qemu_pid) if p is not None}:
-        if kill_and_wait(qemu_pid):
+        if spawn.kill_and_wait(qemu_pid):
             killed.append(f"QEMU (pid {qemu_pid})")
     removed = clear_runtime_files(inst.dir)
     if killed:
