@@ -44,4 +44,7 @@ fi
 # start-up; setuptools calls that mode transitional, so the default mode stays the fallback.
 .venv/bin/pip install -q -e '.[dev]' --config-settings editable_mode=compat 2>/dev/null ||
     .venv/bin/pip install -q -e '.[dev]'
+# Bytecode now, as a wheel install would have it: with PYTHONDONTWRITEBYTECODE set (as on some CI machines) every
+# torpor command and host agent would otherwise compile its modules from source each time it starts.
+.venv/bin/python -m compileall -q torpor >/dev/null
 echo "torpor setup: done; torpor is .venv/bin/torpor"

@@ -21,8 +21,8 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from torpor import subp
 from torpor.driver.qemu import host, mechanisms
@@ -45,8 +45,7 @@ class AlreadyRunning(TorporError):
     pass
 
 
-@dataclass
-class EarlyRestore:
+class EarlyRestore(NamedTuple):
     """QEMU started and loading ``saved`` (the driver adopts the process and closes ``state_fd``)."""
 
     saved: savedstate.Saved
@@ -57,8 +56,7 @@ class EarlyRestore:
     ssh_master: subprocess.Popen[bytes] | None = None  # started as the VM ran
 
 
-@dataclass
-class Early:
+class Early(NamedTuple):
     pid_fd: int  # the locked ha.pid
     out: events.EventWriter
     restore: EarlyRestore | None

@@ -17,10 +17,8 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import xxhash
 
@@ -119,6 +117,8 @@ def fd_digest(fd: int, algorithm: str = DIGEST) -> str:
             if _THREADS[algorithm] == 1:
                 digests = list(map(block_digest, range(nblocks)))
             else:
+                from concurrent.futures import ThreadPoolExecutor  # only old digests (sha256) need it
+
                 with ThreadPoolExecutor(max_workers=_THREADS[algorithm]) as pool:
                     digests = list(pool.map(block_digest, range(nblocks), chunksize=16))
         finally:
@@ -176,8 +176,7 @@ def write_manifest(inst_dir: Path, manifest: dict[str, Any]) -> None:
     )
 
 
-@dataclass(frozen=True)
-class Saved:
+class Saved(NamedTuple):
     """A complete saved state whose manifest verifies (the state file itself is checked by :func:`problems`)."""
 
     dir: Path
