@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -191,13 +192,15 @@ async def _qemu(argv: list[str], qmp_path: Path) -> AsyncIterator[tuple[QMPClien
             p.unlink(missing_ok=True)
 
 
-async def _run(manifest: dict[str, Any], state: Path, scratch: Path) -> dict[str, float]:
+async def _run(manifest: dict[str, Any], state: Path, scratch: Path, ram: Path | None) -> dict[str, float]:
     mechanism = manifest["mechanism"]
     # A copy of the disk beside it (a relative backing file still resolves): the instance's disk stays untouched.
     disk = Path(next(a for a in manifest["argv"] if a.startswith("file=") and "id=disk0" in a).split(",")[0][5:])
     scratch_disk = disk.with_name("bench-disk.qcow2")
     subprocess.run(["cp", "--sparse=always", str(disk), str(scratch_disk)], check=True)
     argv = [a.replace(f"file={disk},", f"file={scratch_disk},") for a in manifest["argv"]]
+    if ram is not None:  # instant mode: a copy of the guest's RAM file, the other half of the state
+        argv = [re.sub(r"mem-path=[^,]*", f"mem-path={ram}", a) for a in argv]
     argv += ["-incoming", "defer"]
     qmp_path = Path(argv[argv.index("-qmp") + 1].removeprefix("unix:").split(",")[0])
     snap: dict[str, float] = {}
@@ -222,5 +225,6 @@ async def _run(manifest: dict[str, Any], state: Path, scratch: Path) -> dict[str
     return {"raw_restore": restore, "raw_save": save, "touched": touched, **snap}
 
 
-def measure(manifest: dict[str, Any], state: Path, scratch: Path) -> dict[str, float]:
-    return asyncio.run(_run(manifest, state, scratch))
+def measure(manifest: dict[str, Any], state: Path, scratch: Path, ram: Path | None = None) -> dict[str, float]:
+    """Measure on ``state`` (and, in instant mode, ``ram`` instead of the instance's RAM file)."""
+    return asyncio.run(_run(manifest, state, scratch, ram))

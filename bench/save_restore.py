@@ -16,8 +16,8 @@ memory left idle for a few seconds is slow to touch again: the same torpor resto
 0.67-0.70 s right after its save and 1.4 s six seconds later (QEMU's load 0.22 -> 0.82 s).  So torpor's restore
 runs straight after the save and the raw load straight after the instance's QEMU has exited: each finds memory
 as a QEMU of that guest has just left it.  (Until session 4 the raw run came between the save and the restore,
-which made torpor's 4 GiB restores 0.2-0.3 s slower than by hand.)  In instant mode the RAM file, half of the
-state, changes once the VM runs again, so there the raw run still comes before the restore.
+which made torpor's 4 GiB restores 0.2-0.3 s slower than by hand.)  In instant mode the RAM file, the other half
+of the state, changes once the VM runs again: the raw run gets a copy of it too.
 
 The restore is broken down with the host agent's event timestamps: CLI and host agent start-up until the agent's
 first event, QEMU and the guest until ready, and the CLI noticing it.
@@ -87,12 +87,13 @@ def measure(
         exiting = events(home, name)[-1]
         disk = allocated_mib(home / name / "saved" / "state.bin") + allocated_mib(home / name / "memory.ram")
         manifest = json.loads((home / name / "saved" / "manifest.json").read_text())
-        state = home / name / "saved" / "state.bin"
-        if manifest["mechanism"] == "shared-ram":  # the RAM file, half of the state, changes once the VM runs
-            raw = rawqemu.measure(manifest, state, home / "raw-state.bin")
-        else:  # a copy of this very state, measured once the instance's QEMU has exited (see the docstring)
-            kept = home / "raw-input.bin"
-            subprocess.run(["cp", "--sparse=always", str(state), str(kept)], check=True)
+        # A copy of this very state (in instant mode with the RAM file, the other half of it, which changes once
+        # the VM runs), measured raw once the instance's QEMU has exited (see the docstring).
+        kept = {home / name / "saved" / "state.bin": home / "raw-input.bin"}
+        if manifest["mechanism"] == "shared-ram":
+            kept[home / name / "memory.ram"] = home / "raw-input.ram"
+        for src, dst in kept.items():
+            subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
         restore, t0, t1, out = torpor(env, "start", name)
         if "restored in" not in out:
             raise SystemExit(f"{name} round {i}: the start did not restore:\n{out}")
@@ -102,11 +103,12 @@ def measure(
         snap_apply, _, _, out = torpor(env, "snapshot", "apply", name, "--tag", "b", "--force")
         torpor(env, "snapshot", "delete", name, "--tag", "b")
         torpor(env, "stop", name)
-        if manifest["mechanism"] != "shared-ram":
-            try:
-                raw = rawqemu.measure(manifest, kept, home / "raw-state.bin")
-            finally:
-                kept.unlink()
+        copies = list(kept.values())
+        try:
+            raw = rawqemu.measure(manifest, copies[0], home / "raw-state.bin", copies[1] if len(copies) > 1 else None)
+        finally:
+            for copy in copies:
+                copy.unlink()
         sample = {
             "cold": cold,
             "save": save,
