@@ -59,9 +59,9 @@ def test_mechanism_keeps_memory_and_disk(torpor: Torpor, image_cache: Path, qemu
 
     # The state file put back from a copy (a backup restored, say): its identity changed, so its digest, taken
     # as the save finished, is verified against the contents: they match, and it restores.
-    copy = state.with_name("copy.bin")
-    subprocess.run(["cp", "--sparse=always", str(state), str(copy)], check=True)
-    copy.replace(state)
+    backup = state.with_name("backup.bin")
+    subprocess.run(["cp", "--sparse=always", str(state), str(backup)], check=True)
+    backup.replace(state)
     out = torpor.run("start", "m")
     assert "restored in" in out.stderr, out.stderr
     assert "verifying its digest" in (torpor.dir("m") / "ha.stderr.log").read_text()

@@ -11,7 +11,7 @@ def test_helper_passes_a_connected_nodelay_socket() -> None:
     port = server.getsockname()[1]
     ours, theirs = socket.socketpair()
     command = ssh.nodelay_options()[1].removeprefix("ProxyCommand=").replace("%h %p", f"127.0.0.1 {port}")
-    proc = subprocess.run(command, shell=True, stdout=theirs, check=False, timeout=30)
+    proc = subprocess.run(command, shell=True, stdout=theirs.fileno(), check=False, timeout=30)
     theirs.close()
     assert proc.returncode == 0
     _, fds, _, _ = socket.recv_fds(ours, 16, 1)
