@@ -5,20 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from torpor.hostagent.saving import _StateDigest
+from torpor.hostagent import saving
 from torpor.store import savedstate
 
 
-async def _digest(tmp: Path, write_after_start: bytes | None) -> str:
-    digest = _StateDigest(tmp)
+async def _digest(tmp: Path, write_after_start: bytes | None, first_read: threading.Event) -> str:
+    digest = saving._StateDigest(tmp)
     digest.start()
     if write_after_start is not None:
-        while not digest._task or not digest._task.done():  # the first digest is done: it must be redone
-            await asyncio.sleep(0.001)
+        await asyncio.to_thread(first_read.wait)  # the first digest is done: it must be redone
         with tmp.open("r+b") as f:
             f.write(write_after_start)
         st = tmp.stat()
@@ -27,19 +27,35 @@ async def _digest(tmp: Path, write_after_start: bytes | None) -> str:
     return await digest.result()
 
 
-def test_digest_of_the_state_as_written(tmp_path: Path) -> None:
+@pytest.fixture
+def first_read(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once the digest has read the file a first time."""
+    done = threading.Event()
+    digest_of = saving._digest_of
+
+    def noting(fd: int) -> tuple[str, os.stat_result]:
+        try:
+            return digest_of(fd)
+        finally:
+            done.set()
+
+    monkeypatch.setattr(saving, "_digest_of", noting)
+    return done
+
+
+def test_digest_of_the_state_as_written(tmp_path: Path, first_read: threading.Event) -> None:
     tmp = tmp_path / "state.bin.tmp"
     tmp.write_bytes(os.urandom(3 * savedstate.BLOCK + 5))
-    assert asyncio.run(_digest(tmp, None)) == savedstate.state_digest(tmp)
+    assert asyncio.run(_digest(tmp, None, first_read)) == savedstate.state_digest(tmp)
 
 
 def test_state_written_after_it_was_reported_written_is_hashed_again(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, first_read: threading.Event
 ) -> None:
     tmp = tmp_path / "state.bin.tmp"
     tmp.write_bytes(os.urandom(2 * savedstate.BLOCK))
     first = savedstate.state_digest(tmp)
     with caplog.at_level(logging.WARNING):
-        got = asyncio.run(_digest(tmp, b"late device state"))
+        got = asyncio.run(_digest(tmp, b"late device state", first_read))
     assert got == savedstate.state_digest(tmp) != first
     assert "computing its digest again" in caplog.text

@@ -127,41 +127,26 @@ def state_record(
 class _StateDigest:
     """The state's digest, computed while the save finishes instead of after it.
 
-    It starts as soon as QEMU reports the state written, while QEMU syncs and closes the file, the state is
-    renamed, QEMU quits and the disk is flushed; it reads through a descriptor opened then, which the rename
-    does not affect.  Once QEMU has closed the file, :meth:`settle` makes sure it did not write to it after it
-    reported it written (it does not: cheap insurance against a QEMU that would).
+    It starts as soon as QEMU reports the state written (:meth:`start`), while QEMU syncs and closes the file,
+    the state is renamed, QEMU quits and the disk is flushed; it reads through a descriptor opened then, which
+    the rename does not affect.  Once QEMU has closed the file (:meth:`settle`), a file whose size or mtime moved
+    since it was read is read again (QEMU does not write after its report: cheap insurance against one that
+    would).
     """
 
     def __init__(self, tmp: Path) -> None:
         self._tmp = tmp
-        self._task: asyncio.Future[tuple[str, os.stat_result]] | None = None
+        self._closed = asyncio.Event()
+        self._task: asyncio.Future[str] | None = None
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.ensure_future(asyncio.to_thread(_digest_of, os.open(self._tmp, os.O_RDONLY)))
+            self._task = asyncio.ensure_future(_digest_once_closed(os.open(self._tmp, os.O_RDONLY), self._closed))
 
     def settle(self) -> None:
         """Call once QEMU has closed the state, before it is renamed."""
         self.start()
-        assert self._task is not None
-        first, fd = self._task, os.open(self._tmp, os.O_RDONLY)
-
-        async def checked() -> tuple[str, os.stat_result]:
-            owned = True
-            try:
-                digest, before = await first
-                now = os.fstat(fd)
-                if (before.st_size, before.st_mtime_ns) == (now.st_size, now.st_mtime_ns):
-                    return digest, before
-                log.warning("QEMU wrote to the state after it reported it written; computing its digest again")
-                owned = False
-                return await asyncio.to_thread(_digest_of, fd)
-            finally:
-                if owned:
-                    os.close(fd)
-
-        self._task = asyncio.ensure_future(checked())
+        self._closed.set()
 
     def cancel(self) -> None:
         if self._task is not None:
@@ -169,7 +154,22 @@ class _StateDigest:
 
     async def result(self) -> str:
         assert self._task is not None
-        return (await self._task)[0]
+        return await self._task
+
+
+async def _digest_once_closed(fd: int, closed: asyncio.Event) -> str:
+    """The digest of the file open as ``fd`` (closed here) as it is once ``closed`` is set.  Each reading
+    thread gets a descriptor of its own: a cancelled save closes ``fd`` without pulling it from under one."""
+    try:
+        while True:
+            digest, before = await asyncio.to_thread(_digest_of, os.dup(fd))
+            await closed.wait()
+            now = os.fstat(fd)
+            if (before.st_size, before.st_mtime_ns) == (now.st_size, now.st_mtime_ns):
+                return digest
+            log.warning("QEMU wrote to the state after it reported it written; computing its digest again")
+    finally:
+        os.close(fd)
 
 
 def _digest_of(fd: int) -> tuple[str, os.stat_result]:
