@@ -2,7 +2,7 @@ from pathlib import Path
 
 from torpor.driver.qemu import mechanisms
 
-QEMU_72 = {"x-ignore-shared", "multifd", "xbzrle"}
+QEMU_72 = {"x-ignore-shared", "multifd", "xbzrle", "events"}
 QEMU_10 = QEMU_72 | {"mapped-ram"}
 
 
@@ -20,12 +20,12 @@ def test_best_mechanism_from_capabilities() -> None:
 def test_setup_sets_every_known_capability_on_or_off() -> None:
     commands = dict(mechanisms.setup_commands(mechanisms.MAPPED_RAM, QEMU_10))
     caps = {c["capability"]: c["state"] for c in commands["migrate-set-capabilities"]["capabilities"]}
-    assert caps == {"mapped-ram": True, "multifd": True, "x-ignore-shared": False}
+    assert caps == {"mapped-ram": True, "multifd": True, "x-ignore-shared": False, "events": True}
     assert commands["migrate-set-parameters"]["multifd-channels"] >= 2
     # After a mapped-ram restore, a stream save turns them off again; 7.2 is not asked about mapped-ram at all.
     commands = dict(mechanisms.setup_commands(mechanisms.STREAM, QEMU_72))
     caps = {c["capability"]: c["state"] for c in commands["migrate-set-capabilities"]["capabilities"]}
-    assert caps == {"multifd": False, "x-ignore-shared": False}
+    assert caps == {"multifd": False, "x-ignore-shared": False, "events": True}
     assert "migrate-set-parameters" not in commands
     assert mechanisms.incoming_uri(mechanisms.MAPPED_RAM, Path("/s")) == "file:/s"
     assert mechanisms.incoming_uri(mechanisms.STREAM, Path("/s")) == f"fd:{mechanisms.FD_NAME}"
