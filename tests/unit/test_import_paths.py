@@ -1,0 +1,24 @@
+"""Start-up paths stay light: `torpor stop` (before it signals the agent) and the host agent's early restore
+path (before QEMU is launched) import neither the heavy libraries nor modules they do not need (README, "How it
+is built": every command and every restore pays for its imports)."""
+
+import subprocess
+import sys
+
+
+def imported_by(statement: str) -> set[str]:
+    code = f"{statement}\nimport sys\nprint('\\n'.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_stop_imports_little() -> None:
+    modules = imported_by("import torpor.cli.main, torpor.cli.stop, torpor.instance.stop")
+    assert not modules & {"torpor.instance.start", "torpor.store.savedstate", "asyncio", "dataclasses", "pydantic"}
+
+
+def test_early_restore_path_imports_little() -> None:
+    modules = imported_by("import torpor.hostagent.launch")
+    heavy = {"asyncio", "qemu.qmp", "pydantic", "dataclasses", "tempfile", "concurrent.futures"}
+    assert not modules & heavy
+    assert "torpor.hostagent.agent" not in modules and "torpor.guest.images" not in modules
