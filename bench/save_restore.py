@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import rawqemu  # noqa: E402
+from torpor.store import savedstate  # noqa: E402
 
 
 def torpor(env: dict[str, str], *args: str) -> tuple[float, float, float, str]:
@@ -93,7 +94,7 @@ def measure(
         if manifest["mechanism"] == "shared-ram":
             kept[home / name / "memory.ram"] = home / "raw-input.ram"
         for src, dst in kept.items():
-            subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
+            savedstate.sparse_copy(src, dst)
         restore, t0, t1, out = torpor(env, "start", name)
         if "restored in" not in out:
             raise SystemExit(f"{name} round {i}: the start did not restore:\n{out}")

@@ -5,13 +5,13 @@ Each proves that memory (a running process and data only guest RAM holds) and di
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import COUNTER, Torpor, write_template
 from tests.integration.qemus import debian12_qemu
+from torpor.store import savedstate
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def test_mechanism_keeps_memory_and_disk(torpor: Torpor, image_cache: Path, qemu
     # The state file put back from a copy (a backup restored, say): its identity changed, so its digest, taken
     # as the save finished, is verified against the contents: they match, and it restores.
     backup = state.with_name("backup.bin")
-    subprocess.run(["cp", "--sparse=always", str(state), str(backup)], check=True)
+    savedstate.sparse_copy(state, backup)
     backup.replace(state)
     out = torpor.run("start", "m")
     assert "restored in" in out.stderr, out.stderr
