@@ -408,6 +408,10 @@ class HostAgent:
             raise TorporError(f"QEMU exited during boot (exit code {exited.result()})")
         if stop in done:
             raise StopDuringBoot()
+        try:  # for the diagnosis: a VM that never ran, a guest spinning or halted, and where
+            log.error("the guest did not %s in time: %s", what, await asyncio.wait_for(self.driver.where(), 5))
+        except Exception as e:
+            log.error("the guest did not %s in time; QEMU could not say where the VM is: %s", what, e)
         raise TorporError(
             f"the guest did not {what} within the boot timeout",
             hint=f"see {self.dir / filenames.SERIAL_LOG} for the guest console",

@@ -304,6 +304,19 @@ class QemuDriver:
                 state = VMState.RUNNING if status.get("running") else VMState.PAUSED
         return {"state": state.value, "qemuPid": self.pid, "qemuVersion": self.qemu.version, "accel": self.spec.accel}
 
+    async def where(self) -> str:
+        """Where the VM is, for a boot that timed out: QEMU's run state and each vCPU's instruction pointer."""
+        if not self._running():
+            return "QEMU has exited"
+        status = await self.qmp.execute("query-status")
+        regs = await self.qmp.execute("human-monitor-command", {"command-line": "info registers -a"})
+        cpus = [
+            line.split()[0] + (" halted" if "HLT=1" in line else "")
+            for line in regs.splitlines()
+            if line.startswith(("RIP=", "EIP="))  # EIP: a vCPU still in 32-bit or real mode
+        ]
+        return f"VM {status.get('status')}; vCPUs at {', '.join(cpus) or '?'}"
+
     async def wait(self) -> int:
         if self._proc is None:
             return 0

@@ -2,7 +2,7 @@
 
 The KVM probe boots the guest kernel under KVM with no root filesystem: a working KVM reaches the kernel's
 "unable to mount root" panic in about a second and QEMU exits (``-no-reboot``).  Where nested virtualisation is
-broken the kernel hangs, so the probe is bounded; its answer is cached per QEMU version and host boot.
+broken the kernel hangs, so the probe is bounded; its answer is cached per QEMU binary and version and host boot.
 """
 
 from __future__ import annotations
@@ -100,15 +100,21 @@ def probe_accel(qemu: Qemu, kernel: Path | None, cache_dir: Path) -> Accel:
         return Accel("tcg", "KVM not probed yet (it is probed with the guest kernel at the first start)")
     key = {"qemu": qemu.binary, "version": qemu.version, "bootId": _boot_id()}
     cache = cache_dir / filenames.ACCEL_PROBE
-    try:
-        cached = json.loads(cache.read_text())
-        if cached.get("key") == key:
+    try:  # one answer per QEMU binary: alternating between two QEMUs does not probe each time
+        probes = [
+            p
+            for p in json.loads(cache.read_text())["probes"]
+            if p["key"]["bootId"] == key["bootId"] and {"name", "reason"} <= p.keys()
+        ]
+    except (OSError, ValueError, KeyError, TypeError):
+        probes = []
+    for cached in probes:
+        if cached["key"] == key:
             return Accel(cached["name"], cached["reason"])
-    except (OSError, ValueError, KeyError):
-        pass
     accel = _run_probe(qemu, kernel)
+    probes = [p for p in probes if p["key"]["qemu"] != qemu.binary] + [{"key": key, **accel._asdict()}]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(cache, json.dumps({"key": key, **accel._asdict()}))
+    atomic.write_text(cache, json.dumps({"probes": probes}))
     return accel
 
 
