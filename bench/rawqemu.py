@@ -2,8 +2,9 @@
 
 Given a state torpor saved (its manifest has QEMU's exact argv and the mechanism), :func:`measure` starts that
 QEMU with ``-incoming defer`` on a copy of the instance's disk (torpor restores the same state afterwards, and
-that disk must not change), loads the state, and saves it again with the same mechanism into a scratch file,
-followed by fsync.  What it times is the floor torpor's own orchestration adds to:
+that disk must not change), loads the state, and saves it again with the same mechanism, set up as torpor sets
+it up (mechanisms.setup_commands), into a scratch file, followed by fsync.  What it times is the floor torpor's
+own orchestration adds to:
 
 - restore: QEMU spawned until the state is loaded (the VM would run at the next ``cont``);
 - save: ``stop`` until QEMU reports the migration completed, plus fsync of the file;
@@ -29,11 +30,7 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
-CAPS = {
-    "stream": {},
-    "mapped-ram": {"mapped-ram": True, "multifd": True},
-    "shared-ram": {"x-ignore-shared": True},
-}
+from torpor.driver.qemu import mechanisms
 
 
 async def _connect(path: Path, proc: subprocess.Popen[bytes]) -> QMPClient:
@@ -49,12 +46,13 @@ async def _connect(path: Path, proc: subprocess.Popen[bytes]) -> QMPClient:
 
 
 async def _prepare(qmp: QMPClient, mechanism: str) -> None:
+    """The mechanism's capabilities and parameters, as torpor sets them: the baseline is QEMU with the same
+    settings, without torpor around it."""
     await qmp.execute("migrate-set-parameters", {"max-bandwidth": 1 << 62})
-    if mechanism == "mapped-ram":
-        await qmp.execute("migrate-set-parameters", {"multifd-channels": max(2, min(8, os.cpu_count() or 2))})
-    caps = [{"capability": k, "state": v} for k, v in CAPS[mechanism].items()]
-    if caps:
-        await qmp.execute("migrate-set-capabilities", {"capabilities": caps})
+    caps = await qmp.execute("query-migrate-capabilities")
+    assert isinstance(caps, list)
+    for command, args in mechanisms.setup_commands(mechanism, {c["capability"] for c in caps}):
+        await qmp.execute(command, args)
 
 
 async def _wait(qmp: QMPClient, command: str, done: set[str]) -> dict[str, Any]:
@@ -93,9 +91,7 @@ async def _internal_snapshot(qmp: QMPClient, mechanism: str) -> dict[str, float]
     # QEMU 10 keeps the images of a VM loaded from a migration inactive until it runs: let it run a moment.
     await qmp.execute("cont")
     await qmp.execute("stop")
-    caps = [{"capability": k, "state": False} for k in CAPS[mechanism]]  # a snapshot is a plain stream
-    if caps:
-        await qmp.execute("migrate-set-capabilities", {"capabilities": caps})
+    await _prepare(qmp, mechanisms.STREAM)  # a snapshot is a plain stream
     save = await _job(qmp, "snapshot-save", {"job-id": "s", **args})
     load = await _job(qmp, "snapshot-load", {"job-id": "l", **args})
     return {"raw_snapsave": save, "raw_snapload": load}

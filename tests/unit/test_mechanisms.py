@@ -22,6 +22,7 @@ def test_setup_sets_every_known_capability_on_or_off() -> None:
     caps = {c["capability"]: c["state"] for c in commands["migrate-set-capabilities"]["capabilities"]}
     assert caps == {"mapped-ram": True, "multifd": True, "x-ignore-shared": False, "events": True}
     assert commands["migrate-set-parameters"]["multifd-channels"] >= 2
+    assert commands["migrate-set-parameters"]["zero-page-detection"] == "legacy"
     # After a mapped-ram restore, a stream save turns them off again; 7.2 is not asked about mapped-ram at all.
     commands = dict(mechanisms.setup_commands(mechanisms.STREAM, QEMU_72))
     caps = {c["capability"]: c["state"] for c in commands["migrate-set-capabilities"]["capabilities"]}

@@ -6,7 +6,8 @@
 ``mapped-ram``
     QEMU 9.0+: ``file:`` migration with the ``mapped-ram`` and ``multifd`` capabilities.  Each RAM page has a fixed
     offset in the file and several threads write and read it; zero pages are holes, so the (sparse) file occupies
-    about the guest's touched memory whatever its size, and loading is parallel.
+    about the guest's touched memory whatever its size, and loading is parallel.  Zero pages are found by the
+    migration thread (``zero-page-detection: legacy``), so the writing threads see only pages to write.
 ``shared-ram``
     saveMode instant: the guest RAM lives in a shared memory-backend-file that stays where it is
     (``x-ignore-shared``); the state file holds the device state only.
@@ -70,7 +71,12 @@ def setup_commands(mechanism: str, known: set[str]) -> list[tuple[str, dict[str,
     }
     out: list[tuple[str, dict[str, Any]]] = []
     if mechanism == MAPPED_RAM:
-        out.append(("migrate-set-parameters", {"multifd-channels": multifd_channels()}))
+        # Zero pages found by the migration thread, not by the multifd threads (QEMU 9.0+, as mapped-ram): the
+        # threads then get only pages to write, not every page of guest RAM to look at.  Saving a 4 GiB guest
+        # with 200 MiB of data here (QEMU 10.0, 2 channels, 5 runs each): 0.52-0.55 s instead of 0.90-1.19 s;
+        # 1 GiB: 0.35-0.37 s instead of 0.32-0.62 s.
+        params = {"multifd-channels": multifd_channels(), "zero-page-detection": "legacy"}
+        out.append(("migrate-set-parameters", params))
     out.append(
         (
             "migrate-set-capabilities",
