@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import Any
 
 from torpor.errors import HostAgentError
+
+TYPE_CHECKING = False  # not typing's (see events.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class HostAgentClient:

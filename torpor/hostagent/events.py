@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, TextIO
+
+TYPE_CHECKING = False  # not typing's: importing typing is a tenth of `torpor stop`'s imports, this module's among them
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 # Event types
 STARTING = "starting"
@@ -22,11 +25,19 @@ ERROR = "error"
 EXITING = "exiting"  # always the last event of a host agent run
 
 
-class Event(NamedTuple):  # not a dataclass: its import is a tenth of the CLI's (this module is on its path)
-    type: str
-    message: str
-    time: float
-    fields: dict[str, Any]
+class Event:
+    """One event.  (A plain class: dataclasses and NamedTuple cost imports `torpor stop` would wait for.)"""
+
+    __slots__ = ("fields", "message", "time", "type")
+
+    def __init__(self, type: str, message: str, time: float, fields: dict[str, Any]) -> None:
+        self.type = type
+        self.message = message
+        self.time = time
+        self.fields = fields
+
+    def __repr__(self) -> str:
+        return f"Event({self.type!r}, {self.message!r}, {self.time!r}, {self.fields!r})"
 
     def to_json(self) -> str:
         return json.dumps({"time": self.time, "type": self.type, "message": self.message, **self.fields})

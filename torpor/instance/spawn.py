@@ -6,7 +6,6 @@ import contextlib
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -15,11 +14,17 @@ from pathlib import Path
 from torpor.hostagent.events import EXITING, Event, EventReader
 from torpor.store import filenames
 
+TYPE_CHECKING = False  # not typing's (see hostagent/events.py)
+if TYPE_CHECKING:
+    import subprocess
+
 POLL = 0.005
 
 
 def spawn_hostagent(name: str, inst_dir: Path, home: Path) -> subprocess.Popen[bytes]:
     """Start ``torpor hostagent NAME`` detached (own session), events to ha.stdout.log, log to ha.stderr.log."""
+    import subprocess  # here: `torpor stop` imports this module, and subprocess is a tenth of its imports
+
     env = dict(os.environ, TORPOR_HOME=str(home))
     with (inst_dir / filenames.HA_STDOUT).open("wb") as out, (inst_dir / filenames.HA_STDERR).open("wb") as err:
         return subprocess.Popen(
