@@ -473,7 +473,7 @@ class HostAgent:
 
     async def _stop_vm_now(self) -> tuple[str, dict[str, Any]]:
         assert self.driver is not None and self.config is not None
-        await self._stop_guest_access()
+        self._end_guest_access()
         if not self.ready and not self.restored:
             if savedstate.saved_dir(self.dir).exists():
                 self.events.emit(events.STOPPING, "stop requested before the restored VM ran; stopping QEMU")
@@ -506,16 +506,17 @@ class HostAgent:
         outcome = await self.driver.stop(timeout)
         return outcome.detail, {"saved": False}
 
-    async def _stop_guest_access(self) -> None:
+    def _end_guest_access(self) -> None:
         for task in self._tasks:
             task.cancel()
         # The port forwards are the SSH master's listening sockets: they close with it (cancelling them one by one
         # first ran ssh once per forward, on a stop's critical path).
         self.forwarder = None
-        await self.ssh.stop_master()
+        self.ssh.end_master()
 
     async def _cleanup(self) -> None:
-        await self._stop_guest_access()
+        self._end_guest_access()
+        await self.ssh.stop_master()
         self.guest_agent.close()
         for w in self._channels:
             w.close()

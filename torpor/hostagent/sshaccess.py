@@ -61,6 +61,13 @@ class SSHAccess:
                 return
             await asyncio.sleep(interval)
 
+    def end_master(self) -> None:
+        """Ask the control master to exit (the port forwards, its listening sockets, close with it) without
+        waiting: a stop goes on with the save meanwhile, and :meth:`stop_master` reaps it."""
+        if self._master is not None and self._master.poll() is None:
+            self._master.terminate()
+        (self.dir / filenames.SSH_CONTROL).unlink(missing_ok=True)
+
     async def stop_master(self) -> None:
         master, self._master = self._master, None
         if master is not None and master.poll() is None:
