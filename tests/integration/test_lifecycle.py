@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import Torpor
+from tests.integration.conftest import Torpor, write_template
 from torpor.hostagent.client import HostAgentClient
 from torpor.store.instance import pid_alive
 
@@ -115,3 +115,18 @@ def test_api_errors_are_json(torpor: Torpor) -> None:
     assert info["name"] == "api" and info["ready"] is True and info["vm"]["state"] == "running"
     assert info["vm"]["accel"] in ("kvm", "tcg")
     torpor.run("stop", "api")
+
+
+def test_boot_timeout_says_where_the_vm_was_and_leaves_nothing_running(torpor: Torpor) -> None:
+    path = write_template(torpor, "slow", "bootTimeout: 2\n")
+    torpor.run("create", str(path))
+    out = torpor.run("start", "slow", check=False)
+    assert out.returncode != 0 and "did not report ready within the boot timeout" in out.stderr
+    # The agent's log (its tail is in the error) says whether the VM ran and where its vCPUs were.
+    assert "VM running; vCPUs at " in out.stderr, out.stderr
+    row = torpor.status("slow")
+    assert row["status"] == "Stopped", row
+    # Nothing is left holding the disk: with time enough, the same instance boots.
+    yaml = torpor.dir("slow") / "torpor.yaml"
+    yaml.write_text(yaml.read_text().replace("bootTimeout: 2", "bootTimeout: 120"))
+    assert "ready in" in torpor.run("start", "slow").stderr
