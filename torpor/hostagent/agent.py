@@ -410,8 +410,8 @@ class HostAgent:
             raise StopDuringBoot()
         try:  # for the diagnosis: a VM that never ran, a guest spinning or halted, and where
             log.error("the guest did not %s in time: %s", what, await asyncio.wait_for(self.driver.where(), 5))
-        except Exception as e:
-            log.error("the guest did not %s in time; QEMU could not say where the VM is: %s", what, e)
+        except Exception as e:  # a TimeoutError says nothing by itself
+            log.error("the guest did not %s in time; QEMU could not say where the VM is: %r", what, e)
         raise TorporError(
             f"the guest did not {what} within the boot timeout",
             hint=f"see {self.dir / filenames.SERIAL_LOG} for the guest console",
@@ -516,7 +516,7 @@ class HostAgent:
 
     async def _cleanup(self) -> None:
         self._end_guest_access()
-        await self.ssh.stop_master()
+        await self.ssh.stop_master()  # ended by a stop already, or now: reaped either way
         self.guest_agent.close()
         for w in self._channels:
             w.close()

@@ -69,15 +69,15 @@ class SSHAccess:
         (self.dir / filenames.SSH_CONTROL).unlink(missing_ok=True)
 
     async def stop_master(self) -> None:
+        """:meth:`end_master`, then wait for it to exit (killing it after 5 s)."""
+        self.end_master()
         master, self._master = self._master, None
         if master is not None and master.poll() is None:
-            master.terminate()
             try:
                 await asyncio.to_thread(master.wait, 5)
             except subprocess.TimeoutExpired:
                 master.kill()
                 await asyncio.to_thread(master.wait)
-        (self.dir / filenames.SSH_CONTROL).unlink(missing_ok=True)
 
     async def forward(self, spec: str) -> str | None:
         """Add ``-L spec`` to the master; return None on success, else ssh's complaint."""
