@@ -1,4 +1,6 @@
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,43 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
     assert p.read_text() == "two"
     assert (p.stat().st_mode & 0o777) == 0o600
     assert [x.name for x in tmp_path.iterdir()] == ["f"]
+
+
+def _dirty_pages(path: Path) -> int:
+    """The file's dirty pages in the page cache (Linux cachestat(2), 6.5+)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    span = (ctypes.c_uint64 * 2)(0, 0)  # offset, length (0: to the end)
+    stat = (ctypes.c_uint64 * 5)()  # cache, dirty, writeback, evicted, recently evicted
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syscall(451, fd, span, stat, 0) != 0:  # SYS_cachestat on x86-64
+            pytest.skip(f"no cachestat here: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(fd)
+    return int(stat[1])
+
+
+def test_writeback_writes_out_while_the_file_is_written(tmp_path: Path) -> None:
+    plain, pushed, old = tmp_path / "plain", tmp_path / "pushed", tmp_path / "old"
+    old.write_bytes(b"kept")
+    block = os.urandom(1 << 20)
+    with atomic.Writeback([pushed, old], period=0.005):
+        assert (pushed.stat().st_mode & 0o777) == 0o600  # created at once, for the writer to open
+        for path in (plain, pushed):
+            with path.open("r+b" if path.exists() else "wb") as f:
+                for _ in range(32):
+                    f.write(block)
+        deadline = time.monotonic() + 5
+        while _dirty_pages(pushed) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _dirty_pages(pushed) == 0
+    assert _dirty_pages(plain) > 0  # the kernel alone would have left it in the cache for half a minute
+    assert pushed.read_bytes() == block * 32 and old.read_bytes() == b"kept"
+    # Its thread ends and closes its descriptors after the block, without being waited for.
+    deadline = time.monotonic() + 5
+    while any(t.name == "writeback" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    open_files = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+    assert not open_files & {str(pushed), str(old)}

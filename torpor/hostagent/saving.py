@@ -42,8 +42,12 @@ async def save(
     tmp = sdir / (filenames.STATE_FILE + ".tmp")
     t0 = time.monotonic()
     digest = _StateDigest(tmp)
+    ram = driver.spec.memory_file
     try:
-        mechanism, stats = await driver.save(tmp, progress, written=digest.start)
+        # Written out while QEMU writes it (and, in instant mode, the guest's dirty RAM once the VM has stopped),
+        # so that the fsyncs after find little left to do.
+        with atomic.Writeback([tmp] if ram is None else [tmp, ram]):
+            mechanism, stats = await driver.save(tmp, progress, written=digest.start)
         await asyncio.to_thread(atomic.fsync_file, tmp)
         digest.settle()
     except Exception as e:
@@ -66,7 +70,6 @@ async def save(
     log.info("QEMU has quit")
     disk = inst_dir / filenames.DISK
     await asyncio.to_thread(atomic.fsync_file, disk)
-    ram = driver.spec.memory_file
     if ram is not None:
         await asyncio.to_thread(atomic.fsync_file, ram)  # the guest's dirty pages, written back by the kernel
     log.info("disk flushed")
