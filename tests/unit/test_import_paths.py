@@ -2,20 +2,27 @@
 path (before QEMU is launched) import neither the heavy libraries nor modules they do not need (README, "How it
 is built": every command and every restore pays for its imports)."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 
-def imported_by(statement: str) -> set[str]:
+def imported_by(statement: str, env: dict[str, str] | None = None) -> set[str]:
     code = f"{statement}\nimport sys\nprint('\\n'.join(sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     return set(out.split())
 
 
-def test_stop_imports_little() -> None:
+def test_stop_imports_little(tmp_path: Path) -> None:
+    heavy = {"asyncio", "dataclasses", "pydantic", "typing", "subprocess", "argparse", "logging"}
     modules = imported_by("import torpor.cli.main, torpor.cli.stop, torpor.instance.stop")
-    heavy = {"asyncio", "dataclasses", "pydantic", "typing", "subprocess"}
     assert not modules & ({"torpor.instance.start", "torpor.store.savedstate"} | heavy)
+    # The whole of a plain stop, here one that fails (no such instance) after the stop code has run.
+    env = {**os.environ, "TORPOR_HOME": str(tmp_path)}
+    modules = imported_by("from torpor.cli.main import main\nassert main(['stop', '--save', 'x']) == 1", env)
+    assert "torpor.instance.stop" in modules
+    assert not modules & heavy
 
 
 def test_early_restore_path_imports_little() -> None:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
-import argparse
-
 from torpor.cli.common import Progress, report
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from types import SimpleNamespace
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace | SimpleNamespace) -> int:
+    """``args`` from the parser, or for a plain stop from main.plain_stop."""
     from torpor.instance import stop
 
     if args.force and args.save:
