@@ -233,6 +233,15 @@ def report(
             f"  {guest:<8}{mode:<8}{memory:>5} {versions[qemu]:<7} {r['startup']:.3f} | {r['vm']:.3f} | "
             f"{r['notice']:.3f}  (torpor outside QEMU and guest: {r['startup'] + r['notice']:.3f})"
         )
+    print("\nstop --save against raw QEMU saves of the same state (medians, s): raw = stop, migrate, then fsync;")
+    print("raw+wb = the same with the file written out while QEMU writes it, as torpor's save does")
+    for (mode, memory, qemu, guest), (_, r) in results.items():
+        if mode != "instant":
+            print(
+                f"  {guest:<8}{mode:<8}{memory:>5} {versions[qemu]:<7} save {r['save']:.2f}  "
+                f"raw {r['raw_save']:.2f} (x{r['save'] / r['raw_save']:.2f})  "
+                f"raw+wb {r['raw_save_wb']:.2f} (x{r['save'] / r['raw_save_wb']:.2f})"
+            )
     for qemu, version in versions.items():
         for mode in ("copy", "instant"):
             small, big = results.get((mode, "1GiB", qemu, "default")), results.get((mode, "4GiB", qemu, "default"))
