@@ -25,6 +25,13 @@ def test_stop_imports_little(tmp_path: Path) -> None:
     assert not modules & heavy
 
 
+def test_start_imports_neither_argparse_nor_logging() -> None:
+    """What a plain `torpor start` imports before it spawns the host agent (the restore is timed from the
+    command on)."""
+    modules = imported_by("import torpor.cli.main, torpor.cli.start, torpor.instance.start")
+    assert not modules & {"argparse", "logging", "pydantic", "asyncio"}
+
+
 def test_early_restore_path_imports_little() -> None:
     modules = imported_by("import torpor.hostagent.launch")
     heavy = {"asyncio", "qemu.qmp", "pydantic", "dataclasses", "tempfile", "concurrent.futures"}

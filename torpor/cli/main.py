@@ -1,8 +1,8 @@
 """The CLI entry point: global flags, verb dispatch, and the one place errors become messages and exit codes.
 
 Verb modules are imported only for the verb being run, and heavy libraries only where they are used, so that
-``torpor`` starts fast (a restore is only as quick as the CLI gets out of the way); a plain ``torpor stop`` is
-read without argparse and logging at all (:func:`plain_stop`).
+``torpor`` starts fast (a restore is only as quick as the CLI gets out of the way); a plain ``torpor start`` or
+``torpor stop`` is read without argparse and logging at all (:func:`plain_args`).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = plain_stop(argv) or _parse(argv)
+    args = plain_args(argv) or _parse(argv)
     if args.tty is None:
         args.tty = sys.stdout.isatty()
     from torpor.errors import TorporError
@@ -97,34 +97,45 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def plain_stop(argv: list[str]) -> SimpleNamespace | None:
-    """The arguments of a plain `torpor stop`, ``[--tty | --no-tty]... stop [--save | --no-save] [NAME]``, read
-    without argparse and logging: a stop --save is timed against QEMU's own save, and building the parser and
-    setting up logging were 17 ms of the CLI's 52 ms before it can signal the agent.  None for anything else
-    (another verb, --help, --force, --debug, an abbreviation, a mistake): the full parser reads those, as before.
+# The verbs whose common forms skip argparse and logging: their flags (flag -> (field, value)) and the fields'
+# defaults.  A restore is timed from the command on, a stop --save against QEMU's own save.
+PLAIN: dict[str, tuple[dict[str, tuple[str, object]], dict[str, object]]] = {
+    "start": ({"--cold": ("cold", True)}, {"cold": False}),
+    "stop": ({"--save": ("save", True), "--no-save": ("save", False)}, {"save": None, "force": False}),
+}
+
+
+def plain_args(argv: list[str]) -> SimpleNamespace | None:
+    """The arguments of a plain `torpor start` or `stop`, ``[--tty | --no-tty]... VERB [FLAG] [NAME]`` with the
+    verb's flags in :data:`PLAIN`, read without argparse and logging: building the parser and setting up logging
+    were 17 ms of the 52 ms the CLI took before it could signal a host agent.  None for anything else (another
+    verb, --help, --force, --debug, a flag given twice, an abbreviation, a mistake): the parser reads those.
+    Without logging set up, the few modules on these paths that log do so below warning: nothing is shown.
     """
     rest = list(argv)
     tty = None
     while rest and rest[0] in ("--tty", "--no-tty"):
         tty = rest.pop(0) == "--tty"
-    if rest[:1] != ["stop"]:
+    if not rest or rest[0] not in PLAIN:
         return None
-    save = None
+    verb, args = rest[0], rest[1:]
+    flags, defaults = PLAIN[verb]
+    fields: dict[str, object] = {}
     names: list[str] = []
-    for arg in rest[1:]:
-        if arg in ("--save", "--no-save") and save is None:
-            save = arg == "--save"
+    for arg in args:
+        if arg in flags and flags[arg][0] not in fields:
+            field, value = flags[arg]
+            fields[field] = value
         elif not arg.startswith("-") and not names:
             names.append(arg)
         else:
             return None
     return SimpleNamespace(
-        verb="stop",
-        module=VERBS["stop"][0],
+        verb=verb,
+        module=VERBS[verb][0],
         name=names[0] if names else "default",
-        force=False,
-        save=save,
         tty=tty,
         debug=False,
         log_level="warning",
+        **{**defaults, **fields},
     )

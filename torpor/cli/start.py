@@ -1,8 +1,11 @@
 from __future__ import annotations
 
-import argparse
-
 from torpor.cli.common import Progress, report
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from types import SimpleNamespace
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -10,7 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cold", action="store_true", help="discard a saved state and boot afresh")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace | SimpleNamespace) -> int:
+    """``args`` from the parser, or for a plain start from main.plain_args."""
     from torpor.instance.start import start
 
     bar = Progress(args.tty)

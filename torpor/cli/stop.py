@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace | SimpleNamespace) -> int:
-    """``args`` from the parser, or for a plain stop from main.plain_stop."""
+    """``args`` from the parser, or for a plain stop from main.plain_args."""
     from torpor.instance import stop
 
     if args.force and args.save:
