@@ -108,7 +108,7 @@ PLAIN: dict[str, tuple[dict[str, tuple[str, object]], dict[str, object]]] = {
 def plain_args(argv: list[str]) -> SimpleNamespace | None:
     """The arguments of a plain `torpor start` or `stop`, ``[--tty | --no-tty]... VERB [FLAG] [NAME]`` with the
     verb's flags in :data:`PLAIN`, read without argparse and logging: building the parser and setting up logging
-    were 17 ms of the 52 ms the CLI took before it could signal a host agent.  None for anything else (another
+    were 17 ms of the 52 ms the CLI took before it could reach a host agent.  None for anything else (another
     verb, --help, --force, --debug, a flag given twice, an abbreviation, a mistake): the parser reads those.
     Without logging set up, the few modules on these paths that log do so below warning: nothing is shown.
     """
