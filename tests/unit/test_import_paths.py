@@ -18,7 +18,7 @@ def test_stop_imports_little(tmp_path: Path) -> None:
     heavy = {"asyncio", "dataclasses", "pydantic", "typing", "subprocess", "argparse", "logging"}
     modules = imported_by("import torpor.cli.main, torpor.cli.stop, torpor.instance.stop")
     assert not modules & ({"torpor.instance.start", "torpor.store.savedstate"} | heavy)
-    # The whole of a plain stop, here one that fails (no such instance) after the stop code has run.
+    # A whole plain stop through main, here one that fails in the stop code (no such instance).
     env = {**os.environ, "TORPOR_HOME": str(tmp_path)}
     modules = imported_by("from torpor.cli.main import main\nassert main(['stop', '--save', 'x']) == 1", env)
     assert "torpor.instance.stop" in modules
