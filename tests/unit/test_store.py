@@ -117,3 +117,8 @@ def test_writeback_writes_out_while_the_file_is_written(tmp_path: Path) -> None:
         time.sleep(0.01)
     open_files = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
     assert not open_files & {str(pushed), str(old)}
+
+
+def test_writeback_of_no_files_runs_no_thread() -> None:
+    with atomic.Writeback([]):
+        assert not any(t.name == "writeback" for t in threading.enumerate())
