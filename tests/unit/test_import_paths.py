@@ -14,21 +14,27 @@ def imported_by(statement: str, env: dict[str, str] | None = None) -> set[str]:
     return set(out.split())
 
 
+def plain_run(argv: list[str], home: Path) -> set[str]:
+    """What running ``torpor ARGV`` through main imports (it must fail: ``home`` is empty)."""
+    env = {**os.environ, "TORPOR_HOME": str(home)}
+    return imported_by(f"from torpor.cli.main import main\nassert main({argv!r}) == 1", env)
+
+
 def test_stop_imports_little(tmp_path: Path) -> None:
     heavy = {"asyncio", "dataclasses", "pydantic", "typing", "subprocess", "argparse", "logging"}
     modules = imported_by("import torpor.cli.main, torpor.cli.stop, torpor.instance.stop")
     assert not modules & ({"torpor.instance.start", "torpor.store.savedstate"} | heavy)
     # A whole plain stop through main, here one that fails in the stop code (no such instance).
-    env = {**os.environ, "TORPOR_HOME": str(tmp_path)}
-    modules = imported_by("from torpor.cli.main import main\nassert main(['stop', '--save', 'x']) == 1", env)
+    modules = plain_run(["stop", "--save", "x"], tmp_path)
     assert "torpor.instance.stop" in modules
     assert not modules & heavy
 
 
-def test_start_imports_neither_argparse_nor_logging() -> None:
-    """What a plain `torpor start` imports before it spawns the host agent (the restore is timed from the
-    command on)."""
-    modules = imported_by("import torpor.cli.main, torpor.cli.start, torpor.instance.start")
+def test_start_imports_neither_argparse_nor_logging(tmp_path: Path) -> None:
+    """A plain `torpor start` through main, before it spawns the host agent (the restore is timed from the
+    command on); here one that fails in the start code (a name no instance can have)."""
+    modules = plain_run(["start", "Bad/Name"], tmp_path)
+    assert "torpor.instance.start" in modules
     assert not modules & {"argparse", "logging", "pydantic", "asyncio"}
 
 
