@@ -68,3 +68,26 @@ def test_written_is_called_once_without_an_event(tmp_path: Path) -> None:
     calls = _save(qemu, tmp_path / "state.bin.tmp")
     assert calls == [qemu.seen]  # once, after query-migrate said completed
     assert qemu.seen[-1] == "completed"
+
+
+class FinalizingQEMU(ClosingQEMU):
+    """Completes at once, then reports the run state finish-migrate a few times before postmigrate."""
+
+    def __init__(self) -> None:
+        super().__init__(send_event=False)
+        self.statuses = ["finish-migrate"] * 3 + ["postmigrate"]
+        self.status_asked = 0
+
+    async def execute(self, command: str, arguments: Mapping[str, object] | None = None) -> Any:
+        if command == "query-status":
+            self.status_asked += 1
+            return {"status": self.statuses[min(self.status_asked, len(self.statuses)) - 1]}
+        if command == "query-migrate":
+            return {"status": "completed"}
+        return {}
+
+
+def test_save_returns_once_the_migration_is_finalized(tmp_path: Path) -> None:
+    qemu = FinalizingQEMU()
+    _save(qemu, tmp_path / "state.bin.tmp")
+    assert qemu.status_asked == 4  # until QEMU left finish-migrate: a `cont` now succeeds
