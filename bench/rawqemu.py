@@ -3,8 +3,7 @@
 Given a state torpor saved (its manifest has QEMU's exact argv and the mechanism), :func:`measure` starts that
 QEMU with ``-incoming defer`` on a copy of the instance's disk (torpor restores the same state afterwards, and
 that disk must not change), loads the state, and saves it again with the same mechanism, set up as torpor sets
-it up (mechanisms.setup_commands), into a scratch file, followed by fsync.  QEMU runs as torpor runs it, with
-transparent huge pages as host.huge_pages says for the boot's accelerator.  What it times is the floor torpor's
+it up (mechanisms.setup_commands), into a scratch file, followed by fsync.  What it times is the floor torpor's
 own orchestration adds to:
 
 - restore: QEMU spawned until the state is loaded (the VM would run at the next ``cont``);
@@ -32,9 +31,7 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
-from torpor import subp
 from torpor.driver.qemu import mechanisms
-from torpor.driver.qemu.host import huge_pages
 from torpor.store import atomic
 
 
@@ -176,11 +173,11 @@ async def _save_and_wait(qmp: QMPClient, mechanism: str, scratch: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _qemu(argv: list[str], qmp_path: Path, huge: bool) -> AsyncIterator[tuple[QMPClient, float]]:
+async def _qemu(argv: list[str], qmp_path: Path) -> AsyncIterator[tuple[QMPClient, float]]:
     """QEMU started from ``argv`` (with -incoming defer) and its QMP session, with the time it was spawned."""
     qmp_path.unlink(missing_ok=True)
     started = time.monotonic()
-    proc = subp.spawn_daemon(argv, huge_pages=huge)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         qmp = await _connect(qmp_path, proc)
         yield qmp, started
@@ -201,7 +198,6 @@ async def _qemu(argv: list[str], qmp_path: Path, huge: bool) -> AsyncIterator[tu
 
 async def _run(manifest: dict[str, Any], state: Path, scratch: Path, ram: Path | None) -> dict[str, float]:
     mechanism = manifest["mechanism"]
-    huge = huge_pages(manifest["boot"].get("accel", "tcg"))
     # A copy of the disk beside it (a relative backing file still resolves): the instance's disk stays untouched.
     disk = Path(next(a for a in manifest["argv"] if a.startswith("file=") and "id=disk0" in a).split(",")[0][5:])
     scratch_disk = disk.with_name("bench-disk.qcow2")
@@ -213,7 +209,7 @@ async def _run(manifest: dict[str, Any], state: Path, scratch: Path, ram: Path |
     qmp_path = Path(argv[argv.index("-qmp") + 1].removeprefix("unix:").split(",")[0])
     snap: dict[str, float] = {}
     try:
-        async with _qemu(argv, qmp_path, huge) as (qmp, started):
+        async with _qemu(argv, qmp_path) as (qmp, started):
             await _load(qmp, mechanism, state)
             restore = time.monotonic() - started
             t1 = time.monotonic()
@@ -229,7 +225,7 @@ async def _run(manifest: dict[str, Any], state: Path, scratch: Path, ram: Path |
         # RAM) the same save took 1.1 s instead of 0.4 s.  Loading a snapshot writes guest RAM: in a shared RAM
         # file (instant mode) that would spoil the saved pair, so not there.
         if mechanism != "shared-ram":
-            async with _qemu(argv, qmp_path, huge) as (qmp, _):
+            async with _qemu(argv, qmp_path) as (qmp, _):
                 await _load(qmp, mechanism, state)
                 snap = await _internal_snapshot(qmp, mechanism)
     finally:

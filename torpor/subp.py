@@ -56,25 +56,24 @@ def run(
     return proc
 
 
-def spawn_daemon(argv: Sequence[str], *, huge_pages: bool = True) -> subprocess.Popen[bytes]:
+def spawn_daemon(argv: Sequence[str]) -> subprocess.Popen[bytes]:
     """Start a long-lived child (QEMU): stdin and stdout closed, stderr piped, in its own process group (a Ctrl-C
     meant for a foreground host agent must not reach it; the agent decides how it stops), killed if its parent
-    dies.  Without ``huge_pages`` the child gets no transparent huge pages (see host.huge_pages)."""
+    dies."""
     return subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        preexec_fn=daemon_preexec(huge_pages),  # noqa: PLW1509 - libc calls only, see there
+        preexec_fn=die_with_parent(),  # noqa: PLW1509 - it makes one libc call, see there
         process_group=0,
     )
 
 
-def daemon_preexec(huge_pages: bool = True) -> Callable[[], None]:
-    """A ``preexec_fn`` for long-lived children (QEMU, the SSH master): SIGKILL them if their parent dies, and
-    without ``huge_pages`` turn transparent huge pages off for them (kept across exec, for the process's life).
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` for long-lived children (QEMU, the SSH master): SIGKILL them if their parent dies.
 
-    libc is looked up here, in the parent: between fork and exec the child only makes prctl calls (no imports,
+    libc is looked up here, in the parent: between fork and exec the child only makes the one call (no imports,
     which could deadlock on a lock another thread of the parent held at fork time).
     """
     import ctypes
@@ -82,12 +81,10 @@ def daemon_preexec(huge_pages: bool = True) -> Callable[[], None]:
 
     prctl = ctypes.CDLL(None, use_errno=True).prctl
 
-    def preexec() -> None:
+    def set_pdeathsig() -> None:
         prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if not huge_pages:
-            prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE
 
-    return preexec
+    return set_pdeathsig
 
 
 def stream_stdout(argv: Sequence[str | os.PathLike[str]]) -> subprocess.Popen[bytes]:

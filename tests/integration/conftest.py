@@ -54,12 +54,6 @@ class Torpor:
         """Run a shell script in the guest as the user; return its stdout."""
         return self.run("shell", name, "sh", "-c", script, check=check).stdout
 
-    def qemu_huge_pages(self, name: str) -> bool:
-        """Whether the instance's QEMU may have transparent huge pages (its THP_enabled in /proc)."""
-        pid = (self.dir(name) / "qemu.pid").read_text().strip()
-        status = Path(f"/proc/{pid}/status").read_text()
-        return next(line.split()[1] for line in status.splitlines() if line.startswith("THP_enabled:")) == "1"
-
     def events(self, name: str) -> str:
         return (self.dir(name) / "ha.stdout.log").read_text()
 

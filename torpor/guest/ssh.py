@@ -102,6 +102,6 @@ def spawn_master(inst_dir: Path, name: str) -> subprocess.Popen[bytes]:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        preexec_fn=subp.daemon_preexec(),  # noqa: PLW1509 - libc calls only, see there
+        preexec_fn=subp.die_with_parent(),  # noqa: PLW1509 - it makes one libc call, see there
         env=dict(os.environ, SHELL="/bin/sh"),
     )

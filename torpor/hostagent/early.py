@@ -111,7 +111,7 @@ def _launch_restore(name: str, inst_dir: Path, out: events.EventWriter, signals:
     argv = [*saved.manifest["argv"], "-incoming", "defer"]
     log.info("starting QEMU: %s", subprocess.list2cmdline(argv))
     out.emit(events.BOOTING, restoring_message(saved), restoring=True)
-    popen = subp.spawn_daemon(argv, huge_pages=host.huge_pages(saved.manifest["boot"].get("accel", "tcg")))
+    popen = subp.spawn_daemon(argv)
     fd = -1
     running = False
     try:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from torpor import subp
 from torpor.driver.base import BeforeRun, Driver, Features, StopOutcome, VMState
 from torpor.driver.qemu import cmdline, mechanisms, migration, process
-from torpor.driver.qemu.host import Accel, Qemu, huge_pages
+from torpor.driver.qemu.host import Accel, Qemu
 from torpor.driver.qemu.qmp import QMPSession
 from torpor.errors import DriverError
 from torpor.store import filenames, savedstate
@@ -244,7 +244,7 @@ class QemuDriver:
 
     async def _launch(self, argv: list[str]) -> None:
         log.info("starting QEMU: %s", subprocess.list2cmdline(argv))
-        await self._adopt(subp.spawn_daemon(argv, huge_pages=huge_pages(self.spec.accel)))
+        await self._adopt(subp.spawn_daemon(argv))
 
     async def _adopt(self, popen: subprocess.Popen[bytes]) -> None:
         """Watch a started QEMU and connect the QMP session."""

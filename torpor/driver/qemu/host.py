@@ -50,20 +50,6 @@ class Accel(NamedTuple):
     reason: str  # why (shown by `torpor info` and as the fallback notice)
 
 
-def huge_pages(accel: str) -> bool:
-    """Whether QEMU runs with transparent huge pages (QEMU asks for them on guest RAM): under KVM, yes; under TCG,
-    no.
-
-    TCG means torpor could not use KVM, which mostly means it runs inside a VM itself.  There the host backs the
-    VM's free memory lazily (here a balloon with free page reporting hands freed memory back), and each huge
-    page a guest touches first is 2 MiB zeroed at once that the host must back.  Measured on this kind of machine
-    (TCG, 1 GiB guest, 300 MiB state, a few seconds after the last QEMU exited), huge pages on / off: restore
-    1.24-1.47 / 0.69-0.75 s (QEMU 10; 7.2: 1.09-1.42 / 0.77-0.84 s); cold boot 8.09-8.10 / 7.37-7.68 s; md5sum
-    of 200 MiB in the guest 2.10-2.22 / 2.21-2.25 s.  Under KVM huge pages spare the two-level page walks.
-    """
-    return accel == "kvm"
-
-
 def find_qemu(arch: str = "x86_64", cache_dir: Path | None = None) -> Qemu:
     """The QEMU system emulator for ``arch``: ``$TORPOR_QEMU`` if set, else from ``PATH``.
 
