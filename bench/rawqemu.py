@@ -31,7 +31,7 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
-from torpor.driver.qemu import mechanisms
+from torpor.driver.qemu import mechanisms, relay
 from torpor.store import atomic
 
 
@@ -138,6 +138,10 @@ async def _load(qmp: QMPClient, mechanism: str, state: Path) -> None:
     fd = -1
     if mechanism == "mapped-ram":
         await qmp.execute("migrate-incoming", {"uri": f"file:{state}"})
+    elif mechanism == "multifd":  # the channels sent by torpor's relay, as torpor restores them
+        sock = state.with_name("bench-mig.sock")
+        await qmp.execute("migrate-incoming", {"uri": f"unix:{sock}"})
+        await asyncio.to_thread(relay.feed, sock, state)
     else:
         fd = os.open(state, os.O_RDONLY)
         qmp.send_fd_scm(fd)
@@ -163,6 +167,13 @@ async def _save_and_wait(qmp: QMPClient, mechanism: str, scratch: Path) -> None:
     await _prepare(qmp, mechanism)
     if mechanism == "mapped-ram":
         await qmp.execute("migrate", {"uri": f"file:{scratch}"})
+    elif mechanism == "multifd":  # the channels written by torpor's relay, as torpor saves them
+        ram = int((await qmp.execute("query-memory-size-summary"))["base-memory"])  # type: ignore[index]
+        recorder = relay.Recorder(scratch.with_name("bench-mig.sock"), scratch, mechanisms.multifd_channels(), ram)
+        await qmp.execute("migrate", {"uri": f"unix:{scratch.with_name('bench-mig.sock')}"})
+        await _wait(qmp, "query-migrate", {"completed"})
+        await asyncio.to_thread(recorder.finish)
+        return
     else:
         out = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         qmp.send_fd_scm(out)

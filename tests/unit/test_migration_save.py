@@ -49,7 +49,14 @@ def _save(qemu: ClosingQEMU, tmp: Path) -> list[list[str]]:
     async def run() -> None:
         session = cast(QMPSession, qemu)
         known = {"mapped-ram", "multifd", "events"}
-        await migration.save(session, mechanisms.MAPPED_RAM, tmp, known, written=lambda: calls.append(list(qemu.seen)))
+        await migration.save(
+            session,
+            mechanisms.MAPPED_RAM,
+            tmp,
+            known,
+            relay_socket=tmp.with_name("mig.sock"),
+            written=lambda: calls.append(list(qemu.seen)),
+        )
 
     asyncio.run(run())
     return calls

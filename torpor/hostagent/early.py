@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from torpor import subp
-from torpor.driver.qemu import host, mechanisms
+from torpor.driver.qemu import host, mechanisms, relay
 from torpor.driver.qemu.qmpsync import SyncQMP
 from torpor.errors import TorporError
 from torpor.guest import ssh
@@ -123,10 +123,15 @@ def _launch_restore(name: str, inst_dir: Path, out: events.EventWriter, signals:
             known = {c["capability"] for c in qmp.execute("query-migrate-capabilities")}
             for command, args in mechanisms.setup_commands(saved.mechanism, known):
                 qmp.execute(command, args)
-            if saved.mechanism != mechanisms.MAPPED_RAM:
+            if saved.mechanism in (mechanisms.STREAM, mechanisms.SHARED_RAM):
                 fd = os.open(saved.state, os.O_RDONLY)
                 qmp.execute("getfd", {"fdname": mechanisms.FD_NAME}, fd=fd)
-            qmp.execute("migrate-incoming", {"uri": mechanisms.incoming_uri(saved.mechanism, saved.state)})
+            relay_socket = inst_dir / filenames.MIGRATION_SOCK
+            qmp.execute(
+                "migrate-incoming", {"uri": mechanisms.incoming_uri(saved.mechanism, saved.state, relay_socket)}
+            )
+            if saved.mechanism == mechanisms.MULTIFD:
+                relay.feed(relay_socket, saved.state)
             if savedstate.state_unchanged(saved):
                 progress = events.ProgressEmitter(out, "restoring")
                 running = _run_when_loaded(qmp, popen, fd, saved.size, progress=progress, signals=signals)

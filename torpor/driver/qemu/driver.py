@@ -160,7 +160,11 @@ class QemuDriver:
             return
         fd = -1
         try:
-            fd = launched.state_fd if launched else await migration.start_incoming(self.qmp, mechanism, state)
+            fd = (
+                launched.state_fd
+                if launched
+                else await migration.start_incoming(self.qmp, mechanism, state, self._relay_socket)
+            )
             if while_loading is not None:
                 while_loading()
             await migration.wait_loaded(self.qmp, fd, state.stat().st_size, self._running, progress)
@@ -188,7 +192,9 @@ class QemuDriver:
         known = await migration.capabilities(self.qmp)
         mechanism = mechanisms.choose(known, self.spec.memory_file is not None, state)
         log.info("saving the machine state (%s) to %s", mechanism, state)
-        return mechanism, await migration.save(self.qmp, mechanism, state, known, progress, written=written)
+        return mechanism, await migration.save(
+            self.qmp, mechanism, state, known, progress, relay_socket=self._relay_socket, written=written
+        )
 
     async def snapshot(
         self, tag: str, state: Path, ram_copy: Path, progress: migration.Progress | None = None
@@ -208,7 +214,7 @@ class QemuDriver:
             disk_taken = True
             known = await migration.capabilities(self.qmp)
             mechanism = mechanisms.choose(known, self.spec.memory_file is not None, state)
-            stats = await migration.save(self.qmp, mechanism, state, known, progress)
+            stats = await migration.save(self.qmp, mechanism, state, known, progress, relay_socket=self._relay_socket)
             if self.spec.memory_file is not None:
                 # Paused, the guest's RAM is what the file's pages (in the page cache) hold.
                 await asyncio.to_thread(savedstate.sparse_copy, self.spec.memory_file, ram_copy)
@@ -227,6 +233,11 @@ class QemuDriver:
     async def delete_snapshot(self, tag: str) -> None:
         """Delete the disk's internal snapshot ``tag`` while the VM runs (QEMU holds the image)."""
         await self.qmp.execute("blockdev-snapshot-delete-internal-sync", {"device": cmdline.DISK_ID, "name": tag})
+
+    @property
+    def _relay_socket(self) -> Path:
+        """Where the multifd mechanism's relay and QEMU meet: beside QMP's socket, in the instance directory."""
+        return self.spec.qmp_socket.parent / filenames.MIGRATION_SOCK
 
     async def resume(self) -> None:
         """Let a paused VM run again (after a failed save)."""

@@ -8,6 +8,9 @@
     offset in the file and several threads write and read it; zero pages are holes, so the (sparse) file occupies
     about the guest's touched memory whatever its size, and loading is parallel.  Zero pages are found by the
     migration thread (``zero-page-detection: legacy``), so the writing threads see only pages to write.
+``multifd``
+    QEMU 4.0-8.2 (Debian 12's 7.2): the main stream and ``multifd`` page channels over unix sockets, which the
+    host agent relays into regions of one sparse state file and back (relay.py): several threads load the RAM.
 ``shared-ram``
     saveMode instant: the guest RAM lives in a shared memory-backend-file that stays where it is
     (``x-ignore-shared``); the state file holds the device state only.
@@ -23,8 +26,9 @@ from typing import Any
 
 STREAM = "stream"
 MAPPED_RAM = "mapped-ram"
+MULTIFD = "multifd"
 SHARED_RAM = "shared-ram"
-ALL = (STREAM, MAPPED_RAM, SHARED_RAM)
+ALL = (STREAM, MAPPED_RAM, MULTIFD, SHARED_RAM)
 FD_NAME = "torpor-state"
 
 
@@ -36,18 +40,20 @@ def multifd_channels() -> int:
 DESCRIPTIONS = {
     STREAM: "migration stream into a file descriptor (every QEMU)",
     MAPPED_RAM: f"file: migration with mapped-ram and multifd ({multifd_channels()} threads), sparse state file",
+    MULTIFD: f"migration stream and {multifd_channels()} multifd channels, relayed into one sparse state file",
     SHARED_RAM: "guest RAM in a shared memory-backend-file, x-ignore-shared; the state holds devices only",
 }
 
 
 def choose(capability_names: set[str], shared_ram: bool, path: Path) -> str:
-    """The mechanism for a save: shared-ram for a shared RAM file, else mapped-ram where QEMU has it."""
+    """The mechanism for a save: shared-ram for a shared RAM file, else mapped-ram where QEMU has it, else
+    multifd through the relay where QEMU has that, else a stream."""
     if shared_ram:
         return SHARED_RAM
-    # The file: URI takes options after a comma; a path with one goes by file descriptor instead.
+    # The file: URI takes options after a comma; a path with one goes through the relay instead.
     if "mapped-ram" in capability_names and "multifd" in capability_names and "," not in str(path):
         return MAPPED_RAM
-    return STREAM
+    return MULTIFD if "multifd" in capability_names else STREAM
 
 
 def by_save_mode(capability_names: set[str]) -> dict[str, str]:
@@ -65,7 +71,7 @@ def setup_commands(mechanism: str, known: set[str]) -> list[tuple[str, dict[str,
         # RAM in a shared memory-backend-file is not copied: it stays in its file.
         "x-ignore-shared": mechanism == SHARED_RAM,
         "mapped-ram": mechanism == MAPPED_RAM,
-        "multifd": mechanism == MAPPED_RAM,
+        "multifd": mechanism in (MAPPED_RAM, MULTIFD),
         # MIGRATION events: "completed" arrives before QEMU has synced and closed the state (migration.save).
         "events": True,
     }
@@ -77,6 +83,8 @@ def setup_commands(mechanism: str, known: set[str]) -> list[tuple[str, dict[str,
         # 1 GiB: 0.35-0.37 s instead of 0.32-0.62 s.
         params = {"multifd-channels": multifd_channels(), "zero-page-detection": "legacy"}
         out.append(("migrate-set-parameters", params))
+    elif mechanism == MULTIFD:
+        out.append(("migrate-set-parameters", {"multifd-channels": multifd_channels()}))
     out.append(
         (
             "migrate-set-capabilities",
@@ -86,6 +94,9 @@ def setup_commands(mechanism: str, known: set[str]) -> list[tuple[str, dict[str,
     return out
 
 
-def incoming_uri(mechanism: str, path: Path) -> str:
-    """Where a restoring QEMU reads the state: the file itself (mapped-ram), else a passed descriptor."""
-    return f"file:{path}" if mechanism == MAPPED_RAM else f"fd:{FD_NAME}"
+def incoming_uri(mechanism: str, path: Path, relay_socket: Path) -> str:
+    """Where a restoring QEMU reads the state: the file itself (mapped-ram), a socket the relay connects to
+    (multifd), else a passed descriptor."""
+    if mechanism == MAPPED_RAM:
+        return f"file:{path}"
+    return f"unix:{relay_socket}" if mechanism == MULTIFD else f"fd:{FD_NAME}"

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torpor.driver.qemu import mechanisms
-from torpor.driver.qemu.mechanisms import FD_NAME, MAPPED_RAM
+from torpor.driver.qemu import mechanisms, relay
+from torpor.driver.qemu.mechanisms import FD_NAME, MAPPED_RAM, MULTIFD
 from torpor.driver.qemu.qmp import QMPSession
 from torpor.errors import DriverError
 
@@ -42,11 +42,13 @@ async def save(
     known: set[str],
     progress: Progress | None = None,
     *,
+    relay_socket: Path,
     written: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Pause the VM and write its state to ``path`` (created, mode 0600); return QEMU's final statistics.
 
     ``known`` are the QEMU's migration capabilities (:func:`capabilities`); the caller fsyncs the file.
+    ``relay_socket``: where the multifd mechanism's relay listens for QEMU's channels.
     ``written`` is called once, on success, as soon as QEMU has written the whole state: its MIGRATION event
     "completed" comes before QEMU has closed the file, which query-migrate waits for.  (QEMU 9+ fdatasyncs a
     file: channel as it closes it, in its main loop: saving a 326 MiB state here, the event came 0.16 s after
@@ -60,12 +62,14 @@ async def save(
             called = True
             written()
 
-    watcher = asyncio.ensure_future(_on_completed(qmp, once))
+    # Through the relay the state is written only once the relay has it all (in _migrate), not at the event.
+    watcher = asyncio.ensure_future(_on_completed(qmp, once)) if mechanism != MULTIFD else None
     try:
         await asyncio.sleep(0)  # listening before the migration starts
-        info = await _migrate(qmp, mechanism, path, known, progress)
+        info = await _migrate(qmp, mechanism, path, known, progress, relay_socket=relay_socket)
     finally:
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
     once()  # no event seen (the capability unknown, say)
     return info
 
@@ -78,11 +82,22 @@ async def _on_completed(qmp: QMPSession, callback: Callable[[], None]) -> None:
 
 
 async def _migrate(
-    qmp: QMPSession, mechanism: str, path: Path, known: set[str], progress: Progress | None
+    qmp: QMPSession, mechanism: str, path: Path, known: set[str], progress: Progress | None, *, relay_socket: Path
 ) -> dict[str, Any]:
     await qmp.execute("stop")
     await qmp.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED})
     await _prepare(qmp, mechanism, known)
+    if mechanism == MULTIFD:
+        ram = int((await qmp.execute("query-memory-size-summary"))["base-memory"])
+        recorder = relay.Recorder(relay_socket, path, mechanisms.multifd_channels(), ram)
+        try:
+            await qmp.execute("migrate", {"uri": f"unix:{relay_socket}"})
+            info = await _until_completed(qmp, progress)
+        except BaseException:
+            await asyncio.to_thread(recorder.abort)
+            raise
+        await asyncio.to_thread(recorder.finish)
+        return info
     if mechanism == MAPPED_RAM:
         path.touch(mode=0o600)  # QEMU keeps an existing file's mode
         await qmp.execute("migrate", {"uri": f"file:{path}"})
@@ -93,6 +108,10 @@ async def _migrate(
         finally:
             os.close(fd)  # QEMU holds its own copy
         await qmp.execute("migrate", {"uri": f"fd:{FD_NAME}"})
+    return await _until_completed(qmp, progress)
+
+
+async def _until_completed(qmp: QMPSession, progress: Progress | None) -> dict[str, Any]:
     while True:
         info = await qmp.execute("query-migrate")
         status = info.get("status")
@@ -110,18 +129,20 @@ async def _migrate(
         await asyncio.sleep(POLL)
 
 
-async def start_incoming(qmp: QMPSession, mechanism: str, path: Path) -> int:
+async def start_incoming(qmp: QMPSession, mechanism: str, path: Path, relay_socket: Path) -> int:
     """Have a QEMU started with ``-incoming defer`` begin loading ``path``; return the state's descriptor (-1
-    for mapped-ram, which QEMU opens itself).  The host agent's early path does the same before asyncio exists
-    (hostagent/early.py)."""
+    for mapped-ram, which QEMU opens itself, and multifd, which the relay sends from its own threads).  The host
+    agent's early path does the same before asyncio exists (hostagent/early.py)."""
     if mechanism not in mechanisms.ALL:
         raise DriverError(f"unknown save mechanism {mechanism!r}")
     await _prepare(qmp, mechanism, await capabilities(qmp))
-    fd = -1 if mechanism == MAPPED_RAM else os.open(path, os.O_RDONLY)
+    fd = -1 if mechanism in (MAPPED_RAM, MULTIFD) else os.open(path, os.O_RDONLY)
     try:
         if fd >= 0:
             await qmp.pass_fd(fd, FD_NAME)
-        await qmp.execute("migrate-incoming", {"uri": mechanisms.incoming_uri(mechanism, path)})
+        await qmp.execute("migrate-incoming", {"uri": mechanisms.incoming_uri(mechanism, path, relay_socket)})
+        if mechanism == MULTIFD:
+            await asyncio.to_thread(relay.feed, relay_socket, path)
     except BaseException:
         if fd >= 0:
             os.close(fd)
