@@ -20,6 +20,7 @@ Threads and blocking calls only (no asyncio): the host agent's early restore pat
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import socket
@@ -94,17 +95,29 @@ class Recorder:
                 self.lengths[index] = 0
                 start = HEADER + index * self.region
                 limit = None if index == self.channels else self.region
-                buf = bytearray(CHUNK)
-                done = len(head)
                 os.pwrite(self._fd, head, start)
-                while n := conn.recv_into(buf):
-                    if limit is not None and done + n > limit:
-                        raise DriverError(f"migration channel {index} outgrew its {limit >> 20} MiB region")
-                    os.pwrite(self._fd, memoryview(buf)[:n], start + done)
-                    done += n
-                self.lengths[index] = done
+                self.lengths[index] = self._splice(conn, start, len(head), limit, index)
             except (OSError, DriverError) as e:
                 self.errors.append(str(e))
+
+    def _splice(self, conn: socket.socket, start: int, done: int, limit: int | None, index: int) -> int:
+        """Move the rest of ``conn`` into the file from ``start + done`` through a pipe (splice: no copy through
+        this process; a stop --save of 300 MiB here, five interleaved pairs: 0.42-0.45 s against 0.44-0.47 s
+        with recv and pwrite).  Returns the channel's length."""
+        r, w = os.pipe()
+        try:
+            with contextlib.suppress(OSError):  # a larger pipe, fewer calls; the default 64 KiB works too
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, CHUNK)
+            while n := os.splice(conn.fileno(), w, CHUNK):
+                if limit is not None and done + n > limit:
+                    raise DriverError(f"migration channel {index} outgrew its {limit >> 20} MiB region")
+                end = done + n
+                while done < end:
+                    done += os.splice(r, self._fd, end - done, offset_dst=start + done)
+        finally:
+            os.close(r)
+            os.close(w)
+        return done
 
     def finish(self) -> None:
         """Wait until QEMU has closed every channel, then write the header.  Raises DriverError (and leaves a
