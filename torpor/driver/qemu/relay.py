@@ -41,6 +41,7 @@ MAIN_MAGIC = b"QEVM"  # the first bytes of QEMU's main migration stream
 PAGE_HEAD = 25  # a page channel's first bytes: magic, version (4 each), UUID (16), channel id (1)
 CHUNK = 1 << 20
 ACCEPT_TIMEOUT = 30.0
+FINISH_TIMEOUT = 60.0
 
 
 def region_size(ram: int) -> int:
@@ -123,7 +124,11 @@ class Recorder:
         """Wait until QEMU has closed every channel, then write the header.  Raises DriverError (and leaves a
         file without a header) if a channel was missing or failed."""
         try:
-            self._thread.join()
+            # QEMU reports the migration completed once the channels hold the rest (a socket buffer's worth):
+            # the relay is done moments later, unless QEMU keeps a channel open.
+            self._thread.join(FINISH_TIMEOUT)
+            if self._thread.is_alive():
+                self.errors.append(f"a migration channel was still open {FINISH_TIMEOUT:.0f} s after QEMU finished")
             if self.errors or len(self.lengths) != self.channels + 1:
                 raise DriverError("the migration relay failed: " + "; ".join(self.errors or ["channels missing"]))
             regions = [(HEADER + i * self.region, self.lengths[i]) for i in range(self.channels + 1)]
