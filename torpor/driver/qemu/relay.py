@@ -135,15 +135,23 @@ class Recorder:
             head = _HEAD.pack(MAGIC, VERSION, len(regions)) + b"".join(_REGION.pack(*r) for r in regions)
             os.pwrite(self._fd, head, 0)
         finally:
-            os.close(self._fd)
+            self._close()
 
     def abort(self) -> None:
-        """Stop waiting for QEMU (its migration failed): the channels are closed, the file stays headerless."""
+        """Stop waiting for QEMU's channels (its migration failed); the file stays headerless.  The channels
+        already open end as QEMU closes them."""
         with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
         self._listener.close()
         self._thread.join(ACCEPT_TIMEOUT)
-        with contextlib.suppress(OSError):
+        self._close()
+
+    def _close(self) -> None:
+        # A channel still writing would write into whatever file next got the descriptor's number: then the
+        # descriptor stays open (and the save has failed).
+        if self._thread.is_alive():
+            log.warning("a migration channel is still open; leaving the state file open")
+        else:
             os.close(self._fd)
 
 
