@@ -141,7 +141,7 @@ async def _load(qmp: QMPClient, mechanism: str, state: Path) -> None:
     elif mechanism == "multifd":  # the channels sent by torpor's relay, as torpor restores them
         sock = state.with_name("bench-mig.sock")
         await qmp.execute("migrate-incoming", {"uri": f"unix:{sock}"})
-        await asyncio.to_thread(relay.feed, sock, state)
+        await asyncio.to_thread(relay.Feed, sock, state)
     else:
         fd = os.open(state, os.O_RDONLY)
         qmp.send_fd_scm(fd)

@@ -76,7 +76,7 @@ def test_channels_go_to_their_regions_and_come_back(tmp_path: Path) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(sock))
     listener.listen(3)
-    threads = relay.feed(sock, state)
+    feed = relay.Feed(sock, state)
     received = []
     for _ in data:
         conn, _ = listener.accept()
@@ -85,8 +85,9 @@ def test_channels_go_to_their_regions_and_come_back(tmp_path: Path) -> None:
             while chunk := conn.recv(1 << 20):
                 chunks.append(chunk)
             received.append(b"".join(chunks))
-    for t in threads:
+    for t in feed.threads:
         t.join()
+    assert feed.progress() == (sum(map(len, data.values())),) * 2
     listener.close()
     assert received[0] == data[2]  # accepted first: the main channel
     assert sorted(received[1:]) == sorted([data[0], data[1]])

@@ -295,7 +295,7 @@ class HostAgent:
                 connect_channels,
                 progress=events.ProgressEmitter(self.events, "restoring"),
                 while_loading=while_loading,
-                launched=Launched(early.popen, early.state_fd, early.running) if early else None,
+                launched=Launched(early.popen, early.state_fd, early.running, early.position) if early else None,
             )
         except DriverError as e:
             with contextlib.suppress(Exception):

@@ -51,7 +51,8 @@ class EarlyRestore(NamedTuple):
     saved: savedstate.Saved
     qemu: host.Qemu
     popen: subprocess.Popen[bytes]
-    state_fd: int  # -1 for mapped-ram: QEMU opened the file itself
+    state_fd: int  # -1 for mapped-ram (QEMU opened the file itself) and multifd (the relay sends it)
+    position: mechanisms.Position | None  # how far the load is (mapped-ram: unknown)
     running: bool = False  # the load finished here and the VM runs
     ssh_master: subprocess.Popen[bytes] | None = None  # started as the VM ran
 
@@ -113,6 +114,7 @@ def _launch_restore(name: str, inst_dir: Path, out: events.EventWriter, signals:
     out.emit(events.BOOTING, restoring_message(saved), restoring=True)
     popen = subp.spawn_daemon(argv)
     fd = -1
+    position: mechanisms.Position | None = None
     running = False
     try:
         boot = saved.manifest["boot"]  # while QEMU starts up
@@ -126,15 +128,16 @@ def _launch_restore(name: str, inst_dir: Path, out: events.EventWriter, signals:
             if saved.mechanism in (mechanisms.STREAM, mechanisms.SHARED_RAM):
                 fd = os.open(saved.state, os.O_RDONLY)
                 qmp.execute("getfd", {"fdname": mechanisms.FD_NAME}, fd=fd)
+                position = mechanisms.stream_position(fd, saved.size)
             relay_socket = inst_dir / filenames.MIGRATION_SOCK
             qmp.execute(
                 "migrate-incoming", {"uri": mechanisms.incoming_uri(saved.mechanism, saved.state, relay_socket)}
             )
             if saved.mechanism == mechanisms.MULTIFD:
-                relay.feed(relay_socket, saved.state)
+                position = relay.Feed(relay_socket, saved.state).progress
             if savedstate.state_unchanged(saved):
                 progress = events.ProgressEmitter(out, "restoring")
-                running = _run_when_loaded(qmp, popen, fd, saved.size, progress=progress, signals=signals)
+                running = _run_when_loaded(qmp, popen, position, progress=progress, signals=signals)
         finally:
             qmp.close()
     except BaseException:
@@ -144,14 +147,14 @@ def _launch_restore(name: str, inst_dir: Path, out: events.EventWriter, signals:
             os.close(fd)
         raise
     if not running:
-        return EarlyRestore(saved, qemu, popen, fd)
+        return EarlyRestore(saved, qemu, popen, fd, position)
     log.info("the saved state is loaded and the VM runs; connecting SSH")
     try:
         master = ssh.spawn_master(inst_dir, name)
     except OSError as e:  # the agent proper starts one and reports if that fails too
         log.warning("starting the SSH master: %s", e)
         master = None
-    return EarlyRestore(saved, qemu, popen, fd, running=True, ssh_master=master)
+    return EarlyRestore(saved, qemu, popen, fd, position, running=True, ssh_master=master)
 
 
 def restoring_message(saved: savedstate.Saved) -> str:
@@ -161,8 +164,7 @@ def restoring_message(saved: savedstate.Saved) -> str:
 def _run_when_loaded(
     qmp: SyncQMP,
     popen: subprocess.Popen[bytes],
-    fd: int,
-    size: int,
+    position: mechanisms.Position | None,
     *,
     progress: events.ProgressEmitter,
     signals: list[int],
@@ -170,8 +172,8 @@ def _run_when_loaded(
     """Wait until QEMU has loaded the state, then let the VM run.  False, with the VM not run, if the load fails,
     QEMU exits or a stop is asked for: the agent proper then goes on (and reports) as if it had waited itself.
 
-    The rule is migration.wait_loaded's: a `cont` sent while QEMU is still "inmigrate" would be ignored.  A
-    stream's progress is the offset of ``fd``, shared with QEMU; mapped-ram reports none (``fd`` -1).
+    The rule is migration.wait_loaded's: a `cont` sent while QEMU is still "inmigrate" would be ignored.
+    ``position`` (None for mapped-ram) feeds ``progress``.
     """
     while popen.poll() is None and not signals:
         if qmp.execute("query-status").get("status") != "inmigrate":
@@ -179,7 +181,7 @@ def _run_when_loaded(
                 return False
             qmp.execute("cont")
             return True
-        if fd >= 0:
-            progress(os.lseek(fd, 0, os.SEEK_CUR), size)
+        if position is not None:
+            progress(*position())
         time.sleep(POLL)
     return False

@@ -45,8 +45,9 @@ class Launched:
     """A QEMU the host agent's early path started with ``-incoming defer`` and set loading a saved state."""
 
     popen: subprocess.Popen[bytes]
-    state_fd: int  # -1 for mapped-ram (QEMU opened the file itself); closed by the driver
+    state_fd: int  # -1 for mapped-ram (QEMU opened the file) and multifd (relayed); closed by the driver
     running: bool  # the early path saw the load through and let the VM run
+    position: migration.Position | None = None  # how far the load is (see migration.start_incoming)
 
 
 @dataclass(frozen=True)
@@ -160,14 +161,13 @@ class QemuDriver:
             return
         fd = -1
         try:
-            fd = (
-                launched.state_fd
-                if launched
-                else await migration.start_incoming(self.qmp, mechanism, state, self._relay_socket)
-            )
+            if launched is not None:
+                fd, position = launched.state_fd, launched.position
+            else:
+                fd, position = await migration.start_incoming(self.qmp, mechanism, state, self._relay_socket)
             if while_loading is not None:
                 while_loading()
-            await migration.wait_loaded(self.qmp, fd, state.stat().st_size, self._running, progress)
+            await migration.wait_loaded(self.qmp, position, self._running, progress)
             await before_run()
         except DriverError as e:
             tail = self.stderr_tail()

@@ -21,6 +21,7 @@ Kept free of asyncio and qemu.qmp: the host agent's early restore path uses it b
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,15 @@ def setup_commands(mechanism: str, known: set[str]) -> list[tuple[str, dict[str,
         )
     )
     return out
+
+
+Position = Callable[[], tuple[int, int]]  # how far a load is: bytes read, bytes in all
+
+
+def stream_position(fd: int, total: int) -> Position:
+    """A stream's load position: the offset of ``fd``, the descriptor QEMU reads the state from (its copy of the
+    descriptor shares the offset)."""
+    return lambda: (os.lseek(fd, 0, os.SEEK_CUR), total)
 
 
 def incoming_uri(mechanism: str, path: Path, relay_socket: Path) -> str:

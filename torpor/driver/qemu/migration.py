@@ -23,6 +23,7 @@ UNLIMITED = 1 << 62  # bytes per second
 POLL = 0.005
 
 Progress = Callable[[int, int], None]
+Position = mechanisms.Position
 
 
 async def capabilities(qmp: QMPSession) -> set[str]:
@@ -129,9 +130,12 @@ async def _until_completed(qmp: QMPSession, progress: Progress | None) -> dict[s
         await asyncio.sleep(POLL)
 
 
-async def start_incoming(qmp: QMPSession, mechanism: str, path: Path, relay_socket: Path) -> int:
-    """Have a QEMU started with ``-incoming defer`` begin loading ``path``; return the state's descriptor (-1
-    for mapped-ram, which QEMU opens itself, and multifd, which the relay sends from its own threads).  The host
+async def start_incoming(
+    qmp: QMPSession, mechanism: str, path: Path, relay_socket: Path
+) -> tuple[int, Position | None]:
+    """Have a QEMU started with ``-incoming defer`` begin loading ``path``.  Returns the state's descriptor that
+    QEMU shares, to close once loaded (-1 for mapped-ram, which QEMU opens itself, and multifd, which the relay
+    sends from its own threads), and how far the load is, where anything tells (mapped-ram: nothing).  The host
     agent's early path does the same before asyncio exists (hostagent/early.py)."""
     if mechanism not in mechanisms.ALL:
         raise DriverError(f"unknown save mechanism {mechanism!r}")
@@ -142,30 +146,27 @@ async def start_incoming(qmp: QMPSession, mechanism: str, path: Path, relay_sock
             await qmp.pass_fd(fd, FD_NAME)
         await qmp.execute("migrate-incoming", {"uri": mechanisms.incoming_uri(mechanism, path, relay_socket)})
         if mechanism == MULTIFD:
-            await asyncio.to_thread(relay.feed, relay_socket, path)
+            return fd, (await asyncio.to_thread(relay.Feed, relay_socket, path)).progress
     except BaseException:
         if fd >= 0:
             os.close(fd)
         raise
-    return fd
+    return fd, None if fd < 0 else mechanisms.stream_position(fd, path.stat().st_size)
 
 
 async def wait_loaded(
-    qmp: QMPSession, fd: int, total: int, alive: Callable[[], bool], progress: Progress | None = None
+    qmp: QMPSession, position: Position | None, alive: Callable[[], bool], progress: Progress | None = None
 ) -> None:
-    """Return once QEMU has loaded the state (the VM is paused); raise if it failed.
-
-    A stream's progress comes from the offset of ``fd``, which QEMU's copy of the descriptor shares; mapped-ram
-    threads read at their own offsets and report none (``fd`` -1).
-    """
+    """Return once QEMU has loaded the state (the VM is paused); raise if it failed.  ``position`` (see
+    :func:`start_incoming`) feeds ``progress``."""
     # A `cont` sent while QEMU is still "inmigrate" is accepted and ignored: wait until the load has finished.
     while True:
         if not alive():
             raise DriverError("QEMU exited while loading the saved state")
         try:
             status = (await qmp.execute("query-status")).get("status")
-            if progress is not None and fd >= 0:
-                progress(os.lseek(fd, 0, os.SEEK_CUR), total)
+            if progress is not None and position is not None:
+                progress(*position())
             if status != "inmigrate":
                 info = await qmp.execute("query-migrate")
                 if info.get("status") == "failed":

@@ -167,48 +167,55 @@ def regions(state: Path) -> list[tuple[int, int]]:
     return [_REGION.unpack_from(block, _HEAD.size + i * _REGION.size) for i in range(count)]
 
 
-def feed(sock: Path, state: Path) -> list[threading.Thread]:
-    """Connect to a QEMU that listens on ``sock`` (``migrate-incoming unix:SOCK``) and send it the state: the
-    main channel first, then the page channels, each from its own thread.  Returns the threads (they end once
-    sent; a QEMU that stops reading, having failed, makes them end too: the load's failure shows over QMP)."""
-    parts = regions(state)
-    main, pages = parts[-1], parts[:-1]
-    conns = []
-    try:
-        for _ in parts:
-            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            conns.append(conn)
-            conn.connect(str(sock))  # QEMU accepts in this order: the main channel first
-    except OSError as e:
-        for conn in conns:
-            conn.close()
-        raise DriverError(f"connecting to QEMU's migration socket: {e}") from None
-    sock.unlink(missing_ok=True)
-    threads = [
-        threading.Thread(target=_send, args=(conn, state, offset, length), name="relay-feed", daemon=True)
-        for conn, (offset, length) in zip(conns, [main, *pages], strict=True)
-    ]
-    for thread in threads:
-        thread.start()
-    return threads
+class Feed:
+    """The state being sent to a QEMU that listens on ``sock`` (``migrate-incoming unix:SOCK``): the main channel
+    connected first, then the page channels, each sent from its own thread.  The threads end once sent; a QEMU
+    that stops reading, having failed, ends them too (the load's failure shows over QMP)."""
 
-
-def _send(conn: socket.socket, state: Path, offset: int, length: int) -> None:
-    with conn:
+    def __init__(self, sock: Path, state: Path) -> None:
+        parts = regions(state)
+        parts = [parts[-1], *parts[:-1]]  # the main channel first
+        self.total = sum(length for _, length in parts)
+        self._sent = [0] * len(parts)
+        conns = []
         try:
-            fd = os.open(state, os.O_RDONLY)
-            try:
-                end = offset + length
-                while offset < end:
-                    sent = os.sendfile(conn.fileno(), fd, offset, end - offset)
-                    if sent == 0:
-                        raise OSError("the state file ended early")
-                    offset += sent
-            finally:
-                os.close(fd)
-            conn.shutdown(socket.SHUT_WR)
+            for _ in parts:
+                conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                conns.append(conn)
+                conn.connect(str(sock))  # QEMU accepts in this order
         except OSError as e:
-            log.warning("sending the saved state to QEMU: %s", e)
+            for conn in conns:
+                conn.close()
+            raise DriverError(f"connecting to QEMU's migration socket: {e}") from None
+        sock.unlink(missing_ok=True)
+        self.threads = [
+            threading.Thread(target=self._send, args=(i, conn, state, *part), name="relay-feed", daemon=True)
+            for i, (conn, part) in enumerate(zip(conns, parts, strict=True))
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def progress(self) -> tuple[int, int]:
+        """Bytes sent so far, and in all."""
+        return sum(self._sent), self.total
+
+    def _send(self, i: int, conn: socket.socket, state: Path, offset: int, length: int) -> None:
+        with conn:
+            try:
+                fd = os.open(state, os.O_RDONLY)
+                try:
+                    end = offset + length
+                    while offset < end:
+                        sent = os.sendfile(conn.fileno(), fd, offset, end - offset)
+                        if sent == 0:
+                            raise OSError("the state file ended early")
+                        offset += sent
+                        self._sent[i] += sent
+                finally:
+                    os.close(fd)
+                conn.shutdown(socket.SHUT_WR)
+            except OSError as e:
+                log.warning("sending the saved state to QEMU: %s", e)
 
 
 def _recv_exactly(conn: socket.socket, n: int) -> bytes:
