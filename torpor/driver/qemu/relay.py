@@ -182,7 +182,9 @@ class Feed:
             for _ in parts:
                 conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 conns.append(conn)
+                conn.settimeout(ACCEPT_TIMEOUT)  # a full backlog waits for QEMU's main loop to accept
                 conn.connect(str(sock))  # QEMU accepts in this order
+                conn.settimeout(None)  # sendfile needs a blocking socket
         except OSError as e:
             for conn in conns:
                 conn.close()
