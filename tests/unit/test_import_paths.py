@@ -43,3 +43,4 @@ def test_early_restore_path_imports_little() -> None:
     heavy = {"asyncio", "qemu.qmp", "pydantic", "dataclasses", "tempfile", "concurrent.futures"}
     assert not modules & heavy
     assert "torpor.hostagent.agent" not in modules and "torpor.guest.images" not in modules
+    assert "torpor.driver.qemu.relay" not in modules  # imported only to restore a multifd state

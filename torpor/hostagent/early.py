@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from torpor import subp
-from torpor.driver.qemu import host, mechanisms, relay
+from torpor.driver.qemu import host, mechanisms
 from torpor.driver.qemu.qmpsync import SyncQMP
 from torpor.errors import TorporError
 from torpor.guest import ssh
@@ -134,6 +134,8 @@ def _launch_restore(name: str, inst_dir: Path, out: events.EventWriter, signals:
                 "migrate-incoming", {"uri": mechanisms.incoming_uri(saved.mechanism, saved.state, relay_socket)}
             )
             if saved.mechanism == mechanisms.MULTIFD:
+                from torpor.driver.qemu import relay  # not on the path of the other mechanisms
+
                 position = relay.Feed(relay_socket, saved.state).progress
             if savedstate.state_unchanged(saved):
                 progress = events.ProgressEmitter(out, "restoring")
