@@ -90,16 +90,20 @@ class Recorder:
         with conn:
             try:
                 head = _recv_exactly(conn, PAGE_HEAD)
-                index = self.channels if head.startswith(MAIN_MAGIC) else head[-1]
-                if (index >= self.channels and not head.startswith(MAIN_MAGIC)) or index in self.lengths:
+                main = head.startswith(MAIN_MAGIC)
+                index = self.channels if main else head[-1]
+                if (not main and index >= self.channels) or index in self.lengths:
                     raise DriverError(f"unexpected migration channel {index}")
-                self.lengths[index] = 0
-                start = HEADER + index * self.region
-                limit = None if index == self.channels else self.region
+                self.lengths[index] = 0  # taken
+                start = self._offset(index)
+                limit = None if main else self.region
                 os.pwrite(self._fd, head, start)
                 self.lengths[index] = self._splice(conn, start, len(head), limit, index)
             except (OSError, DriverError) as e:
                 self.errors.append(str(e))
+
+    def _offset(self, index: int) -> int:
+        return HEADER + index * self.region
 
     def _splice(self, conn: socket.socket, start: int, done: int, limit: int | None, index: int) -> int:
         """Move the rest of ``conn`` into the file from ``start + done`` through a pipe (splice: no copy through
@@ -131,7 +135,7 @@ class Recorder:
                 self.errors.append(f"a migration channel was still open {FINISH_TIMEOUT:.0f} s after QEMU finished")
             if self.errors or len(self.lengths) != self.channels + 1:
                 raise DriverError("the migration relay failed: " + "; ".join(self.errors or ["channels missing"]))
-            regions = [(HEADER + i * self.region, self.lengths[i]) for i in range(self.channels + 1)]
+            regions = [(self._offset(i), self.lengths[i]) for i in range(self.channels + 1)]
             head = _HEAD.pack(MAGIC, VERSION, len(regions)) + b"".join(_REGION.pack(*r) for r in regions)
             os.pwrite(self._fd, head, 0)
         finally:
