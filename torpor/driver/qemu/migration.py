@@ -90,7 +90,8 @@ async def _migrate(
     await _prepare(qmp, mechanism, known)
     if mechanism == MULTIFD:
         ram = int((await qmp.execute("query-memory-size-summary"))["base-memory"])
-        recorder = relay.Recorder(relay_socket, path, mechanisms.multifd_channels(), ram)
+        # Off the event loop: it creates the state file and binds the socket.
+        recorder = await asyncio.to_thread(relay.Recorder, relay_socket, path, mechanisms.multifd_channels(), ram)
         try:
             await qmp.execute("migrate", {"uri": f"unix:{relay_socket}"})
             info = await _until_completed(qmp, progress)
