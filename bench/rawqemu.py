@@ -169,8 +169,9 @@ async def _save_and_wait(qmp: QMPClient, mechanism: str, scratch: Path) -> None:
         await qmp.execute("migrate", {"uri": f"file:{scratch}"})
     elif mechanism == "multifd":  # the channels written by torpor's relay, as torpor saves them
         ram = int((await qmp.execute("query-memory-size-summary"))["base-memory"])  # type: ignore[index]
-        recorder = relay.Recorder(scratch.with_name("bench-mig.sock"), scratch, mechanisms.multifd_channels(), ram)
-        await qmp.execute("migrate", {"uri": f"unix:{scratch.with_name('bench-mig.sock')}"})
+        sock = scratch.with_name("bench-mig.sock")
+        recorder = relay.Recorder(sock, scratch, mechanisms.multifd_channels(), ram)
+        await qmp.execute("migrate", {"uri": f"unix:{sock}"})
         await _wait(qmp, "query-migrate", {"completed"})
         await asyncio.to_thread(recorder.finish)
         return
