@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,9 @@ def test_an_aborted_save_leaves_no_usable_file(tmp_path: Path) -> None:
     data = streams()
     recorder = relay.Recorder(sock, state, channels=2, ram=RAM)
     send_as_qemu(sock, data, [2, 0])  # QEMU failed before its last channel
+    started = time.monotonic()
     recorder.abort()
+    assert time.monotonic() - started < relay.ACCEPT_TIMEOUT / 10  # it stopped waiting, not timed out
     with pytest.raises(DriverError, match="no valid header"):
         relay.regions(state)
     assert not sock.exists()
