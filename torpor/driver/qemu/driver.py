@@ -47,7 +47,7 @@ class Launched:
     popen: subprocess.Popen[bytes]
     state_fd: int  # -1 for mapped-ram (QEMU opened the file) and multifd (relayed); closed by the driver
     running: bool  # the early path saw the load through and let the VM run
-    position: migration.Position | None = None  # how far the load is (see migration.start_incoming)
+    position: migration.Position | None  # how far the load is (see migration.start_incoming)
 
 
 @dataclass(frozen=True)
