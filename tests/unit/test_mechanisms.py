@@ -18,6 +18,17 @@ def test_best_mechanism_from_capabilities() -> None:
     assert mechanisms.by_save_mode(QEMU_72) == {"copy": "multifd", "instant": "shared-ram"}
 
 
+def test_a_wanted_mechanism_only_where_it_can_be_used() -> None:
+    state = Path("/x/saved/state.bin.tmp")
+    assert mechanisms.choose(QEMU_10, False, state, "stream") == mechanisms.STREAM
+    assert mechanisms.choose(QEMU_10, False, state, "multifd") == mechanisms.MULTIFD
+    assert mechanisms.choose(QEMU_72, False, state, "mapped-ram") == mechanisms.MULTIFD  # 7.2 has no mapped-ram
+    assert mechanisms.choose(QEMU_10, True, state, "stream") == mechanisms.SHARED_RAM  # instant mode keeps its own
+    assert mechanisms.choose(QEMU_10, False, state, "shared-ram") == mechanisms.MAPPED_RAM  # needs the RAM file
+    assert mechanisms.choose(QEMU_10, False, state, "nonsense") == mechanisms.MAPPED_RAM
+    assert mechanisms.by_save_mode(QEMU_72, "stream") == {"copy": "stream", "instant": "shared-ram"}
+
+
 def test_setup_sets_every_known_capability_on_or_off() -> None:
     commands = dict(mechanisms.setup_commands(mechanisms.MAPPED_RAM, QEMU_10))
     caps = {c["capability"]: c["state"] for c in commands["migrate-set-capabilities"]["capabilities"]}

@@ -190,11 +190,18 @@ class QemuDriver:
         :func:`migration.save`.
         """
         known = await migration.capabilities(self.qmp)
-        mechanism = mechanisms.choose(known, self.spec.memory_file is not None, state)
+        mechanism = self._mechanism(known, state)
         log.info("saving the machine state (%s) to %s", mechanism, state)
         return mechanism, await migration.save(
             self.qmp, mechanism, state, known, progress, relay_socket=self._relay_socket, written=written
         )
+
+    def _mechanism(self, known: set[str], state: Path) -> str:
+        wanted = os.environ.get(mechanisms.CHOICE_ENV) or None
+        mechanism = mechanisms.choose(known, self.spec.memory_file is not None, state, wanted)
+        if wanted is not None and mechanism != wanted:
+            log.warning("%s=%s cannot be used for this save: using %s", mechanisms.CHOICE_ENV, wanted, mechanism)
+        return mechanism
 
     async def snapshot(
         self, tag: str, state: Path, ram_copy: Path, progress: migration.Progress | None = None
@@ -213,7 +220,7 @@ class QemuDriver:
             await self.qmp.execute("blockdev-snapshot-internal-sync", {"device": cmdline.DISK_ID, "name": tag})
             disk_taken = True
             known = await migration.capabilities(self.qmp)
-            mechanism = mechanisms.choose(known, self.spec.memory_file is not None, state)
+            mechanism = self._mechanism(known, state)
             stats = await migration.save(self.qmp, mechanism, state, known, progress, relay_socket=self._relay_socket)
             if self.spec.memory_file is not None:
                 # Paused, the guest's RAM is what the file's pages (in the page cache) hold.

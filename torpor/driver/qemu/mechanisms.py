@@ -46,20 +46,33 @@ DESCRIPTIONS = {
 }
 
 
-def choose(capability_names: set[str], shared_ram: bool, path: Path) -> str:
-    """The mechanism for a save: shared-ram for a shared RAM file, else mapped-ram where QEMU has it, else
-    multifd through the relay where QEMU has that, else a stream."""
-    if shared_ram:
-        return SHARED_RAM
+CHOICE_ENV = "TORPOR_SAVE_MECHANISM"  # another copy mechanism, for tests and diagnosis (see choose)
+
+
+def copy_mechanisms(capability_names: set[str], path: Path) -> list[str]:
+    """The mechanisms a copy save of ``path`` can use with a QEMU that has these capabilities, best first:
+    mapped-ram, multifd through the relay, a stream."""
+    usable = []
     # The file: URI takes options after a comma; a path with one goes through the relay instead.
     if "mapped-ram" in capability_names and "multifd" in capability_names and "," not in str(path):
-        return MAPPED_RAM
-    return MULTIFD if "multifd" in capability_names else STREAM
+        usable.append(MAPPED_RAM)
+    if "multifd" in capability_names:
+        usable.append(MULTIFD)
+    return [*usable, STREAM]
 
 
-def by_save_mode(capability_names: set[str]) -> dict[str, str]:
+def choose(capability_names: set[str], shared_ram: bool, path: Path, wanted: str | None = None) -> str:
+    """The mechanism for a save: shared-ram for a shared RAM file, else the best of :func:`copy_mechanisms`, or
+    ``wanted`` (from $TORPOR_SAVE_MECHANISM) where it is one of them."""
+    if shared_ram:
+        return SHARED_RAM
+    usable = copy_mechanisms(capability_names, path)
+    return wanted if wanted in usable else usable[0]
+
+
+def by_save_mode(capability_names: set[str], wanted: str | None = None) -> dict[str, str]:
     """The mechanism each saveMode uses with a QEMU that has these capabilities."""
-    return {"copy": choose(capability_names, False, Path("state")), "instant": SHARED_RAM}
+    return {"copy": choose(capability_names, False, Path("state"), wanted), "instant": SHARED_RAM}
 
 
 def setup_commands(mechanism: str, known: set[str]) -> list[tuple[str, dict[str, Any]]]:
