@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from torpor.store import filenames, savedstate
 
@@ -133,6 +134,22 @@ def test_state_digest_depends_on_contents_not_on_holes(tmp_path: Path, algorithm
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     assert savedstate.state_digest(empty, algorithm) != savedstate.state_digest(dense, algorithm)
+
+
+def test_digest_is_the_same_however_many_threads_read(tmp_path: Path) -> None:
+    block = savedstate.BLOCK
+    f = tmp_path / "state"
+    with f.open("wb") as out:  # data in some blocks, holes between, a hole to a ragged end
+        for i in (0, 2, 3, 6):
+            out.seek(i * block + i)
+            out.write(bytes([i + 1]) * 1000)
+        out.truncate(9 * block + 77)
+    data = f.read_bytes()
+    blocks = [data[i : i + block] for i in range(0, len(data), block)]
+    reference = hashlib.sha256(b"".join(xxhash.xxh3_64_digest(b) for b in blocks)).hexdigest()
+    with f.open("rb", buffering=0) as opened:
+        for threads in range(1, 7):
+            assert savedstate.fd_digest(opened.fileno(), threads=threads) == "blocks-xxh3:" + reference
 
 
 def test_digests_verify_by_the_algorithm_they_name(tmp_path: Path) -> None:
