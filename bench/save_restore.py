@@ -10,6 +10,9 @@ start` (to ready: SSH answers), TOUCH MiB of random data written into guest RAM 
 the running guest, and `torpor stop`; then the raw QEMU baseline on a copy of the saved state
 (bench/rawqemu.py: the same QEMU loads it and saves it again by hand over QMP, plus fsync).  Times are
 wall-clock times of the CLI commands (the installed `torpor` script), as a user sees them (median of the rounds).
+Each round measures every configuration once, one after another: the machine has slow spells (its cold boots
+varied by 10-20 % within a session), and taken in turn they fall on all configurations alike, so that the ratios
+between configurations (4 GiB against 1 GiB) compare figures taken minutes apart, not half an hour.
 
 Why that order: on this machine (itself a VM; its balloon device reports free pages to the host, likely why),
 memory left idle for a few seconds is slow to touch again: the same torpor restore of a 4 GiB guest took
@@ -72,9 +75,9 @@ def allocated_mib(path: Path) -> float:
     return path.stat().st_blocks * 512 / 2**20 if path.exists() else 0.0
 
 
-def measure(
-    env: dict[str, str], home: Path, config: tuple[str, ...], *, touch: int, rounds: int
-) -> tuple[str, dict[str, float]]:
+def prepare(env: dict[str, str], home: Path, config: tuple[str, ...]) -> str:
+    """Create the configuration's instance and boot it once (the first boot installs the guest onto its disk: not
+    measured); return its name."""
     mode, memory, qemu, guest = config
     name = f"b-{guest}-{mode}-{memory.lower()}-{qemu}"
     (home / f"{name}.yaml").write_text(
@@ -82,61 +85,62 @@ def measure(
         "bootTimeout: 900\ndisk: 8GiB\n"
     )
     torpor(env, "create", "--name", name, str(home / f"{name}.yaml"))
-    torpor(env, "start", name)  # the first boot installs the guest onto its disk: not measured
+    torpor(env, "start", name)
     torpor(env, "stop", name)
-    rows: dict[str, list[float]] = {}
-    for i in range(rounds):
-        cold, *_ = torpor(env, "start", name)
-        torpor(env, "shell", name, "sh", "-c", f"dd if=/dev/urandom of=/dev/shm/t bs=1M count={touch} 2>/dev/null")
-        save, *_ = torpor(env, "stop", "--save", name)
-        exiting = events(home, name)[-1]
-        disk = allocated_mib(home / name / "saved" / "state.bin") + allocated_mib(home / name / "memory.ram")
-        manifest = json.loads((home / name / "saved" / "manifest.json").read_text())
-        # A copy of this very state (in instant mode with the RAM file, the other half of it, which changes once
-        # the VM runs), measured raw once the instance's QEMU has exited (see the docstring).
-        kept = {home / name / "saved" / "state.bin": home / "raw-input.bin"}
-        if manifest["mechanism"] == "shared-ram":
-            kept[home / name / "memory.ram"] = home / "raw-input.ram"
-        for src, dst in kept.items():
-            savedstate.sparse_copy(src, dst)
-        restore, t0, t1, out = torpor(env, "start", name)
-        if "restored in" not in out:
-            raise SystemExit(f"{name} round {i}: the start did not restore:\n{out}")
-        evs = {str(e["type"]): float(e["time"]) for e in events(home, name)}  # type: ignore[arg-type]
-        snap_create, _, _, out = torpor(env, "snapshot", "create", name, "--tag", "b")
-        paused = float(out.split("VM paused ")[1].split(" s")[0])
-        snap_apply, _, _, out = torpor(env, "snapshot", "apply", name, "--tag", "b", "--force")
-        torpor(env, "snapshot", "delete", name, "--tag", "b")
-        torpor(env, "stop", name)
-        copies = list(kept.values())
-        try:
-            raw = rawqemu.measure(manifest, copies[0], home / "raw-state.bin", copies[1] if len(copies) > 1 else None)
-        finally:
-            for copy in copies:
-                copy.unlink()
-        sample = {
-            "cold": cold,
-            "save": save,
-            "save_qemu": float(exiting["saveSeconds"]),  # type: ignore[arg-type]
-            "disk": disk,
-            "restore": restore,
-            "startup": evs["starting"] - t0,
-            "vm": evs["ready"] - evs["starting"],
-            "notice": t1 - evs["ready"],
-            "snap_create": snap_create,
-            "snap_paused": paused,
-            "snap_apply": snap_apply,
-            **raw,
-        }
-        for k, v in sample.items():
-            rows.setdefault(k, []).append(v)
-        print(
-            f"{name} round {i + 1}: cold {cold:.2f} s, save {save:.2f} s (raw {raw['raw_save']:.2f} s), "
-            f"restore {restore:.2f} s (raw {raw['raw_restore']:.2f} s), snapshot {snap_create:.2f} s, "
-            f"apply {snap_apply:.2f} s",
-            flush=True,
-        )
-    return str(manifest["mechanism"]), {k: statistics.median(v) for k, v in rows.items()}
+    return name
+
+
+def measure(env: dict[str, str], home: Path, name: str, *, touch: int, i: int) -> tuple[str, dict[str, float]]:
+    """One round of the instance ``name`` (see the docstring); returns the save mechanism and the figures."""
+    cold, *_ = torpor(env, "start", name)
+    torpor(env, "shell", name, "sh", "-c", f"dd if=/dev/urandom of=/dev/shm/t bs=1M count={touch} 2>/dev/null")
+    save, *_ = torpor(env, "stop", "--save", name)
+    exiting = events(home, name)[-1]
+    disk = allocated_mib(home / name / "saved" / "state.bin") + allocated_mib(home / name / "memory.ram")
+    manifest = json.loads((home / name / "saved" / "manifest.json").read_text())
+    # A copy of this very state (in instant mode with the RAM file, the other half of it, which changes once
+    # the VM runs), measured raw once the instance's QEMU has exited (see the docstring).
+    kept = {home / name / "saved" / "state.bin": home / "raw-input.bin"}
+    if manifest["mechanism"] == "shared-ram":
+        kept[home / name / "memory.ram"] = home / "raw-input.ram"
+    for src, dst in kept.items():
+        savedstate.sparse_copy(src, dst)
+    restore, t0, t1, out = torpor(env, "start", name)
+    if "restored in" not in out:
+        raise SystemExit(f"{name} round {i}: the start did not restore:\n{out}")
+    evs = {str(e["type"]): float(e["time"]) for e in events(home, name)}  # type: ignore[arg-type]
+    snap_create, _, _, out = torpor(env, "snapshot", "create", name, "--tag", "b")
+    paused = float(out.split("VM paused ")[1].split(" s")[0])
+    snap_apply, _, _, out = torpor(env, "snapshot", "apply", name, "--tag", "b", "--force")
+    torpor(env, "snapshot", "delete", name, "--tag", "b")
+    torpor(env, "stop", name)
+    copies = list(kept.values())
+    try:
+        raw = rawqemu.measure(manifest, copies[0], home / "raw-state.bin", copies[1] if len(copies) > 1 else None)
+    finally:
+        for copy in copies:
+            copy.unlink()
+    sample = {
+        "cold": cold,
+        "save": save,
+        "save_qemu": float(exiting["saveSeconds"]),  # type: ignore[arg-type]
+        "disk": disk,
+        "restore": restore,
+        "startup": evs["starting"] - t0,
+        "vm": evs["ready"] - evs["starting"],
+        "notice": t1 - evs["ready"],
+        "snap_create": snap_create,
+        "snap_paused": paused,
+        "snap_apply": snap_apply,
+        **raw,
+    }
+    print(
+        f"{name} round {i + 1}: cold {cold:.2f} s, save {save:.2f} s (raw {raw['raw_save']:.2f} s), "
+        f"restore {restore:.2f} s (raw {raw['raw_restore']:.2f} s), snapshot {snap_create:.2f} s, "
+        f"apply {snap_apply:.2f} s",
+        flush=True,
+    )
+    return str(manifest["mechanism"]), sample
 
 
 def parse_config(text: str) -> tuple[str, str, str, str]:
@@ -163,16 +167,25 @@ def main() -> int:
     base_env = dict(os.environ, TORPOR_HOME=str(home))
     results: dict[tuple[str, ...], tuple[str, dict[str, float]]] = {}
     versions: dict[str, str] = {}
+    envs: dict[tuple[str, ...], dict[str, str]] = {}
+    names: dict[tuple[str, ...], str] = {}
+    rows: dict[tuple[str, ...], dict[str, list[float]]] = {}
     try:
         for config in configs:
-            env = dict(base_env)
+            env = envs[config] = dict(base_env)
             if config[2] == "debian12":
                 from tests.integration.qemus import debian12_qemu
                 from torpor.store.cache import cache_root
 
                 env["TORPOR_QEMU"] = str(debian12_qemu(cache_root()))
             versions[config[2]] = _qemu_version(env)
-            results[config] = measure(env, home, config, touch=args.touch_mib, rounds=args.rounds)
+            names[config] = prepare(env, home, config)
+        for i in range(args.rounds):
+            for config in configs:
+                mechanism, sample = measure(envs[config], home, names[config], touch=args.touch_mib, i=i)
+                for k, v in sample.items():
+                    rows.setdefault(config, {}).setdefault(k, []).append(v)
+                results[config] = mechanism, {k: statistics.median(v) for k, v in rows[config].items()}
     finally:
         for d in home.iterdir():
             if d.is_dir():
