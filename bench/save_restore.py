@@ -107,7 +107,7 @@ def measure(env: dict[str, str], home: Path, name: str, *, touch: int, i: int) -
         savedstate.sparse_copy(src, dst)
     restore, t0, t1, out = torpor(env, "start", name)
     if "restored in" not in out:
-        raise SystemExit(f"{name} round {i}: the start did not restore:\n{out}")
+        raise SystemExit(f"{name} round {i + 1}: the start did not restore:\n{out}")
     evs = {str(e["type"]): float(e["time"]) for e in events(home, name)}  # type: ignore[arg-type]
     snap_create, _, _, out = torpor(env, "snapshot", "create", name, "--tag", "b")
     paused = float(out.split("VM paused ")[1].split(" s")[0])
