@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,9 +18,7 @@ def run(args: argparse.Namespace) -> int:
     qemu = host.find_qemu()
     built = builder.find_built()
     accel = host.probe_accel(qemu, built.kernel if built else None, cache_root())
-    save_modes = mechanisms.by_save_mode(
-        host.migration_capabilities(qemu), os.environ.get(mechanisms.CHOICE_ENV) or None
-    )
+    save_modes = mechanisms.by_save_mode(host.migration_capabilities(qemu), mechanisms.wanted())
     info = {
         "version": torpor.__version__,
         "qemu": {"binary": qemu.binary, "version": qemu.version},

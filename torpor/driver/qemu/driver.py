@@ -197,7 +197,7 @@ class QemuDriver:
         )
 
     def _mechanism(self, known: set[str], state: Path) -> str:
-        wanted = os.environ.get(mechanisms.CHOICE_ENV) or None
+        wanted = mechanisms.wanted()
         mechanism = mechanisms.choose(known, self.spec.memory_file is not None, state, wanted)
         if wanted is not None and mechanism != wanted:
             log.warning("%s=%s cannot be used for this save: using %s", mechanisms.CHOICE_ENV, wanted, mechanism)

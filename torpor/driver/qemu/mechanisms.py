@@ -49,6 +49,11 @@ DESCRIPTIONS = {
 CHOICE_ENV = "TORPOR_SAVE_MECHANISM"  # another copy mechanism, for tests and diagnosis (see choose)
 
 
+def wanted() -> str | None:
+    """The copy mechanism $TORPOR_SAVE_MECHANISM asks for, if any (:func:`choose` decides whether it is used)."""
+    return os.environ.get(CHOICE_ENV) or None
+
+
 def copy_mechanisms(capability_names: set[str], path: Path) -> list[str]:
     """The mechanisms a copy save of ``path`` can use with a QEMU that has these capabilities, best first:
     mapped-ram, multifd through the relay, a stream."""
