@@ -15,7 +15,6 @@ import json
 import mmap
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,7 +111,7 @@ def fd_digest(fd: int, algorithm: str = DIGEST, threads: int | None = None) -> s
     nblocks = -(-size // BLOCK)
     digests = [zero_block] * nblocks  # a block wholly in a hole is not read
     to_read = sorted(set(_data_blocks(fd, size)) | ({nblocks - 1} if size % BLOCK else set()))
-    shares = _split(to_read, threads or digest_threads())
+    per_thread = -(-len(to_read) // (threads or digest_threads())) or 1
 
     def hash_share(share: list[int]) -> None:
         with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
@@ -124,38 +123,13 @@ def fd_digest(fd: int, algorithm: str = DIGEST, threads: int | None = None) -> s
             finally:
                 view.release()
 
-    _in_threads(hash_share, shares)
+    from concurrent.futures import ThreadPoolExecutor  # not on the early restore path, which never digests
+
+    shares = [to_read[i : i + per_thread] for i in range(0, len(to_read), per_thread)]
+    with ThreadPoolExecutor(max(1, len(shares)), thread_name_prefix="digest") as pool:
+        for _ in pool.map(hash_share, shares):  # raises what a share raised
+            pass
     return f"{algorithm}:{hashlib.sha256(b''.join(digests)).hexdigest()}"
-
-
-def _split(items: list[int], parts: int) -> list[list[int]]:
-    """``items`` in at most ``parts`` contiguous shares of about the same length, none empty."""
-    parts = max(1, min(parts, len(items)))
-    step, extra = divmod(len(items), parts)
-    bounds = [i * step + min(i, extra) for i in range(parts + 1)]
-    return [items[bounds[i] : bounds[i + 1]] for i in range(parts)] if items else []
-
-
-def _in_threads(work: Callable[[list[int]], None], shares: list[list[int]]) -> None:
-    """Run ``work`` on each share, the first in this thread and the others in threads of their own; raise the
-    first error any of them raised, once all are done."""
-    errors: list[BaseException] = []
-
-    def run(share: list[int]) -> None:
-        try:
-            work(share)
-        except BaseException as e:  # re-raised in the caller's thread below
-            errors.append(e)
-
-    others = [threading.Thread(target=run, args=(share,), name="digest") for share in shares[1:]]
-    for t in others:
-        t.start()
-    if shares:
-        run(shares[0])
-    for t in others:
-        t.join()
-    if errors:
-        raise errors[0]
 
 
 def digest_matches(path: Path, expected: object) -> bool:
