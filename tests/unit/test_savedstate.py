@@ -1,5 +1,7 @@
 import hashlib
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -150,6 +152,32 @@ def test_digest_is_the_same_however_many_threads_read(tmp_path: Path) -> None:
     with f.open("rb", buffering=0) as opened:
         for threads in range(1, 7):
             assert savedstate.fd_digest(opened.fileno(), threads=threads) == "blocks-xxh3:" + reference
+
+
+def test_digest_reads_in_as_many_threads_as_asked_and_reports_their_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "state"
+    f.write_bytes(b"x" * (6 * savedstate.BLOCK))
+    readers: set[int] = set()
+
+    def recording(block: memoryview) -> bytes:
+        if block[0] == ord("x"):  # a data block, not the zero block hashed once beforehand
+            readers.add(threading.get_ident())
+        time.sleep(0.01)  # a thread that ran first cannot take the other shares too: each share is one thread's
+        return bytes(block[:8])
+
+    monkeypatch.setitem(savedstate.BLOCK_HASHES, "blocks-test", recording)
+    with f.open("rb", buffering=0) as opened:
+        savedstate.fd_digest(opened.fileno(), "blocks-test", threads=3)
+        assert len(readers) == 3
+
+        def failing(block: memoryview) -> bytes:
+            raise OSError("read error")
+
+        monkeypatch.setitem(savedstate.BLOCK_HASHES, "blocks-test", failing)
+        with pytest.raises(OSError, match="read error"):
+            savedstate.fd_digest(opened.fileno(), "blocks-test", threads=2)
 
 
 def test_digests_verify_by_the_algorithm_they_name(tmp_path: Path) -> None:
