@@ -165,10 +165,10 @@ def main() -> int:
     compileall.compile_dir(ROOT / "torpor", quiet=1)
     home = Path(tempfile.mkdtemp(prefix="torpor-bench-", dir="/tmp"))
     base_env = dict(os.environ, TORPOR_HOME=str(home))
-    results: dict[tuple[str, ...], tuple[str, dict[str, float]]] = {}
     versions: dict[str, str] = {}
     envs: dict[tuple[str, ...], dict[str, str]] = {}
     names: dict[tuple[str, ...], str] = {}
+    used: dict[tuple[str, ...], str] = {}  # the save mechanism of each configuration
     rows: dict[tuple[str, ...], dict[str, list[float]]] = {}
     try:
         for config in configs:
@@ -182,10 +182,9 @@ def main() -> int:
             names[config] = prepare(env, home, config)
         for i in range(args.rounds):
             for config in configs:
-                mechanism, sample = measure(envs[config], home, names[config], touch=args.touch_mib, i=i)
+                used[config], sample = measure(envs[config], home, names[config], touch=args.touch_mib, i=i)
                 for k, v in sample.items():
                     rows.setdefault(config, {}).setdefault(k, []).append(v)
-                results[config] = mechanism, {k: statistics.median(v) for k, v in rows[config].items()}
     finally:
         for d in home.iterdir():
             if d.is_dir():
@@ -196,6 +195,9 @@ def main() -> int:
                     check=False,
                 )
         shutil.rmtree(home, ignore_errors=True)
+    results: dict[tuple[str, ...], tuple[str, dict[str, float]]] = {
+        c: (used[c], {k: statistics.median(v) for k, v in rows[c].items()}) for c in configs
+    }
     report(results, versions, args.touch_mib, args.rounds)
     return 0
 
