@@ -142,18 +142,29 @@ def test_config_change_without_tty_restores_and_warns(torpor: Torpor) -> None:
 
 def test_config_change_with_tty_can_discard(torpor: Torpor) -> None:
     started_with_data(torpor, "cft", "cpus: 2\n")
+
+    def tty_start(answer: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "torpor", "--tty", "start", "cft"],
+            input=answer,
+            env=torpor.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    # Unchanged files: nothing to ask, and neither the CLI nor the host agent validates them again.
+    torpor.run("stop", "--save", "cft")
+    proc = tty_start("")
+    assert proc.returncode == 0, proc.stderr
+    assert "restored in" in proc.stderr and "changed since" not in proc.stdout + proc.stderr
+    assert "configuration files are unchanged since the boot" in (torpor.dir("cft") / "ha.stderr.log").read_text()
+
     torpor.run("stop", "--save", "cft")
     yaml = torpor.dir("cft") / "torpor.yaml"
     yaml.write_text(yaml.read_text().replace("cpus: 2", "cpus: 1"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "torpor", "--tty", "start", "cft"],
-        input="d\n",
-        env=torpor.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = tty_start("d\n")
     assert proc.returncode == 0, proc.stderr
     assert "changed since its state was saved (cpus)" in proc.stdout + proc.stderr
     assert "discarded the saved state" in proc.stderr and "ready in" in proc.stderr

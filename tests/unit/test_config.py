@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from torpor.config import sources
 from torpor.config.layering import load_effective, load_template_text, merge
 from torpor.config.schema import format_size, parse_size
 from torpor.errors import ConfigError
@@ -97,6 +98,30 @@ def test_digest_changes_with_config(tmp_path: Path) -> None:
     b = load_effective(tmp_path, BASE + "cpus: 2\n", "i.yaml").digest()
     assert a != b
     assert a == load_effective(tmp_path, BASE + "cpus: 1\n", "i.yaml").digest()
+
+
+def test_sources_fingerprint_follows_every_layer_file(tmp_path: Path) -> None:
+    """What a cold boot records and a restore compares, so as to validate the files again only if they changed."""
+    inst = tmp_path / "i"
+    inst.mkdir()
+    (inst / "torpor.yaml").write_text(BASE)
+    booted = load_effective(tmp_path, BASE, str(inst / "torpor.yaml")).sources
+    assert sources.current_fingerprint(tmp_path, inst) == booted  # as the boot read them
+
+    seen: set[str | None] = {booted}
+    write_layers(tmp_path, default="")  # an empty default.yaml appears: the merged data is the same, the files not
+    seen.add(sources.current_fingerprint(tmp_path, inst))
+    write_layers(tmp_path, override="")
+    seen.add(sources.current_fingerprint(tmp_path, inst))
+    write_layers(tmp_path, override="cpus: 1\n")
+    seen.add(sources.current_fingerprint(tmp_path, inst))
+    (inst / "torpor.yaml").write_text(BASE + "# a comment\n")
+    seen.add(sources.current_fingerprint(tmp_path, inst))
+    assert len(seen) == 5 and None not in seen
+    assert load_effective(tmp_path, BASE + "# a comment\n", str(inst / "torpor.yaml")).sources in seen
+
+    (inst / "torpor.yaml").unlink()
+    assert sources.current_fingerprint(tmp_path, inst) is None
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,13 @@
+from typing import Any
+
 from torpor.config.schema import PortForward
-from torpor.hostagent.ports import Forward, listening_ports, plan
+from torpor.hostagent.ports import Forward, Rule, listening_ports, plan
+
+
+def rule(**fields: Any) -> Rule:
+    """A rule as the host agent gets it: validated by the schema at the boot, read back from the boot record."""
+    return Rule.from_record(PortForward(**fields).model_dump(mode="json"))
+
 
 TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
@@ -25,9 +33,9 @@ def test_default_forwards_same_port_on_loopback_except_ssh() -> None:
 
 def test_first_matching_rule_decides() -> None:
     rules = [
-        PortForward(guestPort=8080, hostPort=18080),
-        PortForward(guestPortRange=(8000, 8999), ignore=True),
-        PortForward(guestPortRange=(9000, 9010), hostPort=19000, hostIP="0.0.0.0"),
+        rule(guestPort=8080, hostPort=18080),
+        rule(guestPortRange=(8000, 8999), ignore=True),
+        rule(guestPortRange=(9000, 9010), hostPort=19000, hostIP="0.0.0.0"),
     ]
     assert plan({8080, 8081, 9002, 5000}, rules) == {
         Forward("127.0.0.1", 18080, 8080),
@@ -37,7 +45,7 @@ def test_first_matching_rule_decides() -> None:
 
 
 def test_catch_all_ignore_forwards_nothing() -> None:
-    assert plan({8080, 9000}, [PortForward(ignore=True)]) == set()
+    assert plan({8080, 9000}, [rule(ignore=True)]) == set()
 
 
 def test_forward_spec_for_ssh() -> None:

@@ -1,6 +1,5 @@
-"""Instance configuration: the YAML schema, layering of default/instance/override files, templates."""
+"""Instance configuration: the YAML schema, layering of default/instance/override files, templates.
 
-from torpor.config.layering import load_effective, load_template_text
-from torpor.config.schema import Config
-
-__all__ = ["Config", "load_effective", "load_template_text"]
+Import the modules themselves (``torpor.config.layering``, ``torpor.config.schema``): this package imports nothing,
+so that ``torpor.config.sources`` stays light (the restore path reads it without loading pydantic).
+"""

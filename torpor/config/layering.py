@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from torpor.config import sources
 from torpor.config.schema import NOT_YET_IMPLEMENTED, Config
 from torpor.errors import ConfigError
-from torpor.store import filenames
 
 APPEND_LISTS = frozenset({"portForwards", "provision"})
 
@@ -29,6 +29,7 @@ APPEND_LISTS = frozenset({"portForwards", "provision"})
 class Effective:
     config: Config
     warnings: list[str]
+    sources: str  # the fingerprint of the files it was read from (sources.fingerprint)
 
     def digest(self) -> str:
         """A stable hash of the effective configuration (what a saved state is checked against)."""
@@ -94,31 +95,20 @@ def validate(data: dict[str, Any], source: str) -> Config:
         raise ConfigError(f"{source}: invalid configuration", problems, hint="fix the fields listed above") from None
 
 
-def layer_files(home: Path) -> tuple[Path, Path]:
-    cfg = home / filenames.CONFIG_DIR
-    return cfg / filenames.DEFAULT_YAML, cfg / filenames.OVERRIDE_YAML
-
-
 def load_effective(home: Path, instance_text: str, source: str) -> Effective:
     """The effective configuration of an instance whose YAML is ``instance_text`` (named ``source`` in errors)."""
-    default_file, override_file = layer_files(home)
-    layers: list[tuple[dict[str, Any], str]] = []
-    if default_file.exists():
-        layers.append((parse_yaml(default_file.read_text(), str(default_file)), str(default_file)))
-    layers.append((parse_yaml(instance_text, source), source))
-    if override_file.exists():
-        layers.append((parse_yaml(override_file.read_text(), str(override_file)), str(override_file)))
+    texts = sources.read_layers(home, instance_text, source)
     merged: dict[str, Any] = {}
-    for data, _ in layers:
-        merged = merge(merged, data)
-    names = " < ".join(s for _, s in layers)
-    config = validate(merged, source if len(layers) == 1 else f"{source} (layered: {names})")
+    for layer in texts:
+        merged = merge(merged, parse_yaml(layer.text, layer.source))
+    names = " < ".join(layer.source for layer in texts)
+    config = validate(merged, source if len(texts) == 1 else f"{source} (layered: {names})")
     warnings = [
         f"`{field}` is accepted but not implemented yet in this torpor version; it has no effect"
         for field in NOT_YET_IMPLEMENTED
         if merged.get(field)
     ]
-    return Effective(config, warnings)
+    return Effective(config, warnings, sources.fingerprint(texts))
 
 
 def template_names() -> list[str]:

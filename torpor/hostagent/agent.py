@@ -21,13 +21,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from torpor.config import sources
 from torpor.driver.qemu import host
 from torpor.driver.qemu.cmdline import HostForward
 from torpor.driver.qemu.driver import Launched, QemuDriver, SavedMachine, vm_spec
 from torpor.errors import ConfigError, DriverError, InstanceStateError, QMPCommandError, TorporError
 from torpor.guest import ssh as guest_ssh
 from torpor.guest.agent import GuestAgent, GuestAgentError
-from torpor.hostagent import events, saving, snapshotting
+from torpor.hostagent import events, ports, saving, snapshotting
 from torpor.hostagent.api import APIServer, HTTPError, Request
 from torpor.hostagent.early import OWN_PID_FILE, Early, EarlyRestore, restoring_message
 from torpor.hostagent.forwarder import PortForwarder
@@ -37,6 +38,7 @@ from torpor.store.cache import cache_root
 from torpor.store.instance import clear_runtime_files, read_instance_yaml
 
 if TYPE_CHECKING:
+    from torpor.config.layering import Effective
     from torpor.config.schema import Config
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,8 @@ class HostAgent:
         self.started_at = time.time()
         self.boot_seconds: float | None = None
         self.guest: dict[str, str] = {}  # what the guest said in its ready report
-        self.config: Config | None = None  # the configuration the running VM was booted with
+        # What a restore of this boot needs, the configuration it was booted with among it (as JSON: the restore
+        # path does without pydantic).
         self.boot_record: dict[str, Any] = {}
         self.save_on_stop = False  # runtime value: from the config at start, changed through the API
         self.driver: QemuDriver | None = None
@@ -151,25 +154,30 @@ class HostAgent:
 
         effective = load_effective(self.home, read_instance_yaml(self.dir), str(self.dir / filenames.INSTANCE_YAML))
         self.save_on_stop = effective.config.saveOnStop
-        await self._cold_boot(effective.config, effective.digest(), qemu)
+        await self._cold_boot(effective, qemu)
 
     def _apply_current_config(self, saved: savedstate.Saved) -> None:
         """While a restore loads: the runtime saveOnStop from the instance file, and a word on edits made to it.
 
         The restored VM keeps the configuration it was booted with; an edited (even invalid) instance file only
-        takes effect at the next cold boot.
+        takes effect at the next cold boot.  Files unchanged since the boot need no validating.
         """
+        boot_config = saved.manifest["config"]
+        if sources.current_fingerprint(self.home, self.dir) == saved.manifest["boot"].get("configSources"):
+            log.info("the configuration files are unchanged since the boot: not validating them again")
+            self.save_on_stop = bool(boot_config["saveOnStop"])
+            return
         from torpor.config.layering import load_effective
 
         try:
             effective = load_effective(self.home, read_instance_yaml(self.dir), str(self.dir / filenames.INSTANCE_YAML))
         except ConfigError as e:
-            self.save_on_stop = bool(saved.manifest["config"].get("saveOnStop"))
+            self.save_on_stop = bool(boot_config.get("saveOnStop"))
             self.events.emit(events.NOTICE, f"{e}\nrestoring with the configuration the VM was saved with")
             return
         self.save_on_stop = effective.config.saveOnStop
         if saved.manifest.get("configDigest") != effective.digest():
-            changed = savedstate.changed_fields(saved.manifest["config"], effective.config.model_dump(mode="json"))
+            changed = savedstate.changed_fields(boot_config, effective.config.model_dump(mode="json"))
             self.events.emit(
                 events.NOTICE,
                 f"the configuration changed since the save ({', '.join(changed)}); restoring with the "
@@ -205,12 +213,12 @@ class HostAgent:
             self.events.emit(events.NOTICE, f"using TCG software emulation (slower): {accel.reason}")
         return accel
 
-    async def _cold_boot(self, config: Config, digest: str, qemu: host.Qemu) -> None:
+    async def _cold_boot(self, effective: Effective, qemu: host.Qemu) -> None:
         # Imported here: a restore does without them (urllib, the image builder: 20 ms on its path).
         from torpor.guest import images
 
         accel = await self._accel(qemu)
-        self.config = config
+        config = effective.config
         image = config.image_for_arch()
         self.default_guest = image.location == images.DEFAULT_GUEST
         ssh_port, user = await asyncio.to_thread(self._prepare_guest_access, config)
@@ -227,7 +235,8 @@ class HostAgent:
         # Everything a restore of this boot needs, whatever happens to the instance's YAML meanwhile.
         self.boot_record = {
             "config": config.model_dump(mode="json"),
-            "configDigest": digest,
+            "configDigest": effective.digest(),
+            "configSources": effective.sources,
             "sshPort": ssh_port,
             "user": user,
             "defaultGuest": self.default_guest,
@@ -256,7 +265,7 @@ class HostAgent:
         self.boot_record = boot
         self.default_guest = bool(boot.get("defaultGuest"))
         accel = host.Accel(boot.get("accel", "tcg"), "as at the boot that was saved")
-        # Built from the saved JSON: validating it (pydantic) overlaps QEMU's load, in while_loading below.
+        # Built from the saved JSON, which the schema validated at the boot.
         spec = vm_spec(self.dir, self.name, SavedMachine.from_record(boot["config"]), accel, "")
         self.driver = QemuDriver(qemu, spec, int(boot["config"]["disk"]), argv=saved.manifest["argv"])
         if early is None:  # else the early path did these
@@ -282,19 +291,13 @@ class HostAgent:
                 raise DriverError("the state file's contents changed since the save (checksum mismatch)")
             await self.guest_agent.connect(self.dir / filenames.QGA_SOCK)
 
-        def while_loading() -> None:
-            from torpor.config.schema import Config
-
-            self.config = Config.model_validate(boot["config"])
-            self._apply_current_config(saved)
-
         try:
             await self.driver.restore(
                 saved.state,
                 saved.mechanism,
                 connect_channels,
                 progress=events.ProgressEmitter(self.events, "restoring"),
-                while_loading=while_loading,
+                while_loading=lambda: self._apply_current_config(saved),
                 launched=Launched(early.popen, early.state_fd, early.running, early.position) if early else None,
             )
         except DriverError as e:
@@ -309,8 +312,7 @@ class HostAgent:
             raise RestoreFailed(str(e)) from None
         log.info("the saved state is loaded and the VM runs")
         self.restored = True
-        assert self.config is not None
-        deadline = t0 + self.config.bootTimeout
+        deadline = t0 + int(boot["config"]["bootTimeout"])
 
         # The guest runs and writes to its disk from here on: the state no longer matches the disk and must never
         # be restored again (until it is gone, the disk's changed identity refuses it).  Deleting a large file
@@ -349,7 +351,6 @@ class HostAgent:
     ) -> None:
         """Wait for SSH (through ``ssh_master`` if one was started) and ``before_ready``, set up port forwards,
         report ready."""
-        assert self.config is not None
         await self._until(self.ssh.connect_master(ssh_master), deadline, "answer on SSH")
         log.info("the guest answers on SSH")
         if before_ready is not None:
@@ -376,7 +377,8 @@ class HostAgent:
             restored=self.restored,
             sshPort=self.boot_record["sshPort"],
         )
-        self.forwarder = PortForwarder(self.guest_agent, self.ssh, self.config.portForwards, self.events.emit)
+        rules = [ports.Rule.from_record(rule) for rule in self.boot_record["config"]["portForwards"]]
+        self.forwarder = PortForwarder(self.guest_agent, self.ssh, rules, self.events.emit)
         self._tasks.add(asyncio.create_task(self.forwarder.run()))
 
     def _prepare_guest_access(self, config: Config) -> tuple[int, str]:
@@ -472,7 +474,7 @@ class HostAgent:
             return await self._stop_vm_now()
 
     async def _stop_vm_now(self) -> tuple[str, dict[str, Any]]:
-        assert self.driver is not None and self.config is not None
+        assert self.driver is not None
         self._end_guest_access()
         if not self.ready and not self.restored:
             if savedstate.saved_dir(self.dir).exists():
@@ -501,7 +503,7 @@ class HostAgent:
                 if not e.vm_alive:
                     return f"{e}", {"saved": False}
                 self.events.emit(events.NOTICE, f"{e}; shutting the guest down instead")
-        timeout = self.config.shutdownTimeout
+        timeout = int(self.boot_record["config"]["shutdownTimeout"])
         self.events.emit(events.STOPPING, f"shutting down the guest (waiting up to {timeout} s)")
         outcome = await self.driver.stop(timeout)
         return outcome.detail, {"saved": False}

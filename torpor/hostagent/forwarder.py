@@ -5,14 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from torpor.guest.agent import GuestAgent, GuestAgentError
-from torpor.hostagent.ports import Forward, listening_ports, plan
+from torpor.hostagent.ports import Forward, Rule, listening_ports, plan
 from torpor.hostagent.sshaccess import SSHAccess
-
-if TYPE_CHECKING:
-    from torpor.config.schema import PortForward
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +17,7 @@ POLL_INTERVAL = 1.0
 
 class PortForwarder:
     def __init__(
-        self, agent: GuestAgent, access: SSHAccess, rules: list[PortForward], emit: Callable[[str, str], None]
+        self, agent: GuestAgent, access: SSHAccess, rules: list[Rule], emit: Callable[[str, str], None]
     ) -> None:
         self.agent = agent
         self.access = access

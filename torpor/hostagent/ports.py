@@ -8,14 +8,32 @@ same port on 127.0.0.1.  Nothing binds anything but loopback unless a rule names
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from torpor.config.schema import PortForward
-
+from typing import Any
 
 SSH_PORT = 22
 TCP_LISTEN = "0A"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One ``portForwards`` rule, read from the JSON of a configuration the schema validated (``PortForward``)."""
+
+    guest_port: int | None
+    guest_port_range: tuple[int, int] | None
+    host_ip: str
+    host_port: int | None
+    ignore: bool
+
+    @classmethod
+    def from_record(cls, rule: dict[str, Any]) -> Rule:
+        low_high = rule["guestPortRange"]
+        return cls(
+            rule["guestPort"],
+            (int(low_high[0]), int(low_high[1])) if low_high is not None else None,
+            str(rule["hostIP"]),
+            rule["hostPort"],
+            bool(rule["ignore"]),
+        )
 
 
 @dataclass(frozen=True, order=True)
@@ -52,7 +70,7 @@ def _reachable_from_loopback(addr_hex: str) -> bool:
     return addr_hex in ("0" * 32, "0" * 24 + "01000000") or addr_hex.startswith("0000000000000000FFFF0000")
 
 
-def plan(ports: set[int], rules: list[PortForward]) -> set[Forward]:
+def plan(ports: set[int], rules: list[Rule]) -> set[Forward]:
     """The forwards the guest's listening ``ports`` call for under ``rules``."""
     out = set()
     for port in ports:
@@ -65,17 +83,17 @@ def plan(ports: set[int], rules: list[PortForward]) -> set[Forward]:
         if rule.ignore:
             continue
         host_port = port
-        if rule.hostPort and rule.guestPort is not None:
-            host_port = rule.hostPort
-        elif rule.hostPort and rule.guestPortRange is not None:
-            host_port = rule.hostPort + (port - rule.guestPortRange[0])
-        out.add(Forward(rule.hostIP, host_port, port))
+        if rule.host_port and rule.guest_port is not None:
+            host_port = rule.host_port
+        elif rule.host_port and rule.guest_port_range is not None:
+            host_port = rule.host_port + (port - rule.guest_port_range[0])
+        out.add(Forward(rule.host_ip, host_port, port))
     return out
 
 
-def _matches(rule: PortForward, port: int) -> bool:
-    if rule.guestPort is not None:
-        return rule.guestPort == port
-    if rule.guestPortRange is not None:
-        return rule.guestPortRange[0] <= port <= rule.guestPortRange[1]
+def _matches(rule: Rule, port: int) -> bool:
+    if rule.guest_port is not None:
+        return rule.guest_port == port
+    if rule.guest_port_range is not None:
+        return rule.guest_port_range[0] <= port <= rule.guest_port_range[1]
     return True  # a rule without a port matches every port (e.g. "ignore: true" to forward nothing)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from torpor.config import sources
 from torpor.errors import HostAgentError, InstanceNotFound, InstanceStateError
 from torpor.hostagent import events
 from torpor.instance import spawn
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
     from torpor.config.schema import Config
 
 # The restore path imports nothing heavy (pydantic, the driver): the configuration is validated by the host
-# agent, and by this module only when it cold boots.  See STYLE.md on start-up time.
+# agent if its files changed since the boot, and by this module only when it cold boots or must ask about such
+# changes.  See STYLE.md on start-up time.
 
 Report = Callable[[str], None]
 # Time allowed beyond the guest's bootTimeout for the agent's own start-up (KVM probe, QEMU start).
@@ -63,7 +65,7 @@ def start(
         if cold and savedstate.saved_dir(inst_dir).exists():
             savedstate.discard(inst_dir)
             report("discarded the saved state; cold booting")
-        boot_timeout = _restore_timeout(inst_dir) if not (tty and ask) else None
+        boot_timeout = _restore_timeout(inst_dir, root, edits_matter=bool(tty and ask))
         if boot_timeout is None:  # a cold boot, or a restore that may need to ask about config changes
             from torpor.config.layering import load_effective
 
@@ -105,13 +107,18 @@ def start(
     )
 
 
-def _restore_timeout(inst_dir: Path) -> int | None:
-    """The boot timeout of a saved state that the host agent will try to restore; None if there is none."""
+def _restore_timeout(inst_dir: Path, root: Path, edits_matter: bool) -> int | None:
+    """The boot timeout of a saved state that the host agent will try to restore; None if there is none, or if
+    ``edits_matter`` and the configuration files changed since the boot that was saved."""
     try:
         saved = savedstate.load(inst_dir)
     except savedstate.Unusable:
         return None
-    return int(saved.manifest["config"].get("bootTimeout", 300)) if saved is not None else None
+    if saved is None:
+        return None
+    if edits_matter and sources.current_fingerprint(root, inst_dir) != saved.manifest["boot"].get("configSources"):
+        return None
+    return int(saved.manifest["config"].get("bootTimeout", 300))
 
 
 def _ask_about_config_changes(inst_dir: Path, effective: Effective, report: Report, ask: Ask) -> None:
