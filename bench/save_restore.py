@@ -7,7 +7,8 @@ own QEMU 7.2, unpacked beside the installed one as the tests do), guest "default
 "debian" (template:debian: systemd, cloud-init).  For each configuration and round: a cold `torpor
 start` (to ready: SSH answers), TOUCH MiB of random data written into guest RAM (/dev/shm), `torpor stop
 --save`; then `torpor start` (restore, to ready); then `torpor snapshot create` and `torpor snapshot apply` of
-the running guest, and `torpor stop`; then the raw QEMU baseline on a copy of the saved state
+the running guest; then `torpor stop --save`, a pause of IDLE seconds, `torpor start` (the idle restore) and
+`torpor stop`; then the raw QEMU baseline on a copy of the saved state
 (bench/rawqemu.py: the same QEMU loads it and saves it again by hand over QMP, plus fsync).  Times are
 wall-clock times of the CLI commands (the installed `torpor` script), as a user sees them (median of the rounds).
 Each round measures every configuration once, one after another: the machine has slow spells (its cold boots
@@ -21,6 +22,12 @@ runs straight after the save and the raw load straight after the instance's QEMU
 as a QEMU of that guest has just left it.  (Until session 4 the raw run came between the save and the restore,
 which made torpor's 4 GiB restores 0.2-0.3 s slower than by hand.)  In instant mode the RAM file, the other half
 of the state, changes once the VM runs again: the raw run gets a copy of it too.
+
+A user restores a state that has waited, though, and on this machine that restore is slower: memory freed a few
+seconds earlier is slow to touch again, and a copy-mode restore puts the state's touched memory into fresh memory
+(the load, 0.10-0.13 s straight after the save, took 0.20 s after a 1 s pause, 0.33 s after 2 s, 0.5-0.8 s after
+10-30 s; a cold boot, touching its memory over seconds, was not measurably slower after a pause; instant mode maps
+the RAM file, in the page cache: 0.06-0.08 s either way).  So each round also restores after IDLE seconds.
 
 The restore is broken down with the host agent's event timestamps: CLI and host agent start-up until the agent's
 first event, QEMU and the guest until ready, and the CLI noticing it.
@@ -90,7 +97,9 @@ def prepare(env: dict[str, str], home: Path, config: tuple[str, ...]) -> str:
     return name
 
 
-def measure(env: dict[str, str], home: Path, name: str, *, touch: int, i: int) -> tuple[str, dict[str, float]]:
+def measure(
+    env: dict[str, str], home: Path, name: str, *, touch: int, idle: float, i: int
+) -> tuple[str, dict[str, float]]:
     """One round of the instance ``name`` (see the docstring); returns the save mechanism and the figures."""
     cold, *_ = torpor(env, "start", name)
     torpor(env, "shell", name, "sh", "-c", f"dd if=/dev/urandom of=/dev/shm/t bs=1M count={touch} 2>/dev/null")
@@ -113,6 +122,11 @@ def measure(env: dict[str, str], home: Path, name: str, *, touch: int, i: int) -
     paused = float(out.split("VM paused ")[1].split(" s")[0])
     snap_apply, _, _, out = torpor(env, "snapshot", "apply", name, "--tag", "b", "--force")
     torpor(env, "snapshot", "delete", name, "--tag", "b")
+    torpor(env, "stop", "--save", name)
+    time.sleep(idle)
+    idle_restore, _, _, out = torpor(env, "start", name)
+    if "restored in" not in out:
+        raise SystemExit(f"{name} round {i + 1}: the start after the pause did not restore:\n{out}")
     torpor(env, "stop", name)
     copies = list(kept.values())
     try:
@@ -126,6 +140,7 @@ def measure(env: dict[str, str], home: Path, name: str, *, touch: int, i: int) -
         "save_qemu": float(exiting["saveSeconds"]),  # type: ignore[arg-type]
         "disk": disk,
         "restore": restore,
+        "idle_restore": idle_restore,
         "startup": evs["starting"] - t0,
         "vm": evs["ready"] - evs["starting"],
         "notice": t1 - evs["ready"],
@@ -136,8 +151,8 @@ def measure(env: dict[str, str], home: Path, name: str, *, touch: int, i: int) -
     }
     print(
         f"{name} round {i + 1}: cold {cold:.2f} s, save {save:.2f} s (raw {raw['raw_save']:.2f} s), "
-        f"restore {restore:.2f} s (raw {raw['raw_restore']:.2f} s), snapshot {snap_create:.2f} s, "
-        f"apply {snap_apply:.2f} s",
+        f"restore {restore:.2f} s (raw {raw['raw_restore']:.2f} s), idle restore {idle_restore:.2f} s, "
+        f"snapshot {snap_create:.2f} s, apply {snap_apply:.2f} s",
         flush=True,
     )
     return str(manifest["mechanism"]), sample
@@ -153,6 +168,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--touch-mib", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--idle", type=float, default=10.0, help="seconds a saved state waits before the idle restore")
     ap.add_argument(
         "--configs",
         default="copy:1GiB,copy:4GiB,copy:1GiB:debian12,copy:4GiB:debian12,instant:1GiB,instant:4GiB,"
@@ -182,7 +198,9 @@ def main() -> int:
             names[config] = prepare(env, home, config)
         for i in range(args.rounds):
             for config in configs:
-                used[config], sample = measure(envs[config], home, names[config], touch=args.touch_mib, i=i)
+                used[config], sample = measure(
+                    envs[config], home, names[config], touch=args.touch_mib, idle=args.idle, i=i
+                )
                 for k, v in sample.items():
                     rows.setdefault(config, {}).setdefault(k, []).append(v)
     finally:
@@ -198,7 +216,7 @@ def main() -> int:
     results: dict[tuple[str, ...], tuple[str, dict[str, float]]] = {
         c: (used[c], {k: statistics.median(v) for k, v in rows[c].items()}) for c in configs
     }
-    report(results, versions, args.touch_mib, args.rounds)
+    report(results, versions, args.touch_mib, args.rounds, args.idle)
     return 0
 
 
@@ -214,12 +232,16 @@ def _qemu_version(env: dict[str, str]) -> str:
 
 
 def report(
-    results: dict[tuple[str, ...], tuple[str, dict[str, float]]], versions: dict[str, str], touch: int, rounds: int
+    results: dict[tuple[str, ...], tuple[str, dict[str, float]]],
+    versions: dict[str, str],
+    touch: int,
+    rounds: int,
+    idle: float,
 ) -> None:
     print(f"\n{touch} MiB of random data in guest RAM, median of {rounds} rounds, times in seconds")
     print(
         f"{'guest':<8}{'saveMode':<8}{'RAM':>5} {'QEMU':<7}{'mechanism':<11}{'cold':>6}{'save':>6}{'raw':>6}{'x':>6}"
-        f"{'restore':>8}{'raw':>6}{'r/cold':>7}{'touch':>6}{'disk':>6}{'d/t':>6}{'snap':>6}{'pause':>6}{'apply':>6}"
+        f"{'restore':>8}{'raw':>6}{'r/cold':>7}{'idle':>6}{'i/cold':>7}{'touch':>6}{'disk':>6}{'d/t':>6}{'snap':>6}{'pause':>6}{'apply':>6}"
         f"{'qsnsave':>8}{'qsnload':>8}"
     )
     for (mode, memory, qemu, guest), (mechanism, r) in results.items():
@@ -228,15 +250,19 @@ def report(
         print(
             f"{guest:<8}{mode:<8}{memory:>5} {versions[qemu]:<7}{mechanism:<11}{r['cold']:>6.2f}{r['save']:>6.2f}"
             f"{r['raw_save']:>6.2f}{x}{r['restore']:>8.2f}{r['raw_restore']:>6.2f}"
-            f"{r['restore'] / r['cold']:>7.3f}{r['touched']:>6.0f}{r['disk']:>6.0f}{r['disk'] / r['touched']:>6.2f}"
+            f"{r['restore'] / r['cold']:>7.3f}{r['idle_restore']:>6.2f}{r['idle_restore'] / r['cold']:>7.3f}"
+            f"{r['touched']:>6.0f}{r['disk']:>6.0f}{r['disk'] / r['touched']:>6.2f}"
             f"{r['snap_create']:>6.2f}{r['snap_paused']:>6.2f}{r['snap_apply']:>6.2f}"
             f"{r.get('raw_snapsave', float('nan')):>8.2f}{r.get('raw_snapload', float('nan')):>8.2f}"
         )
     print(
         "save/restore: torpor stop --save / torpor start (restore) as whole commands; raw: the same QEMU saving "
         "(stop, migrate, fsync)\nand loading the same state by hand over QMP; x = save / raw save; r/cold = restore "
-        "/ cold boot;\ntouch = the state's touched guest memory: non-zero 4 KiB pages of guest RAM, counted by "
-        "reading it (MiB);\ndisk = allocated MiB of the state (+ the RAM file in instant mode); d/t = disk / touch;"
+        "/ cold boot;\n"
+        f"idle = torpor start restoring a state saved {idle:.0f} s before (the same guest, saved again after the "
+        "snapshots); i/cold = idle / cold boot;\ntouch = the state's touched guest memory: non-zero 4 KiB pages of "
+        "guest RAM, counted by reading it (MiB);\n"
+        "disk = allocated MiB of the state (+ the RAM file in instant mode); d/t = disk / touch;"
         "\nsnap = torpor snapshot create of the running guest, pause = how long the VM was paused, "
         "apply = torpor snapshot apply;\nqsnsave/qsnload = QMP snapshot-save / snapshot-load jobs (RAM into the "
         "qcow2 image) of the same state by hand, the alternative not taken"
@@ -264,7 +290,8 @@ def report(
                 s, b = small[1], big[1]
                 print(
                     f"{mode} on QEMU {version}: 4 GiB / 1 GiB guest with the same touched memory: "
-                    f"save x{b['save'] / s['save']:.2f}, restore x{b['restore'] / s['restore']:.2f}, "
+                    f"save x{b['save'] / s['save']:.2f}, restore x{b['restore'] / s['restore']:.2f} "
+                    f"(idle x{b['idle_restore'] / s['idle_restore']:.2f}), "
                     f"state on disk x{b['disk'] / s['disk']:.2f}"
                 )
 
