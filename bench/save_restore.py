@@ -13,7 +13,8 @@ the running guest; then `torpor stop --save`, a pause of IDLE seconds, `torpor s
 wall-clock times of the CLI commands (the installed `torpor` script), as a user sees them (median of the rounds).
 Each round measures every configuration once, one after another: the machine has slow spells (its cold boots
 varied by 10-20 % within a session), and taken in turn they fall on all configurations alike, so that the ratios
-between configurations (4 GiB against 1 GiB) compare figures taken minutes apart, not half an hour.
+between configurations (4 GiB against 1 GiB) compare figures taken minutes apart, not half an hour.  Between
+two configurations the bench syncs, so that none is timed while the kernel writes out what the last one left.
 
 Why that order: on this machine (itself a VM; its balloon device reports free pages to the host, likely why),
 memory left idle for a few seconds is slow to touch again: the same torpor restore of a 4 GiB guest took
@@ -203,6 +204,7 @@ def main() -> int:
                 )
                 for k, v in sample.items():
                     rows.setdefault(config, {}).setdefault(k, []).append(v)
+                os.sync()  # what this configuration left for the kernel to write is not written during the next
     finally:
         for d in home.iterdir():
             if d.is_dir():

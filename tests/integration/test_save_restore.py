@@ -197,6 +197,11 @@ def test_instant_mode_saves_device_state_only_and_restores(torpor: Torpor) -> No
     assert "guest RAM file changed" in out.stderr and "ready in" in out.stderr
     assert torpor.sh("inst", "cat /dev/shm/counter.pid 2>/dev/null || echo none").strip() == "none"
 
+    # Shut down, nothing pairs with the RAM file: it goes at once, its dirty pages are never written out.
+    torpor.sh("inst", "dd if=/dev/urandom of=/dev/shm/blob bs=1M count=64 2>/dev/null")
+    torpor.run("stop", "--no-save", "inst")
+    assert not (d / "memory.ram").exists()
+
 
 def start_and_signal_when(torpor: Torpor, name: str, log: Path, needle: str) -> str:
     """`torpor start NAME`, SIGTERM to its host agent as soon as ``log`` shows ``needle``; the start's stderr

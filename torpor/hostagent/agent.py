@@ -508,6 +508,18 @@ class HostAgent:
         outcome = await self.driver.stop(timeout)
         return outcome.detail, {"saved": False}
 
+    def _drop_unpaired_ram_file(self) -> None:
+        """Instant mode: remove the guest RAM file unless a saved state pairs with it.
+
+        After a shutdown it is of no use (a cold boot starts from fresh RAM), and removing it at once spares the
+        host's disk the write-back of the guest's dirty pages (measured: a 1 GiB guest that had just written 300
+        MiB of its RAM left 370 MiB dirty in the page cache after a shutdown) and frees its space now.
+        """
+        ram = self.dir / filenames.MEMORY_FILE
+        if ram.exists() and not savedstate.saved_dir(self.dir).exists():
+            ram.unlink(missing_ok=True)
+            log.info("removed the guest RAM file (no saved state pairs with it)")
+
     def _end_guest_access(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -518,6 +530,7 @@ class HostAgent:
 
     async def _cleanup(self) -> None:
         self._end_guest_access()
+        self._drop_unpaired_ram_file()
         await self.ssh.stop_master()  # ended by a stop already, or now: reaped either way
         self.guest_agent.close()
         for w in self._channels:
