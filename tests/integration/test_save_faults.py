@@ -143,23 +143,27 @@ def test_config_change_without_tty_restores_and_warns(torpor: Torpor) -> None:
 def test_config_change_with_tty_can_discard(torpor: Torpor) -> None:
     started_with_data(torpor, "cft", "cpus: 2\n")
 
-    def tty_start(answer: str) -> subprocess.CompletedProcess[str]:
+    def tty_start(answer: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "torpor", "--tty", "start", "cft"],
             input=answer,
-            env=torpor.env,
+            env=dict(torpor.env, **env),
             capture_output=True,
             text=True,
             timeout=300,
             check=False,
         )
 
-    # Unchanged files: nothing to ask, and neither the CLI nor the host agent validates them again.
+    # Unchanged files: nothing to ask, and neither the CLI nor the host agent validates them again (with
+    # PYTHONPROFILEIMPORTTIME both list every module they import on their stderr: pydantic must not be one).
     torpor.run("stop", "--save", "cft")
-    proc = tty_start("")
+    proc = tty_start("", PYTHONPROFILEIMPORTTIME="1")
     assert proc.returncode == 0, proc.stderr
     assert "restored in" in proc.stderr and "changed since" not in proc.stdout + proc.stderr
-    assert "configuration files are unchanged since the boot" in (torpor.dir("cft") / "ha.stderr.log").read_text()
+    agent_log = (torpor.dir("cft") / "ha.stderr.log").read_text()
+    assert "configuration files are unchanged since the boot" in agent_log
+    assert "import time:" in agent_log and "import time:" in proc.stderr  # both lists are there
+    assert "pydantic" not in agent_log and "pydantic" not in proc.stderr
 
     torpor.run("stop", "--save", "cft")
     yaml = torpor.dir("cft") / "torpor.yaml"

@@ -120,8 +120,12 @@ def test_sources_fingerprint_follows_every_layer_file(tmp_path: Path) -> None:
     assert len(seen) == 5 and None not in seen
     assert load_effective(tmp_path, BASE + "# a comment\n", str(inst / "torpor.yaml")).sources in seen
 
+    current = sources.current_fingerprint(tmp_path, inst)
+    assert sources.unchanged_since(current, tmp_path, inst) and not sources.unchanged_since(booted, tmp_path, inst)
     (inst / "torpor.yaml").unlink()
     assert sources.current_fingerprint(tmp_path, inst) is None
+    # Unknown on both sides (a state saved before fingerprints, a file that cannot be read) is never "unchanged".
+    assert not sources.unchanged_since(None, tmp_path, inst)
 
 
 @pytest.mark.parametrize(

@@ -97,18 +97,18 @@ def validate(data: dict[str, Any], source: str) -> Config:
 
 def load_effective(home: Path, instance_text: str, source: str) -> Effective:
     """The effective configuration of an instance whose YAML is ``instance_text`` (named ``source`` in errors)."""
-    texts = sources.read_layers(home, instance_text, source)
+    layers = sources.read_layers(home, instance_text, source)
     merged: dict[str, Any] = {}
-    for layer in texts:
+    for layer in layers:
         merged = merge(merged, parse_yaml(layer.text, layer.source))
-    names = " < ".join(layer.source for layer in texts)
-    config = validate(merged, source if len(texts) == 1 else f"{source} (layered: {names})")
+    names = " < ".join(layer.source for layer in layers)
+    config = validate(merged, source if len(layers) == 1 else f"{source} (layered: {names})")
     warnings = [
         f"`{field}` is accepted but not implemented yet in this torpor version; it has no effect"
         for field in NOT_YET_IMPLEMENTED
         if merged.get(field)
     ]
-    return Effective(config, warnings, sources.fingerprint(texts))
+    return Effective(config, warnings, sources.fingerprint(layers))
 
 
 def template_names() -> list[str]:

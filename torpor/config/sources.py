@@ -51,6 +51,12 @@ def fingerprint(layers: list[Layer]) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def unchanged_since(recorded: str | None, home: Path, inst_dir: Path) -> bool:
+    """Whether an instance's configuration files are as they were when ``recorded`` (a boot's fingerprint) was
+    taken; never when either is unknown (a state saved before fingerprints, a file that cannot be read)."""
+    return recorded is not None and current_fingerprint(home, inst_dir) == recorded
+
+
 def current_fingerprint(home: Path, inst_dir: Path) -> str | None:
     """The fingerprint of an instance's configuration files as they are now; None if one cannot be read."""
     try:

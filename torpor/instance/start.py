@@ -116,7 +116,7 @@ def _restore_timeout(inst_dir: Path, root: Path, edits_matter: bool) -> int | No
         return None
     if saved is None:
         return None
-    if edits_matter and sources.current_fingerprint(root, inst_dir) != saved.manifest["boot"].get("configSources"):
+    if edits_matter and not sources.unchanged_since(saved.manifest["boot"].get("configSources"), root, inst_dir):
         return None
     return int(saved.manifest["config"].get("bootTimeout", 300))
 
