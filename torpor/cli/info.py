@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     qemu = host.find_qemu()
     built = builder.find_built()
     accel = host.probe_accel(qemu, built.kernel if built else None, cache_root())
+    reporting = host.hands_back_free_memory()
     save_modes = mechanisms.by_save_mode(host.migration_capabilities(qemu), mechanisms.wanted())
     info = {
         "version": torpor.__version__,
@@ -27,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
         "cache": str(cache_root()),
         "defaultGuest": str(built.kernel.parent) if built else None,
         "saveModes": save_modes,
+        "host": {"freePageReporting": reporting},
     }
     if args.format == "json":
         print(json.dumps(info, indent=2))
@@ -39,4 +41,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"default guest: {info['defaultGuest'] or 'not built yet (`torpor image build`)'}")
     for mode, mechanism in save_modes.items():
         print(f"saveMode {mode + ':':<9}{mechanism} - {mechanisms.DESCRIPTIONS[mechanism]}")
+    if reporting:
+        print(
+            "free memory:   handed back to this host's hypervisor (virtio-balloon free page reporting): a copy-mode"
+            " restore of a state saved more than a few seconds before is slower here; instant mode is not"
+        )
     return 0

@@ -1,4 +1,5 @@
-"""Facts about the host's QEMU: which binary, which version, and whether KVM really works.
+"""Facts about the host's QEMU: which binary, which version, and whether KVM really works; and whether the host
+hands its free memory back to a hypervisor.
 
 The KVM probe boots the guest kernel under KVM with no root filesystem: a working KVM reaches the kernel's
 "unable to mount root" panic in about a second and QEMU exits (``-no-reboot``).  Where nested virtualisation is
@@ -88,6 +89,24 @@ def _boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return "unknown"
+
+
+# virtio-balloon's feature bit for free page reporting (VIRTIO_BALLOON_F_REPORTING in the virtio specification).
+_BALLOON_F_REPORTING = 5
+
+
+def hands_back_free_memory(sysfs: Path = Path("/sys")) -> bool:
+    """Whether this host is a VM that hands its free memory back to its hypervisor (virtio-balloon free page
+    reporting).  There, memory freed a few seconds earlier is slow to touch again, which a copy-mode restore of a
+    state that has waited does (README: "How to read it"); instant mode maps its RAM file from the page cache."""
+    for device in (sysfs / "bus/virtio/drivers/virtio_balloon").glob("virtio*"):
+        try:
+            features = (device / "features").read_text().strip()
+        except OSError:
+            continue
+        if features[_BALLOON_F_REPORTING : _BALLOON_F_REPORTING + 1] == "1":  # one character per bit, bit 0 first
+            return True
+    return False
 
 
 def probe_accel(qemu: Qemu, kernel: Path | None, cache_dir: Path) -> Accel:
