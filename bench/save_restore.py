@@ -128,10 +128,9 @@ def measure(
     snap_apply, _, _, out = torpor(env, "snapshot", "apply", name, "--tag", "b", "--force")
     torpor(env, "snapshot", "delete", name, "--tag", "b")
     torpor(env, "stop", "--save", name)
-    reported = reported_kib()
+    reported_before = reported_kib()
     time.sleep(idle)
-    if reported is not None:
-        reported = (reported_kib() or reported) - reported
+    reported_after = reported_kib()
     idle_restore, _, _, out = torpor(env, "start", name)
     if "restored in" not in out:
         raise SystemExit(f"{name} round {i + 1}: the start after the pause did not restore:\n{out}")
@@ -149,7 +148,9 @@ def measure(
         "disk": disk,
         "restore": restore,
         "idle_restore": idle_restore,
-        "idle_reported": float("nan") if reported is None else reported / 1024,
+        "idle_reported": float("nan")
+        if reported_before is None or reported_after is None
+        else (reported_after - reported_before) / 1024,
         "startup": evs["starting"] - t0,
         "vm": evs["ready"] - evs["starting"],
         "notice": t1 - evs["ready"],
