@@ -97,8 +97,9 @@ _BALLOON_F_REPORTING = 5
 
 def hands_back_free_memory(sysfs: Path = Path("/sys")) -> bool:
     """Whether this host is a VM that hands its free memory back to its hypervisor (virtio-balloon free page
-    reporting).  There, memory freed a few seconds earlier is slow to touch again, which a copy-mode restore of a
-    state that has waited does (README: "How to read it"); instant mode maps its RAM file from the page cache."""
+    reporting).  There, free memory goes back in blocks of 2 MiB and more a few seconds after it is freed, and the
+    huge pages a copy-mode restore of a state that has waited fills come out of it, slowly (README: "How to read
+    it"); instant mode maps its RAM file from the page cache instead."""
     for device in (sysfs / "bus/virtio/drivers/virtio_balloon").glob("virtio*"):
         try:
             features = (device / "features").read_text().strip()
