@@ -32,7 +32,8 @@ def make_saved(inst: Path, state: bytes = b"S" * 1000) -> dict[str, object]:
 def test_no_saved_state(tmp_path: Path) -> None:
     assert savedstate.load(tmp_path) is None
     savedstate.saved_dir(tmp_path).mkdir()  # an empty directory (a mount point) is no state either
-    assert savedstate.load(tmp_path) is None
+    assert savedstate.load(tmp_path) is None and not savedstate.present(tmp_path)
+    assert savedstate.set_aside(tmp_path) is None
 
 
 def test_complete_state_loads_and_passes_checks(tmp_path: Path) -> None:

@@ -477,7 +477,7 @@ class HostAgent:
         assert self.driver is not None
         self._end_guest_access()
         if not self.ready and not self.restored:
-            if savedstate.saved_dir(self.dir).exists():
+            if savedstate.present(self.dir):
                 self.events.emit(events.STOPPING, "stop requested before the restored VM ran; stopping QEMU")
                 await self.driver.kill()
                 return "stopped before the restored VM ran; the saved state is kept", {"saved": True}
@@ -515,10 +515,13 @@ class HostAgent:
         host's disk the write-back of the guest's dirty pages (measured: a 1 GiB guest that had just written 300
         MiB of its RAM left 370 MiB dirty in the page cache after a shutdown) and frees its space now.
         """
-        ram = self.dir / filenames.MEMORY_FILE
-        if ram.exists() and not savedstate.saved_dir(self.dir).exists():
-            ram.unlink(missing_ok=True)
-            log.info("removed the guest RAM file (no saved state pairs with it)")
+        if savedstate.present(self.dir):
+            return
+        try:
+            (self.dir / filenames.MEMORY_FILE).unlink()
+        except FileNotFoundError:
+            return
+        log.info("removed the guest RAM file (no saved state pairs with it)")
 
     def _end_guest_access(self) -> None:
         for task in self._tasks:

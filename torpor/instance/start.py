@@ -62,7 +62,7 @@ def start(
             raise InstanceStateError(f"instance {name!r} is already running", hint=f"`torpor stop {name}` stops it")
         if inst.status is Status.BROKEN:
             _recover(inst.dir, inst.agent_pid, inst.qemu_pid, inst.reason, report)
-        if cold and savedstate.saved_dir(inst_dir).exists():
+        if cold and savedstate.present(inst_dir):
             savedstate.discard(inst_dir)
             report("discarded the saved state; cold booting")
         boot_timeout = _restore_timeout(inst_dir, root, edits_matter=bool(tty and ask))

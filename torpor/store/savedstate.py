@@ -31,6 +31,12 @@ def saved_dir(inst_dir: Path) -> Path:
     return inst_dir / filenames.SAVED_DIR
 
 
+def present(inst_dir: Path) -> bool:
+    """Whether the instance has a saved state, complete or not; an empty directory (a mount point) is none."""
+    d = saved_dir(inst_dir)
+    return d.exists() and any(d.iterdir())
+
+
 def file_identity(path: Path) -> dict[str, int]:
     """What changes when a file is written: size, modification time, inode."""
     st = path.stat()
@@ -213,9 +219,9 @@ class Unusable(Exception):
 
 def load(inst_dir: Path) -> Saved | None:
     """The saved state, None if there is none; :class:`Unusable` if one exists but is incomplete or damaged."""
-    d = saved_dir(inst_dir)
-    if not d.exists() or not any(d.iterdir()):
+    if not present(inst_dir):
         return None
+    d = saved_dir(inst_dir)
     path = d / filenames.MANIFEST
     if not path.exists():
         raise Unusable("a save was interrupted before it completed (no manifest)")
@@ -274,9 +280,9 @@ def disk_file_edit(inst_dir: Path) -> Iterator[None]:
 
 def set_aside(inst_dir: Path) -> Path | None:
     """Move the saved state out of the way of restores, keeping it for diagnosis; return where it went."""
-    d = saved_dir(inst_dir)
-    if not d.exists() or not any(d.iterdir()):
+    if not present(inst_dir):
         return None
+    d = saved_dir(inst_dir)
     dest = inst_dir / f"{filenames.SAVED_ASIDE_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     d.rename(dest)
     atomic.fsync_dir(inst_dir)
