@@ -25,14 +25,15 @@ which made torpor's 4 GiB restores 0.2-0.3 s slower than by hand.)  In instant m
 of the state, changes once the VM runs again: the raw run gets a copy of it too.
 
 A user restores a state that has waited, though, and on this machine that restore is slower: memory freed a few
-seconds earlier is slow to touch again, and a copy-mode restore puts the state's touched memory into fresh memory
-(the load, 0.10-0.13 s straight after the save, took 0.20 s after a 1 s pause, 0.33 s after 2 s, 0.5-0.8 s after
-10-30 s; a cold boot, touching its memory over seconds, was not measurably slower after a pause; instant mode maps
-the RAM file, in the page cache: 0.06-0.08 s either way).  So each round also restores after IDLE seconds, and
-prints how much freed memory the host handed back to its hypervisor during that pause, where the kernel counts it
-(this machine's does: after saving a 1 GiB guest with a 330 MiB state it handed back, in one pause, 136 MiB by
-1.5 s, 264 MiB by 3.5 s and 414 MiB by 8.5 s; in another nothing for 1.5 s, then 132, 264 and 322 MiB by 2.5, 4.5
-and 6.5 s; QEMU's load took 0.11-0.18 s with no pause, 0.49 s after 4 s and 0.72-0.74 s after 10 s).
+seconds earlier goes back to the hypervisor in blocks of 2 MiB and more, and a copy-mode restore fills the state's
+touched memory into fresh huge pages taken from it (the load, 0.10-0.13 s straight after the save, took 0.20 s
+after a 1 s pause, 0.33 s after 2 s, 0.5-0.8 s after 10-30 s; a cold boot, touching its memory over seconds, was
+not measurably slower after a pause; instant mode maps the RAM file, in the page cache: 0.06-0.08 s either way).
+So each round also restores after IDLE seconds, and prints how much freed memory the host handed back to its
+hypervisor during that pause, where the kernel counts it (this machine's does: after saving a 1 GiB guest with a
+330 MiB state it handed back, in one pause, 136 MiB by 1.5 s, 264 MiB by 3.5 s and 414 MiB by 8.5 s; in another
+nothing for 1.5 s, then 132, 264 and 322 MiB by 2.5, 4.5 and 6.5 s; QEMU's load took 0.11-0.18 s with no pause,
+0.49 s after 4 s and 0.72-0.74 s after 10 s).
 
 The restore is broken down with the host agent's event timestamps: CLI and host agent start-up until the agent's
 first event, QEMU and the guest until ready, and the CLI noticing it.
@@ -62,6 +63,10 @@ from torpor.store import savedstate  # noqa: E402
 SCRIPT = Path(sys.executable).with_name("torpor")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "torpor"]
 
+# Free memory this host's kernel has handed back to its hypervisor so far (free page reporting), where the
+# kernel counts it (this machine's does; upstream kernels have no such counter): the cause of slow idle restores.
+REPORTED = Path("/sys/module/page_reporting/parameters/reported_kib")
+
 
 def torpor(env: dict[str, str], *args: str) -> tuple[float, float, float, str]:
     t0 = time.time()
@@ -85,6 +90,13 @@ def events(home: Path, name: str) -> list[dict[str, object]]:
 
 def allocated_mib(path: Path) -> float:
     return path.stat().st_blocks * 512 / 2**20 if path.exists() else 0.0
+
+
+def reported_kib() -> int | None:
+    try:
+        return int(REPORTED.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def prepare(env: dict[str, str], home: Path, config: tuple[str, ...]) -> str:
@@ -167,18 +179,6 @@ def measure(
         flush=True,
     )
     return str(manifest["mechanism"]), sample
-
-
-# Free memory this host's kernel has handed back to its hypervisor so far (free page reporting), where the
-# kernel counts it (this machine's does; upstream kernels have no such counter): the cause of slow idle restores.
-REPORTED = Path("/sys/module/page_reporting/parameters/reported_kib")
-
-
-def reported_kib() -> int | None:
-    try:
-        return int(REPORTED.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def parse_config(text: str) -> tuple[str, str, str, str]:
