@@ -2,19 +2,19 @@
 
     python bench/save_restore.py [--touch-mib 200] [--rounds 2] [--configs copy:1GiB,copy:4GiB:debian12,...]
 
-A configuration is saveMode:memory[:qemu[:guest]], qemu being "installed" (default) or "debian12" (Debian 12's
-own QEMU 7.2, unpacked beside the installed one as the tests do), guest "default" (torpor's small guest) or
-"debian" (template:debian: systemd, cloud-init).  For each configuration and round: a cold `torpor
-start` (to ready: SSH answers), TOUCH MiB of random data written into guest RAM (/dev/shm), `torpor stop
---save`; then `torpor start` (restore, to ready); then `torpor snapshot create` and `torpor snapshot apply` of
-the running guest; then `torpor stop --save`, a pause of IDLE seconds, `torpor start` (the idle restore) and
-`torpor stop`; then the raw QEMU baseline on a copy of the saved state
-(bench/rawqemu.py: the same QEMU loads it and saves it again by hand over QMP, plus fsync).  Times are
-wall-clock times of the CLI commands (the installed `torpor` script), as a user sees them (median of the rounds).
-Each round measures every configuration once, one after another: the machine has slow spells (its cold boots
-varied by 10-20 % within a session), and taken in turn they fall on all configurations alike, so that the ratios
-between configurations (4 GiB against 1 GiB) compare figures taken minutes apart, not half an hour.  Between
-two configurations the bench syncs, so that none is timed while the kernel writes out what the last one left.
+A configuration is saveMode:memory[:qemu[:guest]], qemu being "installed" (default) or "debian12" (Debian 12's own
+QEMU 7.2, unpacked beside the installed one as the tests do), guest "default" (torpor's small guest) or "debian"
+(template:debian: systemd, cloud-init).  For each configuration and round: a cold `torpor start` (to ready: SSH
+answers), TOUCH MiB of random data written into guest RAM (/dev/shm), `torpor stop --save`; then `torpor start`
+(restore, to ready); then `torpor snapshot create` and `torpor snapshot apply` of the running guest; then `torpor
+stop --save`, a pause of IDLE seconds, `torpor start` (the idle restore), the same again with the host's free page
+reporting held back (below), and `torpor stop`; then the raw QEMU baseline on a copy of the saved state
+(bench/rawqemu.py: the same QEMU loads it and saves it again by hand over QMP, plus fsync).  Times are wall-clock
+times of the CLI commands (the installed `torpor` script), as a user sees them (median of the rounds).  Each round
+measures every configuration once, one after another: the machine has slow spells (its cold boots varied by
+10-20 % within a session), and taken in turn they fall on all configurations alike, so that the ratios between
+configurations (4 GiB against 1 GiB) compare figures taken minutes apart, not half an hour.  Between two
+configurations the bench syncs, so that none is timed while the kernel writes out what the last one left.
 
 Why that order: on this machine (itself a VM; its balloon device reports free pages to the host, likely why),
 memory left idle for a few seconds is slow to touch again: the same torpor restore of a 4 GiB guest took
@@ -33,7 +33,9 @@ So each round also restores after IDLE seconds, and prints how much freed memory
 hypervisor during that pause, where the kernel counts it (this machine's does: after saving a 1 GiB guest with a
 330 MiB state it handed back, in one pause, 136 MiB by 1.5 s, 264 MiB by 3.5 s and 414 MiB by 8.5 s; in another
 nothing for 1.5 s, then 132, 264 and 322 MiB by 2.5, 4.5 and 6.5 s; QEMU's load took 0.11-0.18 s with no pause,
-0.49 s after 4 s and 0.72-0.74 s after 10 s).
+0.49 s after 4 s and 0.72-0.74 s after 10 s).  Where the host lets root hold that reporting back (this machine's
+kernel has a knob for it, min_free_ms), each round then saves once more with the reporting held from before the
+save until after the restore (the "held" restore, as on a host that keeps its freed memory), and sets it back.
 
 The restore is broken down with the host agent's event timestamps: CLI and host agent start-up until the agent's
 first event, QEMU and the guest until ready, and the CLI noticing it.
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import json
 import os
 import shutil
@@ -51,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +70,11 @@ COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "torpor"]
 # Free memory this host's kernel has handed back to its hypervisor so far (free page reporting), where the
 # kernel counts it (this machine's does; upstream kernels have no such counter): the cause of slow idle restores.
 REPORTED = Path("/sys/module/page_reporting/parameters/reported_kib")
+# This machine's kernel also lets root hold the reporting back: a free page goes back only once it has been free
+# this many milliseconds (0 here; at most 60000).  The bench holds it during one more pause, to show the idle
+# restore on a host that keeps its freed memory (a host that is not a VM, or one without free page reporting).
+REPORTING_DELAY = Path("/sys/module/page_reporting/parameters/min_free_ms")
+HOLD_MS = 60000
 
 
 def torpor(env: dict[str, str], *args: str) -> tuple[float, float, float, str]:
@@ -97,6 +106,21 @@ def reported_kib() -> int | None:
         return int(REPORTED.read_text())
     except (OSError, ValueError):
         return None
+
+
+@contextlib.contextmanager
+def reporting_held() -> Iterator[bool]:
+    """Free page reporting held back for HOLD_MS while inside, where this host can (True), as it was after."""
+    try:
+        before = REPORTING_DELAY.read_text().strip()
+        REPORTING_DELAY.write_text(str(HOLD_MS))
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        REPORTING_DELAY.write_text(before)
 
 
 def prepare(env: dict[str, str], home: Path, config: tuple[str, ...]) -> str:
@@ -143,9 +167,24 @@ def measure(
     reported_before = reported_kib()
     time.sleep(idle)
     reported_after = reported_kib()
+    idle_reported = (
+        float("nan") if reported_before is None or reported_after is None else (reported_after - reported_before) / 1024
+    )
     idle_restore, _, _, out = torpor(env, "start", name)
     if "restored in" not in out:
         raise SystemExit(f"{name} round {i + 1}: the start after the pause did not restore:\n{out}")
+    held_restore = held_reported = float("nan")
+    with reporting_held() as holding:
+        if holding:  # once more, the host keeping what QEMU frees as it quits (the hold starts before the save)
+            torpor(env, "stop", "--save", name)
+            reported_before = reported_kib()
+            time.sleep(idle)
+            reported_after = reported_kib()
+            held_restore, _, _, out = torpor(env, "start", name)
+            if "restored in" not in out:
+                raise SystemExit(f"{name} round {i + 1}: the start after the held pause did not restore:\n{out}")
+            if reported_before is not None and reported_after is not None:
+                held_reported = (reported_after - reported_before) / 1024
     torpor(env, "stop", name)
     copies = list(kept.values())
     try:
@@ -160,9 +199,9 @@ def measure(
         "disk": disk,
         "restore": restore,
         "idle_restore": idle_restore,
-        "idle_reported": float("nan")
-        if reported_before is None or reported_after is None
-        else (reported_after - reported_before) / 1024,
+        "idle_reported": idle_reported,
+        "held_restore": held_restore,
+        "held_reported": held_reported,
         "startup": evs["starting"] - t0,
         "vm": evs["ready"] - evs["starting"],
         "notice": t1 - evs["ready"],
@@ -174,7 +213,8 @@ def measure(
     print(
         f"{name} round {i + 1}: cold {cold:.2f} s, save {save:.2f} s (raw {raw['raw_save']:.2f} s), "
         f"restore {restore:.2f} s (raw {raw['raw_restore']:.2f} s), idle restore {idle_restore:.2f} s "
-        f"({sample['idle_reported']:.0f} MiB handed back to the hypervisor during the pause), "
+        f"({idle_reported:.0f} MiB handed back to the hypervisor during the pause), idle restore with freed "
+        f"memory kept {held_restore:.2f} s ({held_reported:.0f} MiB handed back), "
         f"snapshot {snap_create:.2f} s, apply {snap_apply:.2f} s",
         flush=True,
     )
@@ -265,7 +305,7 @@ def report(
     print(f"\n{touch} MiB of random data in guest RAM, median of {rounds} rounds, times in seconds")
     print(
         f"{'guest':<8}{'saveMode':<8}{'RAM':>5} {'QEMU':<7}{'mechanism':<11}{'cold':>6}{'save':>6}{'raw':>6}{'x':>6}"
-        f"{'restore':>8}{'raw':>6}{'r/cold':>7}{'idle':>6}{'i/cold':>7}{'rep':>5}{'touch':>6}{'disk':>6}{'d/t':>6}{'snap':>6}{'pause':>6}{'apply':>6}"
+        f"{'restore':>8}{'raw':>6}{'r/cold':>7}{'idle':>6}{'i/cold':>7}{'rep':>5}{'held':>6}{'h/cold':>7}{'touch':>6}{'disk':>6}{'d/t':>6}{'snap':>6}{'pause':>6}{'apply':>6}"
         f"{'qsnsave':>8}{'qsnload':>8}"
     )
     for (mode, memory, qemu, guest), (mechanism, r) in results.items():
@@ -275,7 +315,8 @@ def report(
             f"{guest:<8}{mode:<8}{memory:>5} {versions[qemu]:<7}{mechanism:<11}{r['cold']:>6.2f}{r['save']:>6.2f}"
             f"{r['raw_save']:>6.2f}{x}{r['restore']:>8.2f}{r['raw_restore']:>6.2f}"
             f"{r['restore'] / r['cold']:>7.3f}{r['idle_restore']:>6.2f}{r['idle_restore'] / r['cold']:>7.3f}"
-            f"{r['idle_reported']:>5.0f}{r['touched']:>6.0f}{r['disk']:>6.0f}{r['disk'] / r['touched']:>6.2f}"
+            f"{r['idle_reported']:>5.0f}{r['held_restore']:>6.2f}{r['held_restore'] / r['cold']:>7.3f}"
+            f"{r['touched']:>6.0f}{r['disk']:>6.0f}{r['disk'] / r['touched']:>6.2f}"
             f"{r['snap_create']:>6.2f}{r['snap_paused']:>6.2f}{r['snap_apply']:>6.2f}"
             f"{r.get('raw_snapsave', float('nan')):>8.2f}{r.get('raw_snapload', float('nan')):>8.2f}"
         )
@@ -286,6 +327,9 @@ def report(
         f"idle = torpor start restoring a state saved {idle:.0f} s before (the same guest, saved again after the "
         "snapshots); i/cold = idle / cold boot;\nrep = MiB of freed memory this host handed back to its hypervisor "
         "during that pause (free page reporting; nan where the kernel does not count it);\n"
+        f"held = the same idle restore with the host's free page reporting held back ({REPORTING_DELAY.name} "
+        f"{HOLD_MS} ms) from before the save,\nas on a host that keeps its freed memory (nan where it cannot be held); "
+        "h/cold = held / cold boot;\n"
         "touch = the state's touched guest memory: non-zero 4 KiB pages of "
         "guest RAM, counted by reading it (MiB);\n"
         "disk = allocated MiB of the state (+ the RAM file in instant mode); d/t = disk / touch;"
