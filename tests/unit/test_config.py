@@ -6,6 +6,7 @@ from torpor.config import sources
 from torpor.config.layering import load_effective, load_template_text, merge
 from torpor.config.schema import format_size, parse_size
 from torpor.errors import ConfigError
+from torpor.store.instance import read_instance_yaml
 
 BASE = "images: [{location: build:default}]\n"
 
@@ -126,6 +127,21 @@ def test_sources_fingerprint_follows_every_layer_file(tmp_path: Path) -> None:
     assert sources.current_fingerprint(tmp_path, inst) is None
     # Unknown on both sides (a state saved before fingerprints, a file that cannot be read) is never "unchanged".
     assert not sources.unchanged_since(None, tmp_path, inst)
+
+
+def test_a_file_that_cannot_be_read_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    """Not a traceback: on a restore an exception other than ConfigError would kill the restored VM."""
+    inst = tmp_path / "i"
+    inst.mkdir()
+    (inst / "torpor.yaml").write_bytes(BASE.encode() + b"# caf\xe9 (Latin-1)\n")
+    with pytest.raises(ConfigError, match=r"torpor\.yaml is not UTF-8 text") as exc:
+        read_instance_yaml(inst)
+    assert exc.value.hint == "save it as UTF-8"
+    assert sources.current_fingerprint(tmp_path, inst) is None  # unknown: never "unchanged since the boot"
+    (inst / "torpor.yaml").write_text(BASE)
+    (tmp_path / "_config" / "override.yaml").mkdir(parents=True)  # in the way of the file: read() fails
+    with pytest.raises(ConfigError, match=r"cannot read .*override\.yaml"):
+        load_effective(tmp_path, BASE, "i.yaml")
 
 
 @pytest.mark.parametrize(

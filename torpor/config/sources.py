@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torpor
+from torpor.errors import ConfigError
 from torpor.store import filenames
 
 
@@ -29,15 +30,27 @@ def layer_files(home: Path) -> tuple[Path, Path]:
     return cfg / filenames.DEFAULT_YAML, cfg / filenames.OVERRIDE_YAML
 
 
+def read_text(path: Path) -> str:
+    """A configuration file's text; a ConfigError naming the file if it cannot be read or is not UTF-8 text."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {e.start} is not valid UTF-8)", hint="save it as UTF-8"
+        ) from None
+
+
 def read_layers(home: Path, instance_text: str, source: str) -> list[Layer]:
     """The layers that exist, lowest first; the instance's own text is given (it may not be in a file yet)."""
     default_file, override_file = layer_files(home)
     layers = []
     if default_file.exists():
-        layers.append(Layer("default", default_file.read_text(), str(default_file)))
+        layers.append(Layer("default", read_text(default_file), str(default_file)))
     layers.append(Layer("instance", instance_text, source))
     if override_file.exists():
-        layers.append(Layer("override", override_file.read_text(), str(override_file)))
+        layers.append(Layer("override", read_text(override_file), str(override_file)))
     return layers
 
 
@@ -60,7 +73,7 @@ def unchanged_since(recorded: str | None, home: Path, inst_dir: Path) -> bool:
 def current_fingerprint(home: Path, inst_dir: Path) -> str | None:
     """The fingerprint of an instance's configuration files as they are now; None if one cannot be read."""
     try:
-        text = (inst_dir / filenames.INSTANCE_YAML).read_text()
+        text = read_text(inst_dir / filenames.INSTANCE_YAML)
         return fingerprint(read_layers(home, text, str(inst_dir / filenames.INSTANCE_YAML)))
-    except (OSError, UnicodeDecodeError):
+    except ConfigError:
         return None

@@ -12,7 +12,8 @@ import re
 import socket
 from pathlib import Path
 
-from torpor.errors import ConfigError, InstanceNotFound, TorporError
+from torpor.config import sources
+from torpor.errors import InstanceNotFound, TorporError
 from torpor.store import filenames, lock
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
@@ -149,10 +150,8 @@ def _is_qemu(pid: int) -> bool:
 
 
 def read_instance_yaml(inst_dir: Path) -> str:
-    try:
-        return (inst_dir / filenames.INSTANCE_YAML).read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read {inst_dir / filenames.INSTANCE_YAML}: {e.strerror}") from None
+    """The instance file's text; a ConfigError naming it if it cannot be read or is not UTF-8 text."""
+    return sources.read_text(inst_dir / filenames.INSTANCE_YAML)
 
 
 def clear_runtime_files(inst_dir: Path, keep: frozenset[str] = frozenset()) -> list[str]:
