@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 from torpor.cli.common import Progress, report
 
 TYPE_CHECKING = False
@@ -18,9 +20,18 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
     from torpor.instance.start import start
 
     bar = Progress(args.tty)
-    ready = start(args.name, bar.report, args.tty, cold=args.cold, ask=input, progress=bar.line)
+    ask = _ask if sys.stdin.isatty() else None  # with no one to answer, the agent restores and says what changed
+    ready = start(args.name, bar.report, args.tty, cold=args.cold, ask=ask, progress=bar.line)
     bar.end()
     if ready.fields.get("degraded"):
         report(f"torpor: error: instance {args.name!r} is running but degraded: provisioning failed")
         return 2
     return 0
+
+
+def _ask(question: str) -> str:
+    try:
+        return input(question)
+    except EOFError:  # Ctrl-D: the default answer
+        print()
+        return ""

@@ -48,4 +48,5 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
     ev = stop.stop(args.name, bar.report, save=args.save, progress=bar.line)
     bar.end()
     report(f"instance {args.name!r} stopped: {ev.message}")
-    return 0
+    # Stopped either way, but not as asked (a save that failed) or not cleanly (the agent failed): scripts must see.
+    return 1 if ev.fields.get("saveFailed") or ev.fields.get("ok") is False else 0

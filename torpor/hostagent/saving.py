@@ -36,9 +36,7 @@ async def save(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Save the VM into ``saved/``; return the manifest.  Raises :class:`SaveFailed`."""
-    sdir = savedstate.saved_dir(inst_dir)
-    savedstate.set_aside(inst_dir)  # an older, interrupted save: keep it for diagnosis, out of the way
-    sdir.mkdir(mode=0o700, exist_ok=True)  # may exist empty (a mount point for the state, say)
+    sdir = _prepare_saved_dir(inst_dir)
     tmp = sdir / (filenames.STATE_FILE + ".tmp")
     t0 = time.monotonic()
     digest = _StateDigest(tmp)
@@ -97,6 +95,16 @@ async def save(
             f"writing the manifest failed after QEMU stopped ({e}); the next start cold boots", False
         ) from e
     return manifest
+
+
+def _prepare_saved_dir(inst_dir: Path) -> Path:
+    sdir = savedstate.saved_dir(inst_dir)
+    try:
+        savedstate.set_aside(inst_dir)  # an older, interrupted save: keep it for diagnosis, out of the way
+        sdir.mkdir(mode=0o700, exist_ok=True)  # may exist empty (a mount point for the state, say)
+    except OSError as e:  # a full disk, say: the VM has not been touched and can be shut down instead
+        raise SaveFailed(f"preparing {sdir} for the state failed: {e}", vm_alive=True) from e
+    return sdir
 
 
 def state_record(
