@@ -44,14 +44,21 @@ def follow(
     until: Callable[[Event], bool],
     on_event: Callable[[Event], None],
     timeout: float,
+    *,
+    extends: Callable[[Event], bool] = lambda ev: False,
 ) -> Event | None:
-    """Pass events to ``on_event`` until one satisfies ``until`` (returned), the agent dies or time runs out (None)."""
+    """Pass events to ``on_event`` until one satisfies ``until`` (returned), the agent dies or time runs out (None).
+
+    An event that ``extends`` (progress, say) gives the agent ``timeout`` seconds again from then.
+    """
     deadline = time.monotonic() + timeout
     while True:
         for ev in reader.read():
             on_event(ev)
             if until(ev) or ev.type == EXITING:
                 return ev
+            if extends(ev):
+                deadline = time.monotonic() + timeout
         if not alive():
             for ev in reader.read():  # what it wrote just before dying
                 on_event(ev)

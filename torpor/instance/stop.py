@@ -66,8 +66,14 @@ def stop(
         if save is not None:
             HostAgentClient(inst.dir / filenames.HA_SOCK).call("PATCH", "/v1/driver/config", {"saveOnStop": save})
         os.kill(pid, signal.SIGINT)
+        # A save takes as long as it takes to write the guest's memory: each progress event renews the timeout.
         last = spawn.follow(
-            reader, alive=lambda: pid_alive(pid), until=lambda ev: False, on_event=show, timeout=timeout
+            reader,
+            alive=lambda: pid_alive(pid),
+            until=lambda ev: False,
+            on_event=show,
+            timeout=timeout,
+            extends=lambda ev: ev.type == events.PROGRESS,
         )
         # The agent reports before it has closed its socket and let go of its pid lock: a start straight after
         # this stop must find the instance stopped, not a half-gone agent ("not answering on ha.sock").
@@ -76,7 +82,7 @@ def stop(
     if last is None:
         if pid_alive(pid):
             raise HostAgentError(
-                f"instance {name!r} did not stop within {timeout:.0f} s",
+                f"instance {name!r} did not stop: no progress for {timeout:.0f} s",
                 hint=f"`torpor stop --force {name}` turns it off at once",
             )
         raise HostAgentError(
