@@ -7,11 +7,13 @@ copies and the host agent's port forwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import socket
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 from torpor import subp
@@ -40,11 +42,15 @@ def ensure_keypair(home: Path) -> tuple[Path, str]:
     return key, pub.read_text().strip()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A port free on ``host`` now, other than those in ``avoid``."""
+    with contextlib.ExitStack() as held:  # each port held until the end, so that the kernel offers another
+        while True:
+            s = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind((host, 0))
+            port: int = s.getsockname()[1]
+            if port not in avoid:
+                return port
 
 
 def config_text(inst_dir: Path, name: str, port: int, user: str, key: Path) -> str:
