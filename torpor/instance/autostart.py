@@ -7,6 +7,7 @@ restores it.  ``KillMode=mixed`` sends that signal to the agent only, never stra
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -15,11 +16,14 @@ from pathlib import Path
 
 from torpor import subp
 from torpor.config.layering import load_effective
+from torpor.config.schema import Config
 from torpor.errors import CommandError, InstanceStateError, TorporError
 from torpor.store import atomic, filenames
 from torpor.store.instance import home, inspect, read_instance_yaml
 
 Report = Callable[[str], None]
+STOP_MARGIN = 60  # seconds: QEMU quitting and the agent's cleanup
+SAVE_RATE = 100 * 10**6  # bytes/s, a slow disk: the time a save of all the guest's RAM may take at logout
 
 
 def unit_dir() -> Path:
@@ -51,6 +55,12 @@ WantedBy=default.target
 """
 
 
+def stop_timeout(config: Config) -> int:
+    """Seconds systemd waits for the agent to stop before it kills it, and the VM with it: a save of all the
+    guest's RAM on a slow disk, then (should the save fail) the guest's shutdown, then the margin."""
+    return math.ceil(config.memory / SAVE_RATE) + config.shutdownTimeout + STOP_MARGIN
+
+
 def enable(name: str, report: Report) -> Path:
     inst = inspect(name)
     if not (inst.dir / filenames.DISK).exists():
@@ -62,7 +72,7 @@ def enable(name: str, report: Report) -> Path:
         report(f"note: saveOnStop is false for {name!r}: logout will shut the VM down, not save it")
     path = unit_dir() / unit_name(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = unit_text(name, home(), sys.executable, config.shutdownTimeout + 60)
+    text = unit_text(name, home(), sys.executable, stop_timeout(config))
     atomic.write_text(path, text)
     if shutil.which("systemd-analyze"):
         try:
