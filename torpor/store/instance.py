@@ -12,7 +12,6 @@ import re
 import socket
 from pathlib import Path
 
-from torpor.config import sources
 from torpor.errors import InstanceNotFound, TorporError
 from torpor.store import filenames, lock
 
@@ -151,6 +150,8 @@ def _is_qemu(pid: int) -> bool:
 
 def read_instance_yaml(inst_dir: Path) -> str:
     """The instance file's text; a ConfigError naming it if it cannot be read or is not UTF-8 text."""
+    from torpor.config import sources  # with hashlib and typing: not for `torpor stop`, which never reads it
+
     return sources.read_text(inst_dir / filenames.INSTANCE_YAML)
 
 
