@@ -11,13 +11,26 @@ import pytest
 
 from torpor.cli import start as start_cli
 from torpor.cli import stop as stop_cli
+from torpor.cli.main import main
 from torpor.hostagent import events
 from torpor.instance import start as start_lib
 from torpor.instance import stop as stop_lib
 
 
-@pytest.mark.parametrize("stdin_tty", [True, False])
-def test_start_asks_only_someone_at_a_terminal(monkeypatch: pytest.MonkeyPatch, stdin_tty: bool) -> None:
+@pytest.mark.parametrize(
+    ("argv", "stdout_tty", "stdin_tty", "asks"),
+    [
+        (["start", "vm"], True, True, True),
+        # stdout on a terminal but stdin a pipe: a prompt would take the pipe's next line as its answer.
+        (["start", "vm"], True, False, False),
+        (["start", "vm"], False, True, False),
+        (["--tty", "start", "vm"], False, False, True),  # as on a terminal: the answer is read from stdin
+        (["--no-tty", "start", "vm"], True, True, False),
+    ],
+)
+def test_start_asks_only_someone_who_can_answer(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], stdout_tty: bool, stdin_tty: bool, asks: bool
+) -> None:
     seen: dict[str, Any] = {}
 
     def fake_start(name: str, report: object, tty: bool, **kw: Any) -> events.Event:
@@ -25,12 +38,12 @@ def test_start_asks_only_someone_at_a_terminal(monkeypatch: pytest.MonkeyPatch, 
         return events.Event(events.READY, "ready", 0.0, {})
 
     monkeypatch.setattr(start_lib, "start", fake_start)
-    stdin = io.StringIO("")
-    monkeypatch.setattr(stdin, "isatty", lambda: stdin_tty)
-    monkeypatch.setattr("sys.stdin", stdin)
-    assert start_cli.run(SimpleNamespace(name="vm", tty=True, cold=False)) == 0
-    # stdout on a terminal but stdin a pipe: a prompt would take the next line of the pipe as its answer.
-    assert (seen["ask"] is not None) is stdin_tty
+    for stream, tty in (("stdin", stdin_tty), ("stdout", stdout_tty)):
+        fake = io.StringIO("")
+        monkeypatch.setattr(fake, "isatty", lambda tty=tty: tty)
+        monkeypatch.setattr(f"sys.{stream}", fake)
+    assert main(argv) == 0
+    assert (seen["ask"] is not None) is asks
 
 
 def test_ctrl_d_at_the_prompt_is_the_default_answer(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -69,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = plain_args(argv) or _parse(argv)
     if args.tty is None:
         args.tty = sys.stdout.isatty()
+        # Someone to answer a question: a prompt would otherwise take a pipe's next line as its answer.
+        args.interactive = args.tty and sys.stdin.isatty()
+    else:
+        args.interactive = args.tty  # --tty: as on a terminal, answers read from stdin
     from torpor.errors import TorporError
 
     try:

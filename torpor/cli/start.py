@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import sys
-
 from torpor.cli.common import Progress, report
 
 TYPE_CHECKING = False
@@ -20,7 +18,7 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
     from torpor.instance.start import start
 
     bar = Progress(args.tty)
-    ask = _ask if sys.stdin.isatty() else None  # with no one to answer, the agent restores and says what changed
+    ask = _ask if args.interactive else None  # with no one to answer, the agent restores and says what changed
     ready = start(args.name, bar.report, args.tty, cold=args.cold, ask=ask, progress=bar.line)
     bar.end()
     if ready.fields.get("degraded"):
