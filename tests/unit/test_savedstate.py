@@ -198,18 +198,3 @@ def test_digests_verify_by_the_algorithm_they_name(tmp_path: Path) -> None:
         g.seek(savedstate.BLOCK + 3)
         g.write(b"y")
     assert not savedstate.digest_matches(f, new) and not savedstate.digest_matches(f, old)
-
-
-def test_held_ssh_ports_are_those_restores_will_bind(tmp_path: Path) -> None:
-    def record(path: Path, data: object) -> None:
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps(data))
-
-    record(tmp_path / "a" / "saved" / "manifest.json", {"boot": {"sshPort": 40001}})
-    record(tmp_path / "b" / "snapshots" / "warm" / "snapshot.json", {"boot": {"sshPort": 40002}, "memory": True})
-    record(tmp_path / "b" / "snapshots" / "disk" / "snapshot.json", {"memory": False})  # no restore to make
-    record(tmp_path / "c" / "saved" / "manifest.json", "not a record")
-    (tmp_path / "d" / "saved").mkdir(parents=True)  # an empty saved/ (a mount point): nothing to restore
-    (tmp_path / "e").mkdir()
-    (tmp_path / "e" / "boot.json").write_text(json.dumps({"sshPort": 40003}))  # running or stopped: not held
-    assert savedstate.held_ssh_ports(tmp_path) == {40001, 40002}

@@ -56,3 +56,26 @@ def test_state_unchanged_follows_the_change_time(tmp_path: Path) -> None:
     os.link(state, tmp_path / "other-name")  # a new link moves the change time, like any write
     assert not savedstate.state_unchanged(saved)
     assert not savedstate.state_unchanged(savedstate.Saved(d, json.loads('{"state": {}}')))
+
+
+def test_held_ssh_ports_are_those_restores_will_bind(tmp_path: Path) -> None:
+    def saved(name: str, port: int) -> Path:
+        inst = tmp_path / name
+        savedstate.saved_dir(inst).mkdir(parents=True)
+        savedstate.write_manifest(inst, {"boot": {"sshPort": port}})
+        return inst / "saved" / "manifest.json"
+
+    def snapshot(name: str, tag: str, meta: dict[str, object]) -> None:
+        d = snapshots.snapshot_dir(tmp_path / name, tag)
+        d.mkdir(parents=True)
+        snapshots.write_meta(d, meta)
+
+    saved("a", 40001)
+    snapshot("b", "warm", {"boot": {"sshPort": 40002}, "memory": True})
+    snapshot("b", "disk", {"memory": False})  # no restore to make
+    damaged = saved("c", 40009)  # nothing restores from a damaged manifest: its state is set aside
+    damaged.write_text(damaged.read_text().replace("40009", "40008"))
+    (tmp_path / "d" / "saved").mkdir(parents=True)  # an empty saved/ (a mount point): nothing to restore
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "boot.json").write_text(json.dumps({"sshPort": 40003}))  # running or stopped: not held
+    assert snapshots.held_ssh_ports(tmp_path) == {40001, 40002}

@@ -388,7 +388,7 @@ class HostAgent:
         key, pubkey = guest_ssh.ensure_keypair(self.home)
         user = cidata.GuestUser.from_host()
         cidata.write(self.dir, self.name, user, pubkey, config.provision)
-        port = config.ssh.localPort or guest_ssh.free_port(avoid=savedstate.held_ssh_ports(self.home))
+        port = config.ssh.localPort or guest_ssh.free_port(avoid=snapshots.held_ssh_ports(self.home))
         guest_ssh.write_config(self.dir, self.name, port, user.name, key)
         return port, user.name
 

@@ -37,23 +37,6 @@ def present(inst_dir: Path) -> bool:
     return d.exists() and any(d.iterdir())
 
 
-def held_ssh_ports(root: Path) -> set[int]:
-    """The host ports restores will forward to SSH again: those of every instance's saved state and memory
-    snapshots under ``root``, whose QEMU command lines are reused as they are.  A cold boot leaves them alone: a
-    restore that finds its port taken fails, and the state cannot be restored."""
-    records = [
-        *root.glob(f"*/{filenames.SAVED_DIR}/{filenames.MANIFEST}"),
-        *root.glob(f"*/{filenames.SNAPSHOTS_DIR}/*/{filenames.SNAPSHOT_META}"),
-    ]
-    ports = set()
-    for path in records:
-        try:
-            ports.add(int(json.loads(path.read_text())["boot"]["sshPort"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # unreadable (no restore will use it) or a disk-only snapshot (none to make)
-    return ports
-
-
 def file_identity(path: Path) -> dict[str, int]:
     """What changes when a file is written: size, modification time, inode."""
     st = path.stat()

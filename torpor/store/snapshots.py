@@ -9,6 +9,7 @@ valid one is an interrupted snapshot and is never applied.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -18,6 +19,7 @@ from typing import Any
 
 from torpor.errors import InstanceStateError
 from torpor.store import atomic, filenames, savedstate, sealed
+from torpor.store.instance import list_names
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # The machine fields a memory snapshot depends on: a change to any of them means it no longer fits.
@@ -145,3 +147,19 @@ def remove(inst_dir: Path, tag: str) -> None:
     if d.exists():
         shutil.rmtree(d)
         atomic.fsync_dir(d.parent)
+
+
+def held_ssh_ports(root: Path) -> set[int]:
+    """The host ports restores will forward to SSH again: those of every instance's saved state and memory
+    snapshots under ``root``, whose QEMU command lines are reused as they are.  A cold boot leaves them alone: a
+    restore that finds its port taken fails, and the state cannot be restored.  Records that are damaged or
+    incomplete are left out: nothing restores from them."""
+    ports = set()
+    for name in list_names(root):
+        inst_dir = root / name
+        records = [snap.meta for snap in list_all(inst_dir)[0] if snap.has_memory]
+        with contextlib.suppress(savedstate.Unusable):
+            if (saved := savedstate.load(inst_dir)) is not None:
+                records.append(saved.manifest)
+        ports.update(int(r["boot"]["sshPort"]) for r in records if "sshPort" in r.get("boot", {}))
+    return ports
