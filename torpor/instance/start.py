@@ -41,9 +41,9 @@ def start(
 ) -> events.Event:
     """Start ``name`` (creating it from the default template if it does not exist); return the ready event.
 
-    A saved state is restored unless ``cold``.  If the configuration changed since the save and ``tty`` is set,
-    ``ask`` decides between restoring now and discarding the state; without a tty the host agent restores and
-    warns which fields changed.
+    A saved state is restored unless ``cold``.  If the configuration changed since the save, ``ask`` (given when
+    someone can answer: cli.main decides) chooses between restoring now and discarding the state; without it the
+    host agent restores and warns which fields changed.
     """
     root = root or home()
     try:
@@ -65,14 +65,14 @@ def start(
         if cold and savedstate.present(inst_dir):
             savedstate.discard(inst_dir)
             report("discarded the saved state; cold booting")
-        boot_timeout = _restore_timeout(inst_dir, root, edits_matter=bool(tty and ask))
+        boot_timeout = _restore_timeout(inst_dir, root, edits_matter=ask is not None)
         if boot_timeout is None:  # a cold boot, or a restore that may need to ask about config changes
             from torpor.config.layering import load_effective
 
             effective = load_effective(root, read_instance_yaml(inst_dir), str(inst_dir / filenames.INSTANCE_YAML))
             for w in effective.warnings:
                 report(f"warning: {w}")
-            if not cold and tty and ask is not None:
+            if not cold and ask is not None:
                 _ask_about_config_changes(inst_dir, effective, report, ask)
             if not (inst_dir / filenames.DISK).exists():
                 _first_start(name, inst_dir, effective.config, report, tty)
