@@ -154,7 +154,7 @@ def held_ssh_ports(root: Path) -> set[int]:
     snapshots under ``root``, whose QEMU command lines are reused as they are.  A cold boot leaves them alone: a
     restore that finds its port taken fails, and the state cannot be restored.  Records that are damaged or
     incomplete are left out: nothing restores from them."""
-    ports = set()
+    ports: set[int] = set()
     for name in list_names(root):
         inst_dir = root / name
         records = [snap.meta for snap in list_all(inst_dir)[0] if snap.has_memory]
