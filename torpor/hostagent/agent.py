@@ -487,7 +487,7 @@ class HostAgent:
         # A restored VM is a booted guest even before it answers SSH again: it is saved or shut down like any.
         if self._discarded is not None:
             await self._discarded  # the state it was restored from goes before a new one is written
-        failed: dict[str, str] = {}
+        fields: dict[str, Any] = {"saved": False}
         if self.save_on_stop:
             self.events.emit(events.STOPPING, "saving the VM state")
             try:
@@ -501,14 +501,14 @@ class HostAgent:
                 )
             except saving.SaveFailed as e:
                 log.error("%s", e)
+                fields["saveFailed"] = str(e)
                 if not e.vm_alive:
-                    return f"{e}", {"saved": False, "saveFailed": str(e)}
+                    return f"{e}", fields
                 self.events.emit(events.NOTICE, f"{e}; shutting the guest down instead")
-                failed = {"saveFailed": str(e)}
         timeout = int(self.boot_record["config"]["shutdownTimeout"])
         self.events.emit(events.STOPPING, f"shutting down the guest (waiting up to {timeout} s)")
         outcome = await self.driver.stop(timeout)
-        return outcome.detail, {"saved": False, **failed}
+        return outcome.detail, fields
 
     def _drop_unpaired_ram_file(self) -> None:
         """Instant mode: remove the guest RAM file unless a saved state pairs with it.
