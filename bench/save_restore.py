@@ -108,6 +108,19 @@ def reported_kib() -> int | None:
         return None
 
 
+def waited_restore(env: dict[str, str], name: str, idle: float, what: str) -> tuple[float, float]:
+    """`torpor stop --save`, a pause of ``idle`` s, then `torpor start`, which must restore: its time, and the MiB of
+    freed memory the host handed back to its hypervisor during the pause (nan where the kernel does not count it)."""
+    torpor(env, "stop", "--save", name)
+    before = reported_kib()
+    time.sleep(idle)
+    after = reported_kib()
+    seconds, _, _, out = torpor(env, "start", name)
+    if "restored in" not in out:
+        raise SystemExit(f"{what} did not restore:\n{out}")
+    return seconds, float("nan") if before is None or after is None else (after - before) / 1024
+
+
 @contextlib.contextmanager
 def reporting_held() -> Iterator[bool]:
     """Free page reporting held back for HOLD_MS while inside, where this host can (True), as it was after."""
@@ -163,28 +176,13 @@ def measure(
     paused = float(out.split("VM paused ")[1].split(" s")[0])
     snap_apply, _, _, out = torpor(env, "snapshot", "apply", name, "--tag", "b", "--force")
     torpor(env, "snapshot", "delete", name, "--tag", "b")
-    torpor(env, "stop", "--save", name)
-    reported_before = reported_kib()
-    time.sleep(idle)
-    reported_after = reported_kib()
-    idle_reported = (
-        float("nan") if reported_before is None or reported_after is None else (reported_after - reported_before) / 1024
-    )
-    idle_restore, _, _, out = torpor(env, "start", name)
-    if "restored in" not in out:
-        raise SystemExit(f"{name} round {i + 1}: the start after the pause did not restore:\n{out}")
+    idle_restore, idle_reported = waited_restore(env, name, idle, f"{name} round {i + 1}: the start after the pause")
     held_restore = held_reported = float("nan")
     with reporting_held() as holding:
         if holding:  # once more, the host keeping what QEMU frees as it quits (the hold starts before the save)
-            torpor(env, "stop", "--save", name)
-            reported_before = reported_kib()
-            time.sleep(idle)
-            reported_after = reported_kib()
-            held_restore, _, _, out = torpor(env, "start", name)
-            if "restored in" not in out:
-                raise SystemExit(f"{name} round {i + 1}: the start after the held pause did not restore:\n{out}")
-            if reported_before is not None and reported_after is not None:
-                held_reported = (reported_after - reported_before) / 1024
+            held_restore, held_reported = waited_restore(
+                env, name, idle, f"{name} round {i + 1}: the start after the held pause"
+            )
     torpor(env, "stop", name)
     copies = list(kept.values())
     try:
