@@ -106,3 +106,41 @@ def test_build_key_depends_on_versions_and_scripts() -> None:
 
 def test_deb_version_from_file_name() -> None:
     assert builder._deb_version(Path("busybox-static_1%3a1.35.0-4_amd64.deb")) == "1:1.35.0-4"
+
+
+def test_package_resolution_is_kept_until_apts_state_changes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    state = ["lists-1"]
+    asked: list[str] = []
+
+    def closure(names: list[str], follow: object) -> list[debs.Package]:
+        asked.append("closure")
+        return [debs.Package("busybox-static", f"1:1.35-{len(asked)}")]
+
+    monkeypatch.setattr(debs, "apt_state", lambda: state[0])
+    monkeypatch.setattr(debs, "resolve_kernel", lambda meta: debs.Package("linux-image-6.1.0-1-amd64", "6.1.1-1"))
+    monkeypatch.setattr(debs, "resolve_closure", closure)
+    first = builder.resolve_packages(tmp_path)
+    assert first[0].name == "linux-image-6.1.0-1-amd64" and len(asked) == 1
+    assert builder.resolve_packages(tmp_path) == first and len(asked) == 1  # apt not asked again
+    state[0] = "lists-2"  # `apt-get update` changed the lists
+    again = builder.resolve_packages(tmp_path)
+    assert len(asked) == 2 and again != first
+    (tmp_path / "guests" / "default" / builder.RESOLVED).write_text("{damaged")
+    assert builder.resolve_packages(tmp_path) and len(asked) == 3
+
+
+def test_apt_state_follows_the_package_lists(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("apt-config") is None:
+        pytest.skip("apt is not installed")
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages").write_text("Package: a\n")
+    conf = tmp_path / "apt.conf"
+    conf.write_text(f'Dir::State::lists "{lists}/";\n')
+    monkeypatch.setenv("APT_CONFIG", str(conf))
+    before = debs.apt_state()
+    assert debs.apt_state() == before
+    (lists / "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages").write_text("Package: a\nVersion: 2\n")
+    assert debs.apt_state() != before  # an `apt-get update` that changed a list

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from torpor.errors import ImageError
 from torpor.guest import cpio, debs, elf, kmod
+from torpor.store import atomic
 from torpor.store.cache import cache_root
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 # Bump when the layout of the built image changes in a way the inputs below do not capture.
 FORMAT = 1
 KERNEL_META = "linux-image-amd64"
+RESOLVED = "resolved.json"  # the last resolution of the packages, with the apt state it was made in
 USERLAND = ("busybox-static",)
 # Programs taken from Debian packages, with the shared libraries they need (found from their ELF headers in the
 # packages' library dependencies): an SSH server with SFTP, the QEMU guest agent, sudo with PAM.
@@ -125,12 +127,32 @@ def _load(d: Path) -> GuestImage:
     return GuestImage(d / "vmlinuz", d / "initrd.img", manifest)
 
 
+def resolve_packages(cache: Path) -> list[debs.Package]:
+    """The exact packages the default guest is built from: the kernel first, then the userland and libraries.
+
+    The answer is kept in the cache with the fingerprint of apt's state (debs.apt_state) and asked of apt again
+    only when that changes.
+    """
+    memo = cache / "guests" / "default" / RESOLVED
+    state = debs.apt_state()
+    query = {"aptState": state, "kernel": KERNEL_META, "names": [*USERLAND, *PROGRAMS]}
+    try:
+        known = json.loads(memo.read_text())
+        if known.get("query") == query:
+            return [debs.Package(*str(p).split("=", 1)) for p in known["packages"]]
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        pass  # none yet, or unreadable: ask apt
+    packages = [debs.resolve_kernel(KERNEL_META), *debs.resolve_closure([*USERLAND, *PROGRAMS], _is_library)]
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(memo, json.dumps({"query": query, "packages": [str(p) for p in packages]}) + "\n")
+    return packages
+
+
 def build_default(cache: Path | None = None, report: Callable[[str], None] = log.info) -> GuestImage:
     """Build the default guest into the cache unless the current package versions are built already."""
     cache = cache or cache_root()
-    kernel_pkg = debs.resolve_kernel(KERNEL_META)
-    libs = debs.resolve_closure([*USERLAND, *PROGRAMS], _is_library)
-    packages = [kernel_pkg, *libs]
+    packages = resolve_packages(cache)
+    kernel_pkg, libs = packages[0], packages[1:]
     scripts = _rootfs_sources()
     key = build_key(packages, scripts)
     out = cache / "guests" / "default" / key[:16]

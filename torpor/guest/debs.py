@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +113,42 @@ def resolve_kernel(meta: str) -> Package:
         if dep_name.startswith("linux-image-"):
             return resolve(dep_name)
     raise ImageError(f"{meta} does not depend on a linux-image package")
+
+
+# apt's configuration items naming the files that decide which version it installs (the package lists, the
+# sources, the pinning, what is installed, apt's own configuration): printed by `apt-config shell`.
+_APT_STATE_ITEMS = (
+    "Dir::State::lists/d",
+    "Dir::Etc::sourcelist/f",
+    "Dir::Etc::sourceparts/d",
+    "Dir::Etc::preferences/f",
+    "Dir::Etc::preferencesparts/d",
+    "Dir::Etc::parts/d",
+    "Dir::State::status/f",
+)
+
+
+def apt_state() -> str:
+    """A fingerprint of everything apt reads to pick package versions: equal fingerprints, equal answers.
+
+    Resolving the guest's packages asks apt-cache, which re-reads all package lists each time where apt keeps no
+    binary cache of them (as in many container images): seconds at every first start of an instance.  Files are
+    identified by path, size and mtime; `apt-get update` rewrites the lists it changes.
+    """
+    argv = ["apt-config", "shell"]
+    for i, item in enumerate(_APT_STATE_ITEMS):
+        argv += [f"V{i}", item]
+    paths = [line.split("=", 1)[1].strip("'") for line in subp.run(argv).stdout.splitlines() if "=" in line]
+    h = hashlib.sha256()
+    for path in paths:
+        entries = sorted(os.scandir(path), key=lambda e: e.name) if os.path.isdir(path) else [path]
+        for entry in entries:
+            try:
+                st = os.stat(entry)
+            except OSError:
+                continue
+            h.update(f"{os.fspath(entry)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def download(packages: list[Package], dest: Path) -> dict[str, Path]:

@@ -1,11 +1,13 @@
 """Turn an instance's ``images`` entry into files in the instance directory, once, at the first start.
 
 The instance keeps its own copies of kernel and initrd (and its base disk), so it never depends on the cache
-after creation and always boots exactly what it was created with.
+after creation and always boots exactly what it was created with.  Of the built guests' kernel and initrd,
+which nothing ever writes to, the copy is a hard link where the cache is on the same filesystem.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +17,7 @@ if TYPE_CHECKING:
     from torpor.config.schema import Config, Image
 
 from torpor.errors import ImageError
-from torpor.guest import builder, debian, fetch
+from torpor.guest import builder, debian, fetch, pvh
 from torpor.store import filenames
 
 BUILD_SCHEME = "build:"
@@ -39,13 +41,13 @@ def prepare(
     image = config.image_for_arch()
     if image.location == DEFAULT_GUEST:
         built = builder.build_default(cache, report)
-        _copy(built.kernel, inst_dir / filenames.KERNEL)
-        _copy(built.initrd, inst_dir / filenames.INITRD)
+        _link_or_copy(pvh.boot_kernel(built.kernel), inst_dir / filenames.KERNEL)
+        _link_or_copy(built.initrd, inst_dir / filenames.INITRD)
         return None
     if image.location == DEBIAN_GUEST:
         deb = debian.build(cache, report)
-        _copy(deb.kernel, inst_dir / filenames.KERNEL)
-        _copy(deb.initrd, inst_dir / filenames.INITRD)
+        _link_or_copy(pvh.boot_kernel(deb.kernel), inst_dir / filenames.KERNEL)
+        _link_or_copy(deb.initrd, inst_dir / filenames.INITRD)
         base = inst_dir / filenames.BASE_DISK
         _copy(deb.disk, base)
         return base
@@ -67,6 +69,18 @@ def prepare(
 def _get(location: str, digest: str | None, cache: Path, show_progress: bool) -> Path:
     bar = fetch.ProgressBar(f"fetching {location.rsplit('/', 1)[-1]}", enabled=None if show_progress else False)
     return fetch.fetch(location, digest, cache, bar)
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    """``src`` at ``dest``: a hard link (instant, no space) where both are on one filesystem, else a copy."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        _copy(src, dest)
+        return
+    tmp.rename(dest)
 
 
 def _copy(src: Path, dest: Path) -> None:
