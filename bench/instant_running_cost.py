@@ -1,15 +1,17 @@
 """What saveMode: instant costs while the VM runs: host disk writes caused by a memory-busy guest.
 
-    python bench/instant_running_cost.py [--seconds 60] [--churn-mib 200]
+    python bench/instant_running_cost.py [--seconds 60] [--churn-mib 200] [--markdown [bench/RESULTS.md]]
 
 Boots the default guest in copy and in instant mode, side by side in one run, and while each runs the same
 workload (rewriting CHURN MiB of random data in guest RAM every 10 s) counts the bytes the host wrote to the
-block device under the instance directory (/proc/diskstats) and the RAM file's allocated size.
+block device under the instance directory (/proc/diskstats) and the RAM file's allocated size.  With --markdown
+the table also goes, with the date, machine, versions and command, into its section of the results file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +19,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import results as results_md  # noqa: E402
 
 
 def torpor(env: dict[str, str], *args: str) -> str:
@@ -65,17 +72,34 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--churn-mib", type=int, default=200)
+    ap.add_argument(
+        "--markdown",
+        type=Path,
+        nargs="?",
+        const=results_md.DEFAULT_FILE,
+        help="also write the table into its section of this Markdown file (default: bench/RESULTS.md)",
+    )
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="torpor-bench-", dir="/tmp"))
     env = dict(os.environ, TORPOR_HOME=str(home))
+    qemu = {"installed": str(json.loads(torpor(env, "info", "--format", "json"))["qemu"]["version"])}
     try:
         results = {mode: run(env, home, mode, args.seconds, args.churn_mib) for mode in ("copy", "instant")}
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    print(f"\n{args.seconds} s of a 1 GiB guest rewriting {args.churn_mib} MiB of RAM every 10 s")
+    what = f"{args.seconds} s of a 1 GiB guest rewriting {args.churn_mib} MiB of RAM every 10 s"
+    print(f"\n{what}")
     print(f"{'saveMode':<10}{'host disk writes':>18}{'RAM file allocated':>20}")
     for mode, (written, allocated) in results.items():
         print(f"{mode:<10}{written:>14.0f} MiB{allocated:>16.0f} MiB")
+    if args.markdown is not None:
+        rows = [[mode, f"{w:.0f}", f"{a:.0f}"] for mode, (w, a) in results.items()]
+        body = (
+            results_md.label(qemu, sys.argv)
+            + f"\n{what}, default guest.\n\n"
+            + results_md.table(["saveMode", "host disk writes (MiB)", "RAM file allocated (MiB)"], rows)
+        )
+        results_md.write_section(args.markdown, "instant_running_cost", "Instant mode's running cost", body)
     return 0
 
 

@@ -8,7 +8,7 @@ own orchestration adds to:
 
 - restore: QEMU spawned until the state is loaded (the VM would run at the next ``cont``);
 - save: ``stop`` until QEMU reports the migration completed, plus fsync of the file; and once more with the
-  file written out while QEMU writes it, as torpor's save does (the issue's baseline is the first);
+  file written out while QEMU writes it, as torpor's save does;
 - snapshot-save / snapshot-load: QMP jobs writing RAM and devices into the qcow2 image (here the disk's copy)
   and loading them back: the alternative torpor's snapshots were measured against.
 

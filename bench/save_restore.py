@@ -1,6 +1,7 @@
 """Benchmark: cold boot against save and restore, torpor against raw QEMU, side by side in one run.
 
     python bench/save_restore.py [--touch-mib 200] [--rounds 2] [--configs copy:1GiB,copy:4GiB:debian12,...]
+                                 [--markdown [bench/RESULTS.md]]
 
 A configuration is saveMode:memory[:qemu[:guest]], qemu being "installed" (default) or "debian12" (Debian 12's own
 QEMU 7.2, unpacked beside the installed one as the tests do), guest "default" (torpor's small guest) or "debian"
@@ -10,35 +11,27 @@ answers), TOUCH MiB of random data written into guest RAM (/dev/shm), `torpor st
 stop --save`, a pause of IDLE seconds, `torpor start` (the idle restore), the same again with the host's free page
 reporting held back (below), and `torpor stop`; then the raw QEMU baseline on a copy of the saved state
 (bench/rawqemu.py: the same QEMU loads it and saves it again by hand over QMP, plus fsync).  Times are wall-clock
-times of the CLI commands (the installed `torpor` script), as a user sees them (median of the rounds).  Each round
-measures every configuration once, one after another: the machine has slow spells (its cold boots varied by
-10-20 % within a session), and taken in turn they fall on all configurations alike, so that the ratios between
-configurations (4 GiB against 1 GiB) compare figures taken minutes apart, not half an hour.  Between two
-configurations the bench syncs, so that none is timed while the kernel writes out what the last one left.
+times of the CLI commands (the installed `torpor` script), as a user sees them (median of the rounds).
 
-Why that order: on this machine (itself a VM; its balloon device reports free pages to the host, likely why),
-memory left idle for a few seconds is slow to touch again: the same torpor restore of a 4 GiB guest took
-0.67-0.70 s right after its save and 1.4 s six seconds later (QEMU's load 0.22 -> 0.82 s).  So torpor's restore
-runs straight after the save and the raw load straight after the instance's QEMU has exited: each finds memory
-as a QEMU of that guest has just left it.  (Until session 4 the raw run came between the save and the restore,
-which made torpor's 4 GiB restores 0.2-0.3 s slower than by hand.)  In instant mode the RAM file, the other half
-of the state, changes once the VM runs again: the raw run gets a copy of it too.
+Each round measures every configuration once, one after another, so that the machine's slow spells fall on all
+configurations alike and the ratios between configurations compare figures taken minutes apart, not half an hour.
+Between two configurations the bench syncs, so that none is timed while the kernel writes out what the last one
+left.
 
-A user restores a state that has waited, though, and on this machine that restore is slower: memory freed a few
-seconds earlier goes back to the hypervisor in blocks of 2 MiB and more, and a copy-mode restore fills the state's
-touched memory into fresh huge pages taken from it (the load, 0.10-0.13 s straight after the save, took 0.20 s
-after a 1 s pause, 0.33 s after 2 s, 0.5-0.8 s after 10-30 s; a cold boot, touching its memory over seconds, was
-not measurably slower after a pause; instant mode maps the RAM file, in the page cache: 0.06-0.08 s either way).
-So each round also restores after IDLE seconds, and prints how much freed memory the host handed back to its
-hypervisor during that pause, where the kernel counts it (this machine's does: after saving a 1 GiB guest with a
-330 MiB state it handed back, in one pause, 136 MiB by 1.5 s, 264 MiB by 3.5 s and 414 MiB by 8.5 s; in another
-nothing for 1.5 s, then 132, 264 and 322 MiB by 2.5, 4.5 and 6.5 s; QEMU's load took 0.11-0.18 s with no pause,
-0.49 s after 4 s and 0.72-0.74 s after 10 s).  Where the host lets root hold that reporting back (this machine's
-kernel has a knob for it, min_free_ms), each round then saves once more with the reporting held from before the
-save until after the restore (the "held" restore, as on a host that keeps its freed memory), and sets it back.
+torpor's restore runs straight after the save and the raw load straight after the instance's QEMU has exited, so
+that each finds memory as a QEMU of that guest has just left it: on a host that hands freed memory back to its
+hypervisor (free page reporting), memory left idle for a few seconds is slow to touch again (docs/design.md).  In
+instant mode the RAM file, the other half of the state, changes once the VM runs again: the raw run gets a copy of
+it too.  Users restore states that have waited, so each round also restores after IDLE seconds and prints how much
+freed memory the host handed back during the pause, where the kernel counts it; and where root can hold that
+reporting back (min_free_ms, which some kernels have), once more with it held from before the save until after the
+restore (the "held" restore, as on a host that keeps its freed memory), setting it back after.
 
 The restore is broken down with the host agent's event timestamps: CLI and host agent start-up until the agent's
 first event, QEMU and the guest until ready, and the CLI noticing it.
+
+With --markdown the tables are also written, with the date, machine, versions and command, into their section of
+the results file (bench/RESULTS.md by default), replacing the section of the last such run.
 """
 
 from __future__ import annotations
@@ -47,6 +40,7 @@ import argparse
 import compileall
 import contextlib
 import json
+import math
 import os
 import shutil
 import statistics
@@ -61,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import rawqemu  # noqa: E402
+from bench import results as results_md  # noqa: E402
 from torpor.store import savedstate  # noqa: E402
 
 # The `torpor` command as installed (setup.sh), what a user runs; else through the interpreter (runpy: ~5 ms more).
@@ -235,6 +230,13 @@ def main() -> int:
         default="copy:1GiB,copy:4GiB,copy:1GiB:debian12,copy:4GiB:debian12,instant:1GiB,instant:4GiB,"
         "copy:2GiB::debian,instant:2GiB::debian",
     )
+    ap.add_argument(
+        "--markdown",
+        type=Path,
+        nargs="?",
+        const=results_md.DEFAULT_FILE,
+        help="also write the tables into their section of this Markdown file (default: bench/RESULTS.md)",
+    )
     args = ap.parse_args()
     configs = [parse_config(c) for c in args.configs.split(",")]
     # torpor's bytecode up to date, as installed: with PYTHONDONTWRITEBYTECODE set, a module edited since it was
@@ -278,7 +280,10 @@ def main() -> int:
     results: dict[tuple[str, ...], tuple[str, dict[str, float]]] = {
         c: (used[c], {k: statistics.median(v) for k, v in rows[c].items()}) for c in configs
     }
-    report(results, versions, args.touch_mib, args.rounds, args.idle)
+    sections = report(results, versions, args.touch_mib, args.rounds, args.idle)
+    if args.markdown is not None:
+        body = results_md.label(versions, sys.argv) + "\n" + "\n".join(sections)
+        results_md.write_section(args.markdown, "save_restore", "Save and restore (bench/save_restore.py)", body)
     return 0
 
 
@@ -293,75 +298,143 @@ def _qemu_version(env: dict[str, str]) -> str:
     return str(json.loads(proc.stdout)["qemu"]["version"])
 
 
+# The main table's columns: (heading, text width, key of the results or a function of them, format).
+Column = tuple[str, int, str, str]
+COLUMNS: list[Column] = [
+    ("cold", 6, "cold", ".2f"),
+    ("save", 6, "save", ".2f"),
+    ("raw save", 9, "raw_save", ".2f"),
+    ("save/raw", 9, "save/raw_save", ".2f"),
+    ("restore", 8, "restore", ".2f"),
+    ("raw load", 9, "raw_restore", ".2f"),
+    ("restore/cold", 13, "restore/cold", ".3f"),
+    ("idle restore", 13, "idle_restore", ".2f"),
+    ("idle/cold", 10, "idle_restore/cold", ".3f"),
+    ("handed back", 12, "idle_reported", ".0f"),
+    ("held restore", 13, "held_restore", ".2f"),
+    ("held/cold", 10, "held_restore/cold", ".3f"),
+    ("touched", 8, "touched", ".0f"),
+    ("on disk", 8, "disk", ".0f"),
+    ("disk/touched", 13, "disk/touched", ".2f"),
+    ("snapshot", 9, "snap_create", ".2f"),
+    ("paused", 7, "snap_paused", ".2f"),
+    ("apply", 6, "snap_apply", ".2f"),
+    ("qmp snap-save", 14, "raw_snapsave", ".2f"),
+    ("qmp snap-load", 14, "raw_snapload", ".2f"),
+]
+LEGEND = (
+    "Times in seconds, sizes in MiB. cold = cold `torpor start` to ready; save / restore = `torpor stop --save` / "
+    "`torpor start` (restoring) as whole commands; raw save / raw load = the same QEMU saving (stop, migrate, "
+    "fsync) and loading the same state by hand over QMP; idle restore = `torpor start` of a state saved IDLE s "
+    "before; handed back = MiB of freed memory this host gave back to its hypervisor during that pause (free page "
+    "reporting; nan where the kernel does not count it); held restore = the same with that reporting held back "
+    f"({REPORTING_DELAY.name} {HOLD_MS} ms) from before the save, as on a host that keeps its freed memory (nan "
+    "where it cannot be held); touched = non-zero 4 KiB pages of guest RAM in the state, counted by reading it; "
+    "on disk = allocated size of the state (plus the RAM file in instant mode); snapshot / paused / apply = "
+    "`torpor snapshot create` of the running guest, how long the VM was paused, `torpor snapshot apply`; qmp "
+    "snap-save / snap-load = QMP snapshot-save / snapshot-load jobs (RAM into the qcow2 image) of the same state, "
+    "the alternative not taken."
+)
+
+
+def _value(r: dict[str, float], key: str, mode: str) -> float:
+    if "/" not in key:
+        return r.get(key, float("nan"))
+    num, den = key.split("/")
+    if num == "save" and mode == "instant":  # the raw save writes the device state only; torpor's also flushes RAM
+        return float("nan")
+    return r[num] / r[den]
+
+
 def report(
     results: dict[tuple[str, ...], tuple[str, dict[str, float]]],
     versions: dict[str, str],
     touch: int,
     rounds: int,
     idle: float,
-) -> None:
-    print(f"\n{touch} MiB of random data in guest RAM, median of {rounds} rounds, times in seconds")
-    print(
-        f"{'guest':<8}{'saveMode':<8}{'RAM':>5} {'QEMU':<7}{'mechanism':<11}{'cold':>6}{'save':>6}{'raw':>6}{'x':>6}"
-        f"{'restore':>8}{'raw':>6}{'r/cold':>7}{'idle':>6}{'i/cold':>7}{'rep':>5}{'held':>6}{'h/cold':>7}{'touch':>6}{'disk':>6}{'d/t':>6}{'snap':>6}{'pause':>6}{'apply':>6}"
-        f"{'qsnsave':>8}{'qsnload':>8}"
-    )
+) -> list[str]:
+    """Print the tables; return them as Markdown sections (the main table, the breakdowns)."""
+    ident = [("guest", 8), ("saveMode", 9), ("RAM", 5), ("QEMU", 8), ("mechanism", 11)]
+    rows: list[list[str]] = []
     for (mode, memory, qemu, guest), (mechanism, r) in results.items():
-        # In instant mode the raw save writes the device state only; torpor's also flushes the RAM file: no ratio.
-        x = f"{r['save'] / r['raw_save']:>6.2f}" if mode != "instant" else f"{'':>6}"
-        print(
-            f"{guest:<8}{mode:<8}{memory:>5} {versions[qemu]:<7}{mechanism:<11}{r['cold']:>6.2f}{r['save']:>6.2f}"
-            f"{r['raw_save']:>6.2f}{x}{r['restore']:>8.2f}{r['raw_restore']:>6.2f}"
-            f"{r['restore'] / r['cold']:>7.3f}{r['idle_restore']:>6.2f}{r['idle_restore'] / r['cold']:>7.3f}"
-            f"{r['idle_reported']:>5.0f}{r['held_restore']:>6.2f}{r['held_restore'] / r['cold']:>7.3f}"
-            f"{r['touched']:>6.0f}{r['disk']:>6.0f}{r['disk'] / r['touched']:>6.2f}"
-            f"{r['snap_create']:>6.2f}{r['snap_paused']:>6.2f}{r['snap_apply']:>6.2f}"
-            f"{r.get('raw_snapsave', float('nan')):>8.2f}{r.get('raw_snapload', float('nan')):>8.2f}"
-        )
-    print(
-        "save/restore: torpor stop --save / torpor start (restore) as whole commands; raw: the same QEMU saving "
-        "(stop, migrate, fsync)\nand loading the same state by hand over QMP; x = save / raw save; r/cold = restore "
-        "/ cold boot;\n"
-        f"idle = torpor start restoring a state saved {idle:.0f} s before (the same guest, saved again after the "
-        "snapshots); i/cold = idle / cold boot;\nrep = MiB of freed memory this host handed back to its hypervisor "
-        "during that pause (free page reporting; nan where the kernel does not count it);\n"
-        f"held = the same idle restore with the host's free page reporting held back ({REPORTING_DELAY.name} "
-        f"{HOLD_MS} ms) from before the save,\nas on a host that keeps its freed memory (nan where it cannot be held); "
-        "h/cold = held / cold boot;\n"
-        "touch = the state's touched guest memory: non-zero 4 KiB pages of "
-        "guest RAM, counted by reading it (MiB);\n"
-        "disk = allocated MiB of the state (+ the RAM file in instant mode); d/t = disk / touch;"
-        "\nsnap = torpor snapshot create of the running guest, pause = how long the VM was paused, "
-        "apply = torpor snapshot apply;\nqsnsave/qsnload = QMP snapshot-save / snapshot-load jobs (RAM into the "
-        "qcow2 image) of the same state by hand, the alternative not taken"
-    )
-    print("\nwhere a restore's time goes (medians, s): CLI + host agent until QEMU is launched | QEMU + guest")
-    print("until ready | CLI noticing ready")
+        cells = [guest, mode, memory, versions[qemu], mechanism]
+        for _, _, key, fmt in COLUMNS:
+            v = _value(r, key, mode)
+            cells.append("" if math.isnan(v) and "/" in key else format(v, fmt))  # a nan ratio: not applicable
+        rows.append(cells)
+    widths = [w for _, w in ident] + [w for _, w, _, _ in COLUMNS]
+    header = [h for h, _ in ident] + [h for h, _, _, _ in COLUMNS]
+    print(f"\n{touch} MiB of random data in guest RAM, median of {rounds} rounds, idle pause {idle:.0f} s")
+    for line in [header, *rows]:
+        pairs = zip(line, widths, strict=True)
+        print("".join(f"{c:<{w}}" if i < len(ident) else f"{c:>{w}}" for i, (c, w) in enumerate(pairs)))
+    print(LEGEND.replace("IDLE", f"{idle:.0f}"))
+
+    breakdown: list[list[str]] = []
+    saves: list[list[str]] = []
     for (mode, memory, qemu, guest), (_, r) in results.items():
-        print(
-            f"  {guest:<8}{mode:<8}{memory:>5} {versions[qemu]:<7} {r['startup']:.3f} | {r['vm']:.3f} | "
-            f"{r['notice']:.3f}  (torpor outside QEMU and guest: {r['startup'] + r['notice']:.3f})"
+        who = [guest, mode, memory, versions[qemu]]
+        breakdown.append(
+            [*who, *(f"{r[k]:.3f}" for k in ("startup", "vm", "notice")), f"{r['startup'] + r['notice']:.3f}"]
         )
-    print("\nstop --save against raw QEMU saves of the same state (medians, s): raw = stop, migrate, then fsync;")
-    print("raw+wb = the same with the file written out while QEMU writes it, as torpor's save does")
-    for (mode, memory, qemu, guest), (_, r) in results.items():
         if mode != "instant":
-            print(
-                f"  {guest:<8}{mode:<8}{memory:>5} {versions[qemu]:<7} save {r['save']:.2f}  "
-                f"raw {r['raw_save']:.2f} (x{r['save'] / r['raw_save']:.2f})  "
-                f"raw+wb {r['raw_save_wb']:.2f} (x{r['save'] / r['raw_save_wb']:.2f})"
+            saves.append(
+                [
+                    *who,
+                    f"{r['save']:.2f}",
+                    f"{r['raw_save']:.2f}",
+                    f"{r['save'] / r['raw_save']:.2f}",
+                    f"{r['raw_save_wb']:.2f}",
+                    f"{r['save'] / r['raw_save_wb']:.2f}",
+                ]
             )
+    scaling: list[list[str]] = []
     for qemu, version in versions.items():
         for mode in ("copy", "instant"):
             small, big = results.get((mode, "1GiB", qemu, "default")), results.get((mode, "4GiB", qemu, "default"))
             if small and big:
                 s, b = small[1], big[1]
-                print(
-                    f"{mode} on QEMU {version}: 4 GiB / 1 GiB guest with the same touched memory: "
-                    f"save x{b['save'] / s['save']:.2f}, restore x{b['restore'] / s['restore']:.2f} "
-                    f"(idle x{b['idle_restore'] / s['idle_restore']:.2f}), "
-                    f"state on disk x{b['disk'] / s['disk']:.2f}"
+                scaling.append(
+                    [
+                        mode,
+                        version,
+                        *(f"{b[k] / s[k]:.2f}" for k in ("save", "restore", "idle_restore", "disk")),
+                    ]
                 )
+    who_h = ["guest", "saveMode", "RAM", "QEMU"]
+    extra = [
+        (
+            "Where a restore's time goes (medians, s): torpor = CLI and host agent until QEMU is launched, plus the "
+            "CLI noticing ready; the rest is QEMU and the guest until ready.",
+            [*who_h, "CLI + agent start", "QEMU + guest", "CLI notices", "torpor"],
+            breakdown,
+        ),
+        (
+            "`stop --save` against raw QEMU saves of the same state (medians, s): raw = stop, migrate, then fsync; "
+            "raw+wb = the same with the file written out while QEMU writes it, as torpor's save does.",
+            [*who_h, "save", "raw", "save/raw", "raw+wb", "save/raw+wb"],
+            saves,
+        ),
+        (
+            "The 4 GiB guest against the 1 GiB guest with the same touched memory (ratios of medians).",
+            ["saveMode", "QEMU", "save", "restore", "idle restore", "state on disk"],
+            scaling,
+        ),
+    ]
+    for text, head, body in extra:
+        if body:
+            print(f"\n{text}")
+            for row in [head, *body]:
+                print("  " + "  ".join(f"{c:>{max(len(h), 6)}}" for c, h in zip(row, head, strict=True)))
+    markdown = [
+        f"{touch} MiB of random data written into guest RAM; median of {rounds} rounds; idle pause {idle:.0f} s.\n\n"
+        + results_md.table(header, rows)
+        + "\n"
+        + LEGEND.replace("IDLE", f"{idle:.0f}")
+        + "\n"
+    ]
+    markdown += [f"{text}\n\n{results_md.table(head, body)}" for text, head, body in extra if body]
+    return markdown
 
 
 if __name__ == "__main__":

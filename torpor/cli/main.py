@@ -29,8 +29,8 @@ VERBS: dict[str, tuple[str, str | None]] = {
     "show-ssh": ("torpor.cli.show_ssh", "show how to reach an instance with ssh (for other tools)"),
     "snapshot": ("torpor.cli.snapshot", "create, apply, list and delete snapshots (memory and disk together)"),
     "autostart": ("torpor.cli.autostart", "run an instance for the login session (a systemd user unit)"),
-    "info": ("torpor.cli.info", "show facts about the host: QEMU, KVM or TCG, directories"),
-    "image": ("torpor.cli.image", "build the default guest image"),
+    "info": ("torpor.cli.info", "show facts about the host: QEMU, KVM or TCG and why, save mechanisms, directories"),
+    "image": ("torpor.cli.image", "build a guest image (default or debian) into the cache"),
     "hostagent": ("torpor.cli.hostagent", None),
 }
 
