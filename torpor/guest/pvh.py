@@ -77,4 +77,3 @@ def boot_kernel(bzimage: Path) -> Path:
 
 def _align4(n: int) -> int:
     return (n + 3) & ~3
-
