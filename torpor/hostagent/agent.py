@@ -356,17 +356,17 @@ class HostAgent:
         if before_ready is not None:
             await self._until(before_ready, deadline, "answer its guest agent")
             log.info("the guest agent answers")
-        message = f"{verb} in {time.monotonic() - t0:.1f} s"
         degraded = ""
         if verb == "ready":
             if self.default_guest:
                 degraded = await self._check_provisioning()
             else:
                 degraded = await self._until(self._wait_for_cloud_init(), deadline, "finish cloud-init")
+        self.ready = True
+        self.boot_seconds = time.monotonic() - t0  # the whole wait, cloud-init's included
+        message = f"{verb} in {self.boot_seconds:.1f} s"
         if degraded:
             message += f", but provisioning failed: {degraded}"
-        self.ready = True
-        self.boot_seconds = time.monotonic() - t0
         self.degraded = degraded
         self.events.emit(
             events.READY,
