@@ -116,3 +116,29 @@ def test_instant_mode_puts_guest_ram_in_a_shared_file() -> None:
 
 def test_plain_ram_has_no_backend() -> None:
     assert "memory-backend" not in " ".join(cmdline.machine(spec()) + cmdline.resources(spec()))
+
+
+def placed(p: cmdline.Placement) -> cmdline.VMSpec:
+    d = p.dir
+    return spec(
+        name=p.name,
+        disk=d / "disk.qcow2",
+        kernel=d / "kernel",
+        initrd=d / "initrd",
+        qmp_socket=d / "qmp.sock",
+        ready_socket=d / "ready.sock",
+        serial_log=d / "serial.log",
+        pidfile=d / "qemu.pid",
+        cidata=d / "cidata.iso",
+        qga_socket=d / "qga.sock",
+        memory_file=d / "memory.ram",
+        forwards=(p.ssh,),
+    )
+
+
+def test_retarget_moves_a_saved_command_line_to_another_instance() -> None:
+    old = cmdline.Placement(Path("/h/a"), "a", cmdline.HostForward("127.0.0.1", 40000, 22))
+    new = cmdline.Placement(Path("/h/b"), "b", cmdline.HostForward("127.0.0.1", 40001, 22))
+    moved = cmdline.retarget(cmdline.build("qemu-system-x86_64", placed(old)), old, new)
+    assert moved == cmdline.build("qemu-system-x86_64", placed(new))
+    assert not any("/h/a/" in arg or "torpor-a" in arg or "40000" in arg for arg in moved)

@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str | None]] = {
     "restart": ("torpor.cli.restart", "shut an instance down and cold boot it (never restores)"),
     "list": ("torpor.cli.list", "list instances"),
     "delete": ("torpor.cli.delete", "delete an instance and its disk"),
+    "clone": ("torpor.cli.clone", "clone a stopped or saved instance (a saved one's clone resumes its running state)"),
     "shell": ("torpor.cli.shell", "run a shell or a command in an instance (over SSH)"),
     "copy": ("torpor.cli.copy", "copy files between the host and instances (NAME:path)"),
     "show-ssh": ("torpor.cli.show_ssh", "show how to reach an instance with ssh (for other tools)"),

@@ -96,7 +96,7 @@ def disk(spec: VMSpec) -> list[str]:
 def network(spec: VMSpec) -> list[str]:
     netdev = "user,id=net0"
     for f in spec.forwards:
-        netdev += f",hostfwd={f.proto}:{f.host_ip}:{f.host_port}-:{f.guest_port}"
+        netdev += f",{_hostfwd(f)}"
     # romfile= drops the iPXE option ROM: the guest never network-boots and the ROM costs boot time under TCG.
     return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,romfile="]
 
@@ -136,8 +136,16 @@ def control(spec: VMSpec) -> list[str]:
         "-pidfile",
         str(spec.pidfile),
         "-name",
-        f"torpor-{spec.name},process=torpor-{spec.name}",
+        _process_name(spec.name),
     ]
+
+
+def _process_name(name: str) -> str:
+    return f"torpor-{name},process=torpor-{name}"
+
+
+def _hostfwd(f: HostForward) -> str:
+    return f"hostfwd={f.proto}:{f.host_ip}:{f.host_port}-:{f.guest_port}"
 
 
 def base() -> list[str]:
@@ -160,3 +168,27 @@ def build(binary: str, spec: VMSpec) -> list[str]:
         *console(spec),
         *control(spec),
     ]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a VM's command line puts it: its instance directory, its name and the host port forwarded to SSH."""
+
+    dir: Path
+    name: str
+    ssh: HostForward
+
+
+def retarget(argv: list[str], old: Placement, new: Placement) -> list[str]:
+    """A saved command line moved to another instance: its files, name and SSH port from ``old`` to ``new``.
+    The machine and its devices stay as the saved state needs them."""
+    renames = {f"{old.dir}/": f"{new.dir}/", _hostfwd(old.ssh): _hostfwd(new.ssh)}
+
+    def moved(arg: str) -> str:
+        if arg == _process_name(old.name):
+            return _process_name(new.name)
+        for before, after in renames.items():
+            arg = arg.replace(before, after)
+        return arg
+
+    return [moved(arg) for arg in argv]
