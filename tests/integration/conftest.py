@@ -2,6 +2,10 @@
 
 They share one image cache ($TORPOR_CACHE, else the user's cache), so the guest is built once; each test gets
 its own $TORPOR_HOME under /tmp (short, because unix socket paths are limited to 108 bytes).
+
+A test that needs a running guest but is not about booting one starts from a saved guest instead
+(:meth:`Torpor.from_saved`): each template is booted and saved once per session, in a home of its own, and the
+test's instance is a clone of it (`torpor clone`), whose first start restores that running guest.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ pytestmark = pytest.mark.integration
 class Torpor:
     home: Path
     env: dict[str, str]
+    saved_guests: SavedGuests | None = None
 
     def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
@@ -57,6 +62,25 @@ class Torpor:
     def events(self, name: str) -> str:
         return (self.dir(name) / "ha.stdout.log").read_text()
 
+    def from_saved(
+        self, name: str, body: str = "", memory: str = "512MiB", prepare: str = "", saved: bool = True
+    ) -> None:
+        """Create ``name`` from the template of :func:`write_template` (``body``, ``memory``) as a clone of that
+        template's guest, booted once per session, having run ``prepare`` in it, and saved: the instance's first
+        `torpor start` restores it.  Not ``saved``: the clone without the saved state (stopped, its disk made)."""
+        from torpor.instance.clone import clone
+        from torpor.store import savedstate
+
+        assert self.saved_guests is not None
+        golden = self.saved_guests.get(template_text(body, memory), prepare)
+        clone(golden, name, lambda _message: None, root=self.saved_guests.torpor.home, dst_root=self.home)
+        for key in ("user", "user.pub"):  # the key the saved guest lets in
+            src, dst = self.saved_guests.torpor.home / "_config" / key, self.home / "_config" / key
+            if not dst.exists():
+                shutil.copy2(src, dst)
+        if not saved:
+            savedstate.discard(self.dir(name))
+
     def status(self, name: str) -> dict[str, Any]:
         import json
 
@@ -72,19 +96,56 @@ def image_cache() -> Path:
     return cache
 
 
-@pytest.fixture
-def torpor(image_cache: Path) -> Iterator[Torpor]:
+@dataclass
+class SavedGuests:
+    """Guests booted and saved once per session, by template and preparation, for :meth:`Torpor.from_saved`."""
+
+    torpor: Torpor
+    names: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def get(self, template: str, prepare: str) -> str:
+        key = (template, prepare)
+        if key not in self.names:
+            name = f"saved{len(self.names)}"
+            path = self.torpor.home / f"{name}.yaml"
+            path.write_text(template)
+            self.torpor.run("create", "--name", name, str(path))
+            self.torpor.run("start", name)
+            if prepare:
+                self.torpor.sh(name, prepare)
+            self.torpor.run("stop", "--save", name)
+            self.names[key] = name
+        return self.names[key]
+
+
+def new_home(image_cache: Path) -> Torpor:
     home = Path(tempfile.mkdtemp(prefix="torpor-it-", dir="/tmp"))
     (home / "_config").mkdir()
     # Fail fast instead of waiting the default five minutes if a guest does not come up.
     (home / "_config" / "default.yaml").write_text("bootTimeout: 120\nshutdownTimeout: 30\n")
-    env = dict(os.environ, TORPOR_HOME=str(home), TORPOR_CACHE=str(image_cache))
-    t = Torpor(home, env)
-    yield t
-    for d in home.iterdir():
+    return Torpor(home, dict(os.environ, TORPOR_HOME=str(home), TORPOR_CACHE=str(image_cache)))
+
+
+def remove_home(t: Torpor) -> None:
+    for d in t.home.iterdir():
         if (d / "ha.pid").exists() or (d / "qemu.pid").exists():
             t.run("stop", "--force", d.name, check=False)
-    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(t.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def saved_guests(image_cache: Path) -> Iterator[SavedGuests]:
+    t = new_home(image_cache)
+    yield SavedGuests(t)
+    remove_home(t)
+
+
+@pytest.fixture
+def torpor(image_cache: Path, saved_guests: SavedGuests) -> Iterator[Torpor]:
+    t = new_home(image_cache)
+    t.saved_guests = saved_guests
+    yield t
+    remove_home(t)
 
 
 def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.2) -> bool:
@@ -109,11 +170,18 @@ def serves(port: int, text: str) -> bool:
         return False
 
 
+def template_text(body: str = "", memory: str = "512MiB") -> str:
+    return f"images: [{{location: build:default}}]\nmemory: {memory}\n" + body
+
+
 def write_template(torpor: Torpor, name: str, body: str = "", memory: str = "512MiB") -> Path:
     path = torpor.home / f"{name}.yaml"
-    path.write_text(f"images: [{{location: build:default}}]\nmemory: {memory}\n" + body)
+    path.write_text(template_text(body, memory))
     return path
 
+
+# Random data in guest RAM: a save or a load that takes long enough to land a signal or a kill in.
+FILL = "dd if=/dev/urandom of=/dev/shm/fill bs=1M count=400 2>/dev/null"
 
 # A counter in guest RAM (tmpfs) and a token only the guest's memory holds: both survive a restore only if the
 # whole machine state does.

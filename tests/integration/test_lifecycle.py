@@ -59,6 +59,7 @@ def test_start_creates_the_default_instance(torpor: Torpor) -> None:
 
 
 def test_force_stop_then_start_again(torpor: Torpor) -> None:
+    torpor.from_saved("f")  # a guest that has booted once
     torpor.run("start", "f")
     qemu_pid = int((torpor.dir("f") / "qemu.pid").read_text())
     torpor.run("stop", "--force", "f")
@@ -70,6 +71,7 @@ def test_force_stop_then_start_again(torpor: Torpor) -> None:
 
 
 def test_killed_host_agent_is_reported_and_recovered(torpor: Torpor) -> None:
+    torpor.from_saved("k")  # a guest that has booted once
     torpor.run("start", "k")
     d = torpor.dir("k")
     agent = int((d / "ha.pid").read_text())
@@ -107,6 +109,7 @@ def test_bad_yaml_is_a_clear_error_and_creates_nothing(torpor: Torpor, tmp_path:
 
 
 def test_api_errors_are_json(torpor: Torpor) -> None:
+    torpor.from_saved("api")
     torpor.run("start", "api")
     client = HostAgentClient(torpor.dir("api") / "ha.sock")
     status, body = client.request("GET", "/v1/nothing")

@@ -12,19 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import COUNTER, Torpor, wait_for, write_template
+from tests.integration.conftest import COUNTER, FILL, Torpor, wait_for
 from torpor.store.instance import pid_alive
 
 pytestmark = pytest.mark.integration
 
 
-def started_with_data(torpor: Torpor, name: str, body: str = "", fill_mib: int = 0) -> None:
-    torpor.run("create", str(write_template(torpor, name, body, memory="1GiB" if fill_mib else "512MiB")))
+def started_with_data(torpor: Torpor, name: str, body: str = "", fill: bool = False) -> None:
+    """``name`` running (restored from a saved guest), a counter running in it, a file fsynced to its disk; with
+    ``fill``, random data in its RAM that makes a save take long enough to interrupt."""
+    torpor.from_saved(name, body, memory="1GiB" if fill else "512MiB", prepare=FILL if fill else "")
     torpor.run("start", name)
     torpor.sh(name, COUNTER)
     torpor.sh(name, "echo precious > $HOME/fsynced && sync")
-    if fill_mib:  # random data in guest RAM makes the save take long enough to interrupt
-        torpor.sh(name, f"dd if=/dev/urandom of=/dev/shm/fill bs=1M count={fill_mib} 2>/dev/null")
 
 
 def assert_restored_or_cold(torpor: Torpor, name: str, out: subprocess.CompletedProcess[str]) -> str:
@@ -44,7 +44,7 @@ def wait_for_event(torpor: Torpor, name: str, text: str, timeout: float = 30) ->
 @pytest.mark.parametrize("victim", ["hostagent", "qemu"])
 def test_kill_during_save(torpor: Torpor, victim: str) -> None:
     name = f"k{victim[0]}"
-    started_with_data(torpor, name, fill_mib=300)
+    started_with_data(torpor, name, fill=True)
     d = torpor.dir(name)
     pid = int((d / ("ha.pid" if victim == "hostagent" else "qemu.pid")).read_text())
     stopper = threading.Thread(target=lambda: torpor.run("stop", "--save", name, check=False))
@@ -65,7 +65,7 @@ def test_kill_during_save(torpor: Torpor, victim: str) -> None:
 def test_full_filesystem_during_save_shuts_down_cleanly(torpor: Torpor) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    started_with_data(torpor, "full", fill_mib=100)
+    started_with_data(torpor, "full", fill=True)
     saved = torpor.dir("full") / "saved"
     saved.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(saved)], check=True)

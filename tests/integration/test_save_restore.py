@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import COUNTER, Torpor, serves, wait_for, write_template
+from tests.integration.conftest import COUNTER, FILL, Torpor, serves, wait_for, write_template
 from torpor.guest.ssh import free_port
 from torpor.hostagent.client import HostAgentClient
 from torpor.store.instance import pid_alive
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_running_state_survives_save_and_restore(torpor: Torpor) -> None:
-    torpor.run("create", str(write_template(torpor, "sr")))
+    torpor.from_saved("sr")
     torpor.run("start", "sr")
     port = free_port()
     torpor.sh("sr", COUNTER)
@@ -36,22 +36,26 @@ def test_running_state_survives_save_and_restore(torpor: Torpor) -> None:
     token = torpor.sh("sr", "cat /dev/shm/token")
     pid = torpor.sh("sr", "cat /dev/shm/counter.pid").strip()
     before = int(torpor.sh("sr", "cat /dev/shm/counter"))
+    uptime_before, wall_before = float(torpor.sh("sr", "cut -d' ' -f1 /proc/uptime")), time.monotonic()
 
     out = torpor.run("stop", "--save", "sr")
     assert "saved the VM state" in out.stderr
     row = torpor.status("sr")
     assert row["status"] == "Saved" and row["saved"] is True and row["stateSize"] > 0 and row["stateAge"] >= 0
-    time.sleep(20)  # the guest's clock stands still while saved
+    time.sleep(8)  # the guest stands still while saved; its wall clock is set when it is restored
 
     out = torpor.run("start", "sr")
     assert "restored in" in out.stderr
     host_now = time.time()
     guest_now = int(torpor.sh("sr", "date +%s"))
     assert abs(guest_now - host_now) <= 2, f"guest clock off by {guest_now - host_now:.1f} s after restore"
+    uptime_after, wall_after = float(torpor.sh("sr", "cut -d' ' -f1 /proc/uptime")), time.monotonic()
+    # The guest did not run while saved: its uptime moved on by the seconds around the save, not the 8 s pause.
+    assert (wall_after - wall_before) - (uptime_after - uptime_before) > 6
     assert torpor.sh("sr", "cat /dev/shm/counter.pid").strip() == pid
     after = int(torpor.sh("sr", "cat /dev/shm/counter"))
     assert after > before  # the same loop, still counting
-    assert after < before + 150  # and it did not run while saved (20 s would be ~200 more)
+    assert after < before + 60  # and it did not count while saved (8 s would be ~80 more)
     assert torpor.sh("sr", "cat /dev/shm/token") == token
     assert torpor.sh("sr", "cat $HOME/file") == "on-disk\n"
     assert wait_for(lambda: serves(port, "web\n")), "the port forward did not come back after restore"
@@ -70,7 +74,7 @@ def test_running_state_survives_save_and_restore(torpor: Torpor) -> None:
 
 
 def test_signal_saves_when_save_on_stop_is_true_and_api(torpor: Torpor) -> None:
-    torpor.run("create", str(write_template(torpor, "sig", "saveOnStop: true\n")))
+    torpor.from_saved("sig", "saveOnStop: true\n")
     torpor.run("start", "sig")
     client = HostAgentClient(torpor.dir("sig") / "ha.sock")
     assert client.get("/v1/driver/config") == {"saveOnStop": True}
@@ -105,9 +109,7 @@ def test_signal_saves_when_save_on_stop_is_true_and_api(torpor: Torpor) -> None:
 
 def test_foreground_host_agent_like_the_systemd_unit(torpor: Torpor) -> None:
     """The autostart unit runs `torpor hostagent NAME` in the foreground and stops it with SIGTERM."""
-    torpor.run("create", str(write_template(torpor, "fg", "saveOnStop: true\n")))
-    torpor.run("start", "fg")  # first start: builds the disk
-    torpor.run("stop", "--no-save", "fg")
+    torpor.from_saved("fg", "saveOnStop: true\n", saved=False)  # a stopped instance with its disk made
 
     def run_foreground() -> subprocess.Popen[str]:
         proc = subprocess.Popen(
@@ -138,7 +140,7 @@ def test_foreground_host_agent_like_the_systemd_unit(torpor: Torpor) -> None:
 
 
 def test_restart_cold_boots_and_start_cold_discards(torpor: Torpor) -> None:
-    torpor.run("create", str(write_template(torpor, "rs")))
+    torpor.from_saved("rs")
     torpor.run("start", "rs")
     torpor.sh("rs", COUNTER)
     out = torpor.run("restart", "rs")
@@ -157,11 +159,10 @@ def test_autostart_unit_is_valid_and_removable(torpor: Torpor, tmp_path: os.Path
     torpor.env = env
     refused = torpor.run("autostart", "enable", "nope", check=False)
     assert refused.returncode != 0 and "does not exist" in refused.stderr
-    torpor.run("create", str(write_template(torpor, "au", "saveOnStop: true\n")))
-    refused = torpor.run("autostart", "enable", "au", check=False)
+    torpor.run("create", str(write_template(torpor, "new", "saveOnStop: true\n")))
+    refused = torpor.run("autostart", "enable", "new", check=False)
     assert refused.returncode != 0 and "never been started" in refused.stderr
-    torpor.run("start", "au")
-    torpor.run("stop", "au")
+    torpor.from_saved("au", "saveOnStop: true\n", saved=False)  # started and stopped before
     out = torpor.run("autostart", "enable", "au")  # systemd-analyze verify runs inside, where installed
     unit = Path(out.stdout.strip())
     text = unit.read_text()
@@ -172,7 +173,7 @@ def test_autostart_unit_is_valid_and_removable(torpor: Torpor, tmp_path: os.Path
 
 
 def test_instant_mode_saves_device_state_only_and_restores(torpor: Torpor) -> None:
-    torpor.run("create", str(write_template(torpor, "inst", "saveMode: instant\n", memory="1GiB")))
+    torpor.from_saved("inst", "saveMode: instant\n", memory="1GiB")
     torpor.run("start", "inst")
     torpor.sh("inst", COUNTER)
     torpor.sh("inst", "dd if=/dev/urandom of=/dev/shm/blob bs=1M count=64 2>/dev/null")
@@ -206,6 +207,7 @@ def test_instant_mode_saves_device_state_only_and_restores(torpor: Torpor) -> No
 def start_and_signal_when(torpor: Torpor, name: str, log: Path, needle: str) -> str:
     """`torpor start NAME`, SIGTERM to its host agent as soon as ``log`` shows ``needle``; the start's stderr
     (the start must fail: the agent was stopped before the guest was ready), once the agent is gone."""
+    log.unlink(missing_ok=True)  # what an earlier run logged is not this start's (the agent makes the log anew)
     start = subprocess.Popen(
         [sys.executable, "-m", "torpor", "--no-tty", "start", name],
         env=torpor.env,
@@ -225,11 +227,9 @@ def start_and_signal_when(torpor: Torpor, name: str, log: Path, needle: str) -> 
 def test_stop_while_restoring_keeps_the_saved_state(torpor: Torpor) -> None:
     """A SIGTERM that reaches the host agent while QEMU loads the state (the early path, before the agent's own
     handlers exist) stops it without letting the VM run: the state stays and restores later."""
-    torpor.run("create", str(write_template(torpor, "sw", memory="1GiB")))
+    torpor.from_saved("sw", memory="1GiB", prepare=FILL)  # a longer load: time to land the signal
     torpor.run("start", "sw")
     torpor.sh("sw", COUNTER)
-    # a longer load: time to land the signal
-    torpor.sh("sw", "dd if=/dev/urandom of=/dev/shm/fill bs=1M count=400 2>/dev/null")
     pid = torpor.sh("sw", "cat /dev/shm/counter.pid")
     torpor.run("stop", "--save", "sw")
 
@@ -245,7 +245,7 @@ def test_stop_while_restoring_keeps_the_saved_state(torpor: Torpor) -> None:
 def test_stop_after_the_restored_vm_ran_saves_it_again(torpor: Torpor) -> None:
     """A SIGTERM after the restored VM ran but before it answered SSH again: the VM is a booted guest, so with
     saveOnStop it is saved again (not killed), and the next start brings the same processes back."""
-    torpor.run("create", str(write_template(torpor, "sa", "saveOnStop: true\n")))
+    torpor.from_saved("sa", "saveOnStop: true\n")
     torpor.run("start", "sa")
     torpor.sh("sa", COUNTER)
     pid = torpor.sh("sa", "cat /dev/shm/counter.pid")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import COUNTER, Torpor, serves, wait_for, write_template
+from tests.integration.conftest import COUNTER, Torpor, serves, wait_for
 from torpor.guest.ssh import free_port
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ def set_token(torpor: Torpor, name: str, value: str) -> None:
 
 
 def test_running_snapshot_applies_again_and_again(torpor: Torpor) -> None:
-    torpor.run("create", str(write_template(torpor, "sn", memory="768MiB")))
+    torpor.from_saved("sn")
     torpor.run("start", "sn")
     torpor.sh("sn", COUNTER)
     set_token(torpor, "sn", "at-snapshot")
@@ -78,14 +78,14 @@ def test_running_snapshot_applies_again_and_again(torpor: Torpor) -> None:
 
     # A snapshot that no longer fits the machine is refused with the reason.
     yaml = torpor.dir("sn") / "torpor.yaml"
-    yaml.write_text(yaml.read_text().replace("memory: 768MiB", "memory: 1GiB"))
+    yaml.write_text(yaml.read_text().replace("memory: 512MiB", "memory: 1GiB"))
     out = torpor.run("snapshot", "apply", "sn", "--tag", "base", "--force", check=False)
     assert out.returncode != 0 and "machine changed" in out.stderr and "memory" in out.stderr
     assert torpor.sh("sn", STATE) == current
 
 
 def test_snapshots_of_stopped_and_saved_instances_and_their_lifetime(torpor: Torpor) -> None:
-    torpor.run("create", str(write_template(torpor, "st")))
+    torpor.from_saved("st")
     torpor.run("start", "st")
     torpor.sh("st", COUNTER)
     set_token(torpor, "st", "live")
@@ -133,7 +133,7 @@ def test_snapshots_of_stopped_and_saved_instances_and_their_lifetime(torpor: Tor
 
 
 def test_instant_mode_snapshot_copies_the_ram_file(torpor: Torpor) -> None:
-    torpor.run("create", str(write_template(torpor, "ins", "saveMode: instant\n", memory="1GiB")))
+    torpor.from_saved("ins", "saveMode: instant\n", memory="1GiB")
     torpor.run("start", "ins")
     torpor.sh("ins", COUNTER)
     torpor.sh("ins", "dd if=/dev/urandom of=/dev/shm/blob bs=1M count=32 2>/dev/null")
