@@ -1,4 +1,10 @@
-"""The one place torpor runs subprocesses: argv lists, never a shell, stdin closed, errors carry the stderr tail."""
+"""The one place torpor runs subprocesses: argv lists, never a shell, stdin closed unless a command is interactive,
+errors carry the stderr tail, and every command logged with ``shlex.join`` so it can be pasted into a shell.
+
+``run`` runs a command to completion; ``run_async`` the same inside the host agent's event loop; ``spawn``
+starts a long-lived child (QEMU, the SSH master, the host agent); ``interactive`` and ``replace`` hand the
+terminal to a command (scp, ssh).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from torpor.errors import CommandError
+
+TYPE_CHECKING = False  # not typing's: the early restore path imports this module (see hostagent/events.py)
+if TYPE_CHECKING:
+    from typing import IO, NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +40,11 @@ def run(
     """
     args = [os.fspath(a) for a in argv]
     log.debug("running %s", shlex.join(args))
-    full_env = None
-    if env is not None:
-        full_env = dict(os.environ)
-        full_env.update(env)
     try:
         proc = subprocess.run(
             args,
             cwd=cwd,
-            env=full_env,
+            env=_env(env),
             stdin=subprocess.DEVNULL if input is None else None,
             input=input,
             capture_output=True,
@@ -56,18 +62,78 @@ def run(
     return proc
 
 
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+    stderr: int | IO[bytes] | None = subprocess.DEVNULL,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    dies_with_parent: bool = True,
+    group: bool = False,
+    session: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start a long-lived child with stdin closed; the caller owns the returned process.
+
+    ``dies_with_parent``: SIGKILLed if this process dies (QEMU, the SSH master: nothing outlives its host agent).
+    ``group``: in its own process group (a Ctrl-C meant for a foreground host agent must not reach QEMU);
+    ``session``: in its own session (the host agent, detached from the terminal of the `torpor start` that made it).
+    ``env`` entries are added to a copy of the current environment.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.info("starting %s", shlex.join(args))
+    try:
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=_env(env),
+            cwd=cwd,
+            preexec_fn=die_with_parent() if dies_with_parent else None,  # noqa: PLW1509 - one libc call, see there
+            process_group=0 if group else None,
+            start_new_session=session,
+        )
+    except FileNotFoundError as e:
+        raise CommandError(args, 127, f"{args[0]}: command not found") from e
+
+
 def spawn_daemon(argv: Sequence[str]) -> subprocess.Popen[bytes]:
-    """Start a long-lived child (QEMU): stdin and stdout closed, stderr piped, in its own process group (a Ctrl-C
-    meant for a foreground host agent must not reach it; the agent decides how it stops), killed if its parent
-    dies."""
-    return subprocess.Popen(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=die_with_parent(),  # noqa: PLW1509 - it makes one libc call, see there
-        process_group=0,
+    """Start QEMU: stdin and stdout closed, stderr piped, in its own process group, killed if its parent dies."""
+    return spawn(argv, stderr=subprocess.PIPE, group=True)
+
+
+async def run_async(argv: Sequence[str], timeout: float) -> tuple[int, str]:
+    """Run ``argv`` inside the running event loop; return its exit code and its output (stdout and stderr),
+    or -1 and "timed out" after ``timeout`` seconds (the process is killed)."""
+    import asyncio  # the host agent's; not imported by the CLI's commands
+
+    log.debug("running %s", shlex.join(argv))
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return -1, "timed out"
+    return proc.returncode or 0, out.decode(errors="replace").strip()
+
+
+def interactive(argv: Sequence[str]) -> int:
+    """Run ``argv`` on this process's terminal (stdin, stdout and stderr inherited); return its exit code."""
+    log.debug("running %s", shlex.join(argv))
+    try:
+        return subprocess.run(list(argv), check=False).returncode
+    except FileNotFoundError as e:
+        raise CommandError(list(argv), 127, f"{argv[0]}: command not found") from e
+
+
+def replace(argv: Sequence[str]) -> NoReturn:
+    """Replace this process with ``argv`` (its exit code becomes ours, signals reach it directly)."""
+    log.debug("running %s", shlex.join(argv))
+    os.execvp(argv[0], list(argv))
 
 
 def die_with_parent() -> Callable[[], None]:
@@ -85,6 +151,10 @@ def die_with_parent() -> Callable[[], None]:
         prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
     return set_pdeathsig
+
+
+def _env(extra: Mapping[str, str] | None) -> dict[str, str] | None:
+    return None if extra is None else {**os.environ, **extra}
 
 
 def stream_stdout(argv: Sequence[str | os.PathLike[str]]) -> subprocess.Popen[bytes]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from torpor.cli import start as start_cli
+from torpor.cli import common
 from torpor.cli import stop as stop_cli
 from torpor.cli.main import main
 from torpor.hostagent import events
@@ -51,7 +51,28 @@ def test_ctrl_d_at_the_prompt_is_the_default_answer(monkeypatch: pytest.MonkeyPa
         raise EOFError
 
     monkeypatch.setattr(builtins, "input", eof)
-    assert start_cli._ask("restore? [R/d] ") == ""
+    assert common.ask("restore? [R/d] ") == ""
+    assert common.asker(SimpleNamespace(interactive=True)) is common.ask
+    assert common.asker(SimpleNamespace(interactive=False)) is None
+
+
+@pytest.mark.parametrize(("answer", "applied"), [(EOFError, False), ("y\n", True), ("n\n", False)])
+def test_snapshot_apply_asks_once_and_takes_ctrl_d_for_no(
+    monkeypatch: pytest.MonkeyPatch, answer: object, applied: bool
+) -> None:
+    from torpor.instance import snapshot as snapshot_lib
+
+    stdin = io.StringIO("" if answer is EOFError else str(answer))
+    monkeypatch.setattr("sys.stdin", stdin)
+    outcome: dict[str, bool] = {}
+
+    def fake_apply(name: str, tag: str, report: object, *, confirm: Any, start: object) -> bool:
+        outcome["confirmed"] = confirm("applying snapshot 't' replaces the disk's contents")
+        return False
+
+    monkeypatch.setattr(snapshot_lib, "apply", fake_apply)
+    assert main(["--tty", "snapshot", "apply", "vm", "--tag", "t"]) == 0  # --tty: as on a terminal, from stdin
+    assert outcome["confirmed"] is applied
 
 
 @pytest.mark.parametrize(

@@ -142,3 +142,34 @@ def test_retarget_moves_a_saved_command_line_to_another_instance() -> None:
     moved = cmdline.retarget(cmdline.build("qemu-system-x86_64", placed(old)), old, new)
     assert moved == cmdline.build("qemu-system-x86_64", placed(new))
     assert not any("/h/a/" in arg or "torpor-a" in arg or "40000" in arg for arg in moved)
+
+
+def split_options(value: str) -> list[str]:
+    """QEMU's reading of an option string: commas separate options, a doubled comma is a comma."""
+    parts, current, i = [], "", 0
+    while i < len(value):
+        if value[i] == ",":
+            if value[i + 1 : i + 2] == ",":
+                current += ","
+                i += 2
+                continue
+            parts.append(current)
+            current = ""
+        else:
+            current += value[i]
+        i += 1
+    return [*parts, current]
+
+
+def test_paths_with_commas_stay_whole_inside_option_strings() -> None:
+    d = Path("/home/u/vms,old/a")
+    p = cmdline.Placement(d, "a", cmdline.HostForward("127.0.0.1", 40000, 22))
+    argv = cmdline.build("qemu-system-x86_64", placed(p))
+    values = dict(pairs(argv[1:]))
+    assert argv[argv.index("-kernel") + 1] == f"{d}/kernel"  # a plain argument: as it is
+    for option, key in (("-drive", "file"), ("-chardev", "path"), ("-object", "mem-path")):
+        found = [o for a, b in pairs(argv[1:]) if a == option for o in split_options(b) if o.startswith(f"{key}=")]
+        assert found and all(o.startswith(f"{key}={d}/") for o in found), (option, found)
+    assert split_options(values["-qmp"])[0] == f"unix:{d}/qmp.sock"
+    moved = cmdline.retarget(argv, p, cmdline.Placement(Path("/h/b,c"), "b", p.ssh))
+    assert moved == cmdline.build("qemu-system-x86_64", placed(cmdline.Placement(Path("/h/b,c"), "b", p.ssh)))

@@ -4,6 +4,28 @@ from __future__ import annotations
 
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def ask(question: str) -> str:
+    """Ask ``question`` on the terminal; the answer, or "" (the question's default) at the end of input (Ctrl-D).
+
+    Only ask where someone can answer: cli.main decides that once (``args.interactive``, from the terminals and
+    --tty/--no-tty), and :func:`asker` follows it.
+    """
+    try:
+        return input(question)
+    except EOFError:
+        print()
+        return ""
+
+
+def asker(args: object) -> Callable[[str], str] | None:
+    """:func:`ask` if someone can answer the command's questions, else None (the caller must not ask)."""
+    return ask if getattr(args, "interactive", False) else None
+
 
 def report(message: str) -> None:
     """Progress for people, on stderr so stdout stays parseable."""

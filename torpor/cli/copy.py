@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -10,7 +9,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from torpor import subp
     from torpor.instance.access import scp_command
 
-    argv = scp_command(args.paths, recursive=args.recursive)
-    return subprocess.run(argv, check=False).returncode
+    return subp.interactive(scp_command(args.paths, recursive=args.recursive))

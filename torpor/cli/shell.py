@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 
@@ -22,5 +21,6 @@ def run(args: argparse.Namespace) -> int:
     argv = ssh_command(args.name, tty=sys.stdin.isatty() and sys.stdout.isatty(), script=script)
     sys.stdout.flush()
     sys.stderr.flush()
-    # Replace this process: the exit code of the guest command is ours, signals reach ssh directly.
-    os.execvp(argv[0], argv)
+    from torpor import subp
+
+    subp.replace(argv)  # the guest command's exit code is ours, signals reach ssh directly

@@ -5,7 +5,7 @@ import json
 import sys
 import time
 
-from torpor.cli.common import Progress, report
+from torpor.cli.common import Progress, asker, report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,10 +42,11 @@ def run(args: argparse.Namespace) -> int:
         def confirm(what: str) -> bool:
             if args.force:
                 return True
-            if not args.tty:
+            ask = asker(args)
+            if ask is None:
                 report(f"torpor: {what}; pass --force to apply it without a terminal to ask on")
                 return False
-            return input(f"{what}. Apply? [y/N] ").strip().lower() in ("y", "yes")
+            return ask(f"{what}. Apply? [y/N] ").strip().lower() in ("y", "yes")
 
         runs = snapshot.apply(
             args.name,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from torpor.cli.common import Progress, report
+from torpor.cli.common import Progress, asker, report
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -18,18 +18,10 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
     from torpor.instance.start import start
 
     bar = Progress(args.tty)
-    ask = _ask if args.interactive else None  # with no one to answer, the agent restores and says what changed
-    ready = start(args.name, bar.report, args.tty, cold=args.cold, ask=ask, progress=bar.line)
+    # With no one to answer, the agent restores and says what changed.
+    ready = start(args.name, bar.report, args.tty, cold=args.cold, ask=asker(args), progress=bar.line)
     bar.end()
     if ready.fields.get("degraded"):
         report(f"torpor: error: instance {args.name!r} is running but degraded: provisioning failed")
         return 2
     return 0
-
-
-def _ask(question: str) -> str:
-    try:
-        return input(question)
-    except EOFError:  # Ctrl-D: the default answer
-        print()
-        return ""

@@ -8,7 +8,6 @@ copies and the host agent's port forwards.
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 import socket
 import subprocess
@@ -103,11 +102,4 @@ def spawn_master(inst_dir: Path, name: str) -> subprocess.Popen[bytes]:
 
     It dies with the calling process.  ssh runs the ProxyCommand with $SHELL: /bin/sh starts quicker than bash.
     """
-    return subprocess.Popen(
-        ssh_argv(inst_dir, name, [*MASTER_OPTIONS, *nodelay_options()]),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=subp.die_with_parent(),  # noqa: PLW1509 - it makes one libc call, see there
-        env=dict(os.environ, SHELL="/bin/sh"),
-    )
+    return subp.spawn(ssh_argv(inst_dir, name, [*MASTER_OPTIONS, *nodelay_options()]), env={"SHELL": "/bin/sh"})

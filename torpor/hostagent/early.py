@@ -110,7 +110,6 @@ def _launch_restore(name: str, inst_dir: Path, out: events.EventWriter, signals:
     if savedstate.problems(saved, inst_dir, qemu.version, verify_state=False):
         return None
     argv = [*saved.manifest["argv"], "-incoming", "defer"]
-    log.info("starting QEMU: %s", subprocess.list2cmdline(argv))
     out.emit(events.BOOTING, restoring_message(saved), restoring=True)
     popen = subp.spawn_daemon(argv)
     fd = -1

@@ -8,6 +8,7 @@ import logging
 import subprocess
 from pathlib import Path
 
+from torpor import subp
 from torpor.guest import ssh
 from torpor.store import filenames
 
@@ -24,19 +25,7 @@ class SSHAccess:
         return ssh.ssh_argv(self.dir, self.name, list(options), command)
 
     async def _run(self, *args: str, timeout: float = 15.0) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            return -1, "timed out"
-        return proc.returncode or 0, out.decode(errors="replace").strip()
+        return await subp.run_async(args, timeout)
 
     async def run(self, command: list[str], timeout: float = 15.0) -> tuple[int, str]:
         """Run ``command`` in the guest through the master; return the exit code and the output."""

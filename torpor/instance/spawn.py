@@ -23,18 +23,17 @@ POLL = 0.005
 
 def spawn_hostagent(name: str, inst_dir: Path, home: Path) -> subprocess.Popen[bytes]:
     """Start ``torpor hostagent NAME`` detached (own session), events to ha.stdout.log, log to ha.stderr.log."""
-    import subprocess  # here: `torpor stop` imports this module, and subprocess is a tenth of its imports
+    from torpor import subp  # here: `torpor stop` imports this module, and subprocess is a tenth of its imports
 
-    env = dict(os.environ, TORPOR_HOME=str(home))
     with (inst_dir / filenames.HA_STDOUT).open("wb") as out, (inst_dir / filenames.HA_STDERR).open("wb") as err:
-        return subprocess.Popen(
+        return subp.spawn(
             [sys.executable, "-m", "torpor.hostagent", name],
-            stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
-            start_new_session=True,
-            env=env,
+            env={"TORPOR_HOME": str(home)},
             cwd=inst_dir,
+            dies_with_parent=False,
+            session=True,
         )
 
 

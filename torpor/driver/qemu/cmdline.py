@@ -11,6 +11,12 @@ from pathlib import Path
 MIB = 1024 * 1024
 
 
+def opt(value: object) -> str:
+    """``value`` as it must appear inside a QEMU option string (``key=value,key=value``): commas doubled, so that
+    a path with a comma in it (a $TORPOR_HOME, say) is not read as the start of another option."""
+    return str(value).replace(",", ",,")
+
+
 @dataclass(frozen=True)
 class HostForward:
     host_ip: str
@@ -57,7 +63,7 @@ def resources(spec: VMSpec) -> list[str]:
     args = ["-smp", str(spec.cpus), "-m", f"{mib}M"]
     if spec.memory_file is not None:
         # share=on: the guest's writes land in the file itself, which a save then only has to flush.
-        args += ["-object", f"memory-backend-file,id=ram0,size={mib}M,mem-path={spec.memory_file},share=on"]
+        args += ["-object", f"memory-backend-file,id=ram0,size={mib}M,mem-path={opt(spec.memory_file)},share=on"]
     return args
 
 
@@ -79,14 +85,14 @@ def disk(spec: VMSpec) -> list[str]:
     # The serials let the guest tell its root disk from the seed, whatever order the kernel finds them in.
     args = [
         "-drive",
-        f"file={spec.disk},if=none,id={DISK_ID},format=qcow2,discard=unmap,cache=writeback",
+        f"file={opt(spec.disk)},if=none,id={DISK_ID},format=qcow2,discard=unmap,cache=writeback",
         "-device",
         f"virtio-blk-pci,drive={DISK_ID},serial=root",
     ]
     if spec.cidata is not None:
         args += [
             "-drive",
-            f"file={spec.cidata},if=none,id=cidata,format=raw,readonly=on",
+            f"file={opt(spec.cidata)},if=none,id=cidata,format=raw,readonly=on",
             "-device",
             "virtio-blk-pci,drive=cidata,serial=cidata",
         ]
@@ -106,14 +112,14 @@ def channels(spec: VMSpec) -> list[str]:
     if spec.ready_socket is not None:
         args += [
             "-chardev",
-            f"socket,id=ready,path={spec.ready_socket},server=on,wait=off",
+            f"socket,id=ready,path={opt(spec.ready_socket)},server=on,wait=off",
             "-device",
             "virtserialport,bus=vser0.0,chardev=ready,name=io.torpor.ready",
         ]
     if spec.qga_socket is not None:
         args += [
             "-chardev",
-            f"socket,id=qga,path={spec.qga_socket},server=on,wait=off",
+            f"socket,id=qga,path={opt(spec.qga_socket)},server=on,wait=off",
             "-device",
             "virtserialport,bus=vser0.0,chardev=qga,name=org.qemu.guest_agent.0",
         ]
@@ -126,13 +132,13 @@ def devices(spec: VMSpec) -> list[str]:
 
 def console(spec: VMSpec) -> list[str]:
     # A file, not a socket: a serial socket drops what the guest writes while nothing is connected.
-    return ["-chardev", f"file,id=serial0,path={spec.serial_log}", "-serial", "chardev:serial0"]
+    return ["-chardev", f"file,id=serial0,path={opt(spec.serial_log)}", "-serial", "chardev:serial0"]
 
 
 def control(spec: VMSpec) -> list[str]:
     return [
         "-qmp",
-        f"unix:{spec.qmp_socket},server=on,wait=off",
+        f"unix:{opt(spec.qmp_socket)},server=on,wait=off",
         "-pidfile",
         str(spec.pidfile),
         "-name",
@@ -182,7 +188,12 @@ class Placement:
 def retarget(argv: list[str], old: Placement, new: Placement) -> list[str]:
     """A saved command line moved to another instance: its files, name and SSH port from ``old`` to ``new``.
     The machine and its devices stay as the saved state needs them."""
-    renames = {f"{old.dir}/": f"{new.dir}/", _hostfwd(old.ssh): _hostfwd(new.ssh)}
+    # Paths appear as they are (-kernel PATH) and inside option strings (file=PATH,...), escaped.
+    renames = {
+        f"{old.dir}/": f"{new.dir}/",
+        f"{opt(old.dir)}/": f"{opt(new.dir)}/",
+        _hostfwd(old.ssh): _hostfwd(new.ssh),
+    }
 
     def moved(arg: str) -> str:
         if arg == _process_name(old.name):

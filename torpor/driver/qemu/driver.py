@@ -261,7 +261,6 @@ class QemuDriver:
             return -9
 
     async def _launch(self, argv: list[str]) -> None:
-        log.info("starting QEMU: %s", subprocess.list2cmdline(argv))
         await self._adopt(subp.spawn_daemon(argv))
 
     async def _adopt(self, popen: subprocess.Popen[bytes]) -> None:

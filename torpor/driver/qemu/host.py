@@ -166,7 +166,7 @@ def _run_probe(qemu: Qemu, kernel: Path) -> Accel:
             f"file:{serial}",
         ]
         started = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subp.spawn(argv, stderr=subprocess.PIPE)
         try:
             _, err = proc.communicate(timeout=PROBE_TIMEOUT)
         except subprocess.TimeoutExpired:
