@@ -90,3 +90,58 @@ def test_handler_bug_is_500_and_server_survives(server: Path) -> None:
     status, body = HostAgentClient(server).request("GET", "/v1/boom")
     assert status == 500 and "bug" in body["message"]
     assert HostAgentClient(server).get("/v1/info") == {"name": "x"}
+
+
+def raw(server: Path, data: bytes, close_write: bool = True) -> tuple[int, dict[str, Any]]:
+    """Send ``data`` as it is; the status and JSON body of the answer."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(server))
+        s.sendall(data)
+        if close_write:
+            s.shutdown(socket.SHUT_WR)
+        resp = b""
+        while chunk := s.recv(4096):
+            resp += chunk
+    head, _, body = resp.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"PATCH /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}", 400),
+        (b"PATCH /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{}", 400),
+        (b"PATCH /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n{}", 400),
+        (b"PATCH /v1/echo HTTP/1.1\r\nHost: x\r\n\r\n", 411),
+        (b"PATCH /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n{}", 413),
+        (b"GET /v1/info HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431),
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /v1/info HTTP/1.1\r\n", 400),  # the client stopped half-way through its headers
+        (b"\x00\xff\x10binary junk\r\n\r\n", 400),
+    ],
+)
+def test_malformed_requests_are_4xx_with_a_json_message(server: Path, request_bytes: bytes, status: int) -> None:
+    got, body = raw(server, request_bytes)
+    assert got == status and body["message"], body
+    assert HostAgentClient(server).get("/v1/info") == {"name": "x"}  # and the server answers the next one
+
+
+def test_a_chunked_body_is_read_whole(server: Path) -> None:
+    head = b"PATCH /v1/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    request = head + b'3\r\n{"a\r\n5\r\n": 1}\r\n0\r\n\r\n'
+    assert raw(server, request) == (200, {"a": 1})
+
+
+def test_a_client_that_sends_nothing_holds_up_no_one(server: Path) -> None:
+    idle = socket.socket(socket.AF_UNIX)
+    idle.connect(str(server))
+    half = socket.socket(socket.AF_UNIX)
+    half.connect(str(server))
+    half.sendall(b"GET /v1/info HTTP/1.1\r\nHo")
+    try:
+        for _ in range(3):
+            assert HostAgentClient(server, timeout=2).get("/v1/info") == {"name": "x"}
+    finally:
+        idle.close()
+        half.close()

@@ -1,7 +1,12 @@
-"""A small HTTP/1.1 server for the host agent's unix socket (mode 0600).
+"""The host agent's HTTP/1.1 server on its unix socket (mode 0600), parsed by ``h11``.
 
-Each request is answered with JSON; errors carry ``{"message": ...}``.  Handlers get the parsed request and
-return ``(status, body)`` or raise :class:`HTTPError`.
+Each request is answered with JSON and the connection closed; errors carry ``{"message": ...}``.  Handlers get
+the parsed request and return ``(status, body)`` or raise :class:`HTTPError`.  Whatever a client sends, the
+answer is a status with a JSON message: a malformed request 400, a body without a length 411, one too large 413,
+headers too large 431; a client that sends nothing is dropped after :data:`READ_TIMEOUT` seconds, and each
+connection is served on its own, so none holds up another (or a stop).
+
+h11 is imported with the first request, not with the agent: a restore's critical path never waits for it.
 """
 
 from __future__ import annotations
@@ -15,12 +20,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import h11
 
 log = logging.getLogger(__name__)
 
 MAX_HEADER = 64 * 1024
 MAX_BODY = 1024 * 1024
+READ_TIMEOUT = 30.0
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 @dataclass(frozen=True)
@@ -70,52 +80,109 @@ class APIServer:
                 await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h11
+
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER)
         try:
-            status, body = await self._handle(reader)
+            status, body = await self._answer(conn, reader)
+        except TimeoutError:
+            status, body = 408, {"message": f"no complete request within {READ_TIMEOUT:.0f} s"}
+        except ConnectionError:
+            writer.close()
+            return
+        await _respond(conn, writer, status, body)
+
+    async def _answer(self, conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[int, Any]:
+        import h11
+
+        try:
+            request = await _read_request(conn, reader)
+            return await self._dispatch(request)
         except HTTPError as e:
-            status, body = e.status, {"message": e.message}
+            return e.status, {"message": e.message}
+        except h11.RemoteProtocolError as e:
+            status = e.error_status_hint if e.error_status_hint in (400, 413, 431) else 400
+            return status, {"message": f"malformed request: {e}"}
         except Exception as e:
             log.exception("API handler failed")
-            status, body = 500, {"message": f"internal error: {e}"}
-        payload = json.dumps(body).encode() + b"\n"
-        reason = HTTPStatus(status).phrase
-        head = (
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
-        )
-        with contextlib.suppress(ConnectionError):
+            return 500, {"message": f"internal error: {e}"}
+
+    async def _dispatch(self, request: Request) -> tuple[int, Any]:
+        handler = self.routes.get((request.method, request.path))
+        if handler is None:
+            allowed = sorted(m for m, p in self.routes if p == request.path)
+            if allowed:
+                raise HTTPError(405, f"{request.method} is not allowed on {request.path}; use {', '.join(allowed)}")
+            raise HTTPError(404, f"no such endpoint: {request.path}")
+        return await handler(request)
+
+
+async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> Request:
+    """The next request on ``conn``, with its whole body (at most :data:`MAX_BODY` bytes)."""
+    import h11
+
+    head = await _next_event(conn, reader)
+    if not isinstance(head, h11.Request):
+        raise HTTPError(400, "malformed request")
+    if sum(len(k) + len(v) for k, v in head.headers) > MAX_HEADER:  # h11 bounds only a head still arriving
+        raise HTTPError(431, f"request headers too large (at most {MAX_HEADER} bytes)")
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
+    method = head.method.decode("ascii", errors="replace")
+    length = headers.get("content-length")
+    if length is not None and int(length) > MAX_BODY:  # h11 has checked that it is a number
+        raise HTTPError(413, f"request body too large (at most {MAX_BODY} bytes)")
+    if method in BODY_METHODS and length is None and "transfer-encoding" not in headers:
+        raise HTTPError(411, "a request with a body needs a Content-Length header")
+    body = bytearray()
+    while True:
+        event = await _next_event(conn, reader)
+        if isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_BODY:
+                raise HTTPError(413, f"request body too large (at most {MAX_BODY} bytes)")
+        elif isinstance(event, h11.EndOfMessage):
+            break
+        else:
+            raise HTTPError(400, "malformed request")
+    target = head.target.decode("ascii", errors="replace")
+    return Request(method, target.split("?", 1)[0], headers, bytes(body))
+
+
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
+    import h11
+
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await asyncio.wait_for(reader.read(65536), READ_TIMEOUT)
+            conn.receive_data(data)  # b"": the client closed its side
+            continue
+        if isinstance(event, h11.ConnectionClosed):
+            raise HTTPError(400, "the client closed the connection before the request was complete")
+        return event
+
+
+async def _respond(conn: h11.Connection, writer: asyncio.StreamWriter, status: int, body: Any) -> None:
+    import h11
+
+    payload = json.dumps(body).encode() + b"\n"
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload))), ("Connection", "close")]
+    try:
+        if conn.their_state is h11.ERROR or conn.our_state is not h11.SEND_RESPONSE:
+            # The request could not be parsed: answer outside the state machine, which no longer can.
+            head = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+            head += "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
             writer.write(head.encode() + payload)
-            await writer.drain()
+        else:
+            writer.write(
+                conn.send(h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)) or b""
+            )
+            writer.write(conn.send(h11.Data(data=payload)) or b"")
+            writer.write(conn.send(h11.EndOfMessage()) or b"")
+        await writer.drain()
+    except (ConnectionError, h11.LocalProtocolError) as e:
+        log.debug("answering an API request: %s", e)
+    finally:
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader) -> tuple[int, Any]:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            raise HTTPError(400, "malformed request") from None
-        if len(head) > MAX_HEADER:
-            raise HTTPError(431, "request header too large")
-        lines = head.decode("latin-1").split("\r\n")
-        try:
-            method, target, _version = lines[0].split(" ", 2)
-        except ValueError:
-            raise HTTPError(400, "malformed request line") from None
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                k, v = line.split(":", 1)
-                headers[k.strip().lower()] = v.strip()
-        length = int(headers.get("content-length", "0") or 0)
-        if length > MAX_BODY:
-            raise HTTPError(413, "request body too large")
-        body = await reader.readexactly(length) if length else b""
-        path = target.split("?", 1)[0]
-        handler = self.routes.get((method, path))
-        if handler is None:
-            if any(p == path for _, p in self.routes):
-                allowed = sorted(m for m, p in self.routes if p == path)
-                raise HTTPError(405, f"{method} is not allowed on {path}; use {', '.join(allowed)}")
-            raise HTTPError(404, f"no such endpoint: {path}")
-        return await handler(Request(method, path, headers, body))
