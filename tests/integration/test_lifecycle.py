@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import stat
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Torpor, write_template
+from tests.integration.conftest import COUNTER, Torpor, remove_home, write_template
 from torpor.hostagent.client import HostAgentClient
 from torpor.store.instance import pid_alive
 
@@ -134,3 +137,22 @@ def test_boot_timeout_says_where_the_vm_was_and_leaves_nothing_running(torpor: T
     yaml = torpor.dir("slow") / "torpor.yaml"
     yaml.write_text(yaml.read_text().replace("bootTimeout: 2", "bootTimeout: 120"))
     assert "ready in" in torpor.run("start", "slow").stderr
+
+
+def test_a_home_with_a_comma_in_its_path_boots_saves_and_restores(torpor: Torpor) -> None:
+    """Paths go into QEMU's option strings (file=PATH,if=none...): a comma in one must not start another option."""
+    home = Path(tempfile.mkdtemp(prefix="torpor-it,comma-", dir="/tmp"))
+    shutil.copytree(torpor.home / "_config", home / "_config")
+    t = Torpor(home, dict(torpor.env, TORPOR_HOME=str(home)))
+    try:
+        t.run("create", str(write_template(t, "c")))
+        assert "ready in" in t.run("start", "c").stderr
+        t.sh("c", COUNTER)
+        pid = t.sh("c", "cat /dev/shm/counter.pid")
+        t.run("stop", "--save", "c")
+        assert t.status("c")["status"] == "Saved"
+        out = t.run("start", "c")
+        assert "restored in" in out.stderr, out.stderr
+        assert t.sh("c", "cat /dev/shm/counter.pid") == pid
+    finally:
+        remove_home(t)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from torpor.driver.base import Accel
 from torpor.driver.qemu import host
 from torpor.store import filenames
 
@@ -16,9 +17,9 @@ pytestmark = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), re
 def test_two_qemus_are_probed_once_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     probed: list[str] = []
 
-    def fake_probe(qemu: host.Qemu, kernel: Path) -> host.Accel:
+    def fake_probe(qemu: host.Qemu, kernel: Path) -> Accel:
         probed.append(qemu.binary)
-        return host.Accel("tcg", f"{qemu.binary} hung")
+        return Accel("tcg", f"{qemu.binary} hung")
 
     monkeypatch.setattr(host, "_run_probe", fake_probe)
     new, old = host.Qemu("/usr/bin/qemu-system-x86_64", "10.0.2"), host.Qemu("/opt/qemu-7.2", "7.2.22")
@@ -33,7 +34,7 @@ def test_two_qemus_are_probed_once_each(tmp_path: Path, monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize("content", ["", "{", '{"key": {"qemu": "q"}, "name": "kvm"}', '{"probes": [1, {}]}'])
 def test_unreadable_cache_probes_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str) -> None:
-    monkeypatch.setattr(host, "_run_probe", lambda qemu, kernel: host.Accel("tcg", "probed"))
+    monkeypatch.setattr(host, "_run_probe", lambda qemu, kernel: Accel("tcg", "probed"))
     (tmp_path / filenames.ACCEL_PROBE).write_text(content)
     assert host.probe_accel(host.Qemu("q", "1"), tmp_path / "vmlinuz", tmp_path).reason == "probed"
     assert host.probe_accel(host.Qemu("q", "1"), tmp_path / "vmlinuz", tmp_path).reason == "probed"

@@ -3,28 +3,30 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import xxhash
 
+from tests.unit import records_example
 from torpor.store import filenames, savedstate
 
 
-def make_saved(inst: Path, state: bytes = b"S" * 1000) -> dict[str, object]:
+def make_saved(inst: Path, state: bytes = b"S" * 1000) -> dict[str, Any]:
     (inst / filenames.DISK).write_bytes(b"disk")
     (inst / filenames.CIDATA).write_bytes(b"iso")
     d = savedstate.saved_dir(inst)
     d.mkdir()
     (d / filenames.STATE_FILE).write_bytes(state)
-    manifest: dict[str, object] = {
-        "createdAt": 1.0,
-        "qemu": {"version": "7.2.0"},
-        "config": {"cpus": 2},
-        "configDigest": "sha256:x",
-        "disk": savedstate.file_identity(inst / filenames.DISK),
-        "cidataSha256": savedstate.sha256_file(inst / filenames.CIDATA),
-        "state": {"size": len(state), "digest": savedstate.state_digest(d / filenames.STATE_FILE)},
-    }
+    manifest = records_example.manifest(
+        disk=savedstate.file_identity(inst / filenames.DISK),
+        cidataSha256=savedstate.sha256_file(inst / filenames.CIDATA),
+        state={
+            "size": len(state),
+            "allocated": len(state),
+            "digest": savedstate.state_digest(d / filenames.STATE_FILE),
+        },
+    )
     savedstate.write_manifest(inst, manifest)
     return manifest
 
@@ -55,6 +57,7 @@ def test_flipped_byte_in_manifest_is_detected(tmp_path: Path) -> None:
     make_saved(tmp_path)
     path = savedstate.saved_dir(tmp_path) / filenames.MANIFEST
     text = path.read_text().replace('"cpus": 2', '"cpus": 3')
+    assert text != path.read_text()
     path.write_text(text)
     with pytest.raises(savedstate.Unusable, match="damaged"):
         savedstate.load(tmp_path)
@@ -96,6 +99,19 @@ def test_manifest_is_json_with_digest(tmp_path: Path) -> None:
     make_saved(tmp_path)
     data = json.loads((savedstate.saved_dir(tmp_path) / filenames.MANIFEST).read_text())
     assert data["complete"] is True and data["manifestDigest"].startswith("sha256:")
+
+
+@pytest.mark.parametrize("key", ["argv", "disk", "boot.sshPort", "boot.configSources"])
+def test_a_manifest_lacking_a_key_is_unusable_with_its_name(tmp_path: Path, key: str) -> None:
+    manifest = make_saved(tmp_path)
+    outer, _, inner = key.partition(".")
+    if inner:
+        del manifest[outer][inner]
+    else:
+        del manifest[outer]
+    savedstate.write_manifest(tmp_path, manifest)
+    with pytest.raises(savedstate.Unusable, match=f"lacks {key}"):
+        savedstate.load(tmp_path)
 
 
 def test_changed_fields() -> None:

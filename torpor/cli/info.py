@@ -10,12 +10,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torpor
-    from torpor.driver.qemu import host, mechanisms
+    from torpor.driver.qemu import factory, host, mechanisms
     from torpor.guest import builder
     from torpor.store.cache import cache_root
     from torpor.store.instance import home
 
-    qemu = host.find_qemu()
+    qemu = factory.find_qemu("x86_64")  # the one architecture torpor runs
     built = builder.find_built()
     accel = host.probe_accel(qemu, built.kernel if built else None, cache_root())
     reporting = host.hands_back_free_memory()

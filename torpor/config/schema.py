@@ -1,4 +1,5 @@
-"""The instance YAML schema.  Field names follow Lima's ``lima.yaml`` where torpor has the same concept.
+"""The instance YAML schema.  Field names follow Lima's ``lima.yaml`` where torpor has the same concept, and are
+the Python names too (camelCase): the YAML, the JSON records and the code name a field the same way.
 
 Unknown fields are errors (``extra="forbid"``): a field torpor does not implement must not be silently ignored.
 """
@@ -6,7 +7,6 @@ Unknown fields are errors (``extra="forbid"``): a field torpor does not implemen
 from __future__ import annotations
 
 import os
-import platform
 import re
 from typing import Annotated, Literal
 
@@ -98,15 +98,15 @@ class Image(Model):
 
 
 class SSH(Model):
-    localPort: int = Field(0, ge=0, le=65535)  # noqa: N815 - Lima's field names
-    loadDotSSHPubKeys: bool = False  # noqa: N815
+    localPort: int = Field(0, ge=0, le=65535)
+    loadDotSSHPubKeys: bool = False
 
 
 class PortForward(Model):
-    guestPort: int | None = Field(None, ge=1, le=65535)  # noqa: N815
-    guestPortRange: tuple[int, int] | None = None  # noqa: N815
-    hostIP: str = "127.0.0.1"  # noqa: N815
-    hostPort: int | None = Field(None, ge=0, le=65535)  # noqa: N815
+    guestPort: int | None = Field(None, ge=1, le=65535)
+    guestPortRange: tuple[int, int] | None = None
+    hostIP: str = "127.0.0.1"
+    hostPort: int | None = Field(None, ge=0, le=65535)
     proto: Literal["tcp"] = "tcp"
     ignore: bool = False
 
@@ -119,22 +119,22 @@ class Provision(Model):
 class Config(Model):
     """The effective configuration of an instance (after layering)."""
 
-    vmType: Literal["qemu"] = "qemu"  # noqa: N815
+    vmType: Literal["qemu"] = "qemu"
     arch: Literal["x86_64"] = "x86_64"
     cpus: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1, le=255)
     memory: Size = Field(parse_size("1GiB"), ge=parse_size("64MiB"))
     disk: Size = Field(parse_size("10GiB"), ge=parse_size("256MiB"))
     images: list[Image] = Field(default_factory=list, validate_default=True)
     ssh: SSH = SSH()
-    portForwards: list[PortForward] = Field(default_factory=list)  # noqa: N815
+    portForwards: list[PortForward] = Field(default_factory=list)
     provision: list[Provision] = Field(default_factory=list)
-    saveOnStop: bool = Field(False, description="save the running state on stop and restore it on start")  # noqa: N815
+    saveOnStop: bool = Field(False, description="save the running state on stop and restore it on start")
     # copy: RAM is copied into the state file when saving (mapped-ram where QEMU has it, else a stream).
     # instant: guest RAM lives in a file in the instance directory all the time, so saving writes only device
     # state and restoring maps the file.
-    saveMode: Literal["copy", "instant"] = "copy"  # noqa: N815
-    bootTimeout: int = Field(300, ge=1, description="seconds to wait for the guest to report ready")  # noqa: N815
-    shutdownTimeout: int = Field(60, ge=1, description="seconds to wait for a clean guest shutdown")  # noqa: N815
+    saveMode: Literal["copy", "instant"] = "copy"
+    bootTimeout: int = Field(300, ge=1, description="seconds to wait for the guest to report ready")
+    shutdownTimeout: int = Field(60, ge=1, description="seconds to wait for a clean guest shutdown")
 
     @field_validator("images")
     @classmethod
@@ -161,8 +161,3 @@ class Config(Model):
 
 # Fields accepted by the schema whose behaviour arrives in a later torpor version: warn instead of pretending.
 NOT_YET_IMPLEMENTED: tuple[str, ...] = ()
-
-
-def host_arch() -> str:
-    m = platform.machine()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)

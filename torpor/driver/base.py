@@ -1,23 +1,33 @@
-"""The driver protocol.
+"""The driver protocols: what the host agent asks of the VM underneath it.
 
-The CLI side prepares (``create_disk``); the host agent side runs the VM (``start``/``stop``/``kill``/``inspect``)
-inside its asyncio loop.  Capabilities beyond the basic lifecycle (saving and restoring machine state, snapshots)
-are announced in :class:`Features` so that callers ask before they use them.
+A driver runs one VM inside the host agent's asyncio loop.  :class:`Lifecycle` is what every driver does;
+:class:`SaveRestore` and :class:`Snapshots` are capabilities, announced in :class:`Features` so that the agent
+asks before it uses them (as Lima's host agent holds a ``driver.Driver`` and checks its optional interfaces).
+A new capability is a new protocol here and its implementation under ``driver/qemu/``, not a branch in the
+agent.  The host agent gets its drivers from a :class:`Factory` (``driver/qemu/factory.py`` for QEMU).
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from torpor.store.savedstate import Saved
+
+# Records here are NamedTuples, not dataclasses: the early restore path imports this module (dataclasses: 5 ms).
 
 
-@dataclass(frozen=True)
-class Features:
+class Features(NamedTuple):
     save_restore: bool = False
     snapshots: bool = False
+
+
+class Accel(NamedTuple):
+    name: str  # "kvm" or "tcg"
+    reason: str  # why (shown by `torpor info` and as the fallback notice)
 
 
 class VMState(enum.Enum):
@@ -30,22 +40,23 @@ class VMState(enum.Enum):
     EXITED = "exited"
 
 
-@dataclass(frozen=True)
-class StopOutcome:
+class StopOutcome(NamedTuple):
     clean: bool  # the guest shut itself down within the timeout
     detail: str
 
 
-# Called by ``start`` while the VM is created but not yet running: the moment to connect to guest channels
-# so that nothing the guest writes early is lost.
+# Called while the VM is created but not yet running: the moment to connect to guest channels so that nothing
+# the guest writes early is lost.
 BeforeRun = Callable[[], Awaitable[None]]
+Progress = Callable[[int, int], None]  # bytes done, bytes in all
 
 
-class Driver(Protocol):
+class Lifecycle(Protocol):
     features: Features
+    accel: Accel
 
-    def create_disk(self, base: Path | None) -> None:
-        """Create the instance's disk (over ``base`` when given) unless it exists."""
+    def machine_record(self) -> dict[str, Any]:
+        """What a saved state or snapshot records of the machine: {"qemu": ..., "machine": ..., "argv": [...]}."""
         ...
 
     async def start(self, before_run: BeforeRun) -> None:
@@ -60,10 +71,91 @@ class Driver(Protocol):
         """Turn the VM off at once."""
         ...
 
+    async def wait(self) -> int:
+        """Wait until the VM process has exited; return its exit code."""
+        ...
+
     async def inspect(self) -> dict[str, object]:
         """What the driver knows about the running VM (state, pid, accelerator...)."""
         ...
 
-    async def wait(self) -> int:
-        """Wait until the VM process has exited; return its exit code."""
+    async def where(self) -> str:
+        """Where the VM is, for a boot that timed out (its run state and where its vCPUs are)."""
+        ...
+
+    def stderr_tail(self) -> str:
+        """The last lines the hypervisor printed, for an error message."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SaveRestore(Protocol):
+    ram_file: Path | None  # a RAM file that is half of the saved state (instant mode), else None
+
+    async def save(
+        self, state: Path, progress: Progress | None = None, *, written: Callable[[], None] | None = None
+    ) -> tuple[str, dict[str, object]]:
+        """Pause the VM and write its state to ``state``; return the mechanism used and the hypervisor's
+        statistics.  ``written`` is called once the state is written (the file may not be closed yet)."""
+        ...
+
+    async def restore(
+        self,
+        before_run: BeforeRun,
+        *,
+        progress: Progress | None = None,
+        while_loading: Callable[[], None] | None = None,
+    ) -> None:
+        """Load the saved state the driver was made for and let the VM run; ``while_loading`` runs once the
+        load has begun (work that may overlap it)."""
+        ...
+
+    async def resume(self) -> None:
+        """Let a paused VM run again (after a failed save)."""
+        ...
+
+    async def quit(self) -> int:
+        """End the VM at once, the guest not asked (its state saved already), and wait for it."""
+        ...
+
+
+class Snapshots(Protocol):
+    async def snapshot(
+        self, tag: str, state: Path, ram_copy: Path, progress: Progress | None = None
+    ) -> tuple[str, dict[str, object]]:
+        """Capture disk, RAM and devices of the running VM; the disk's part is named ``tag``."""
+        ...
+
+    async def delete_snapshot(self, tag: str) -> None:
+        """Delete the disk's part of snapshot ``tag`` while the VM runs."""
+        ...
+
+
+class Driver(Lifecycle, SaveRestore, Snapshots, Protocol):
+    """A driver with every capability (whether each works is in ``features``)."""
+
+
+class BootPlan(NamedTuple):
+    """What the host agent decides about a cold boot; the factory turns it into a VM."""
+
+    config: dict[str, Any]  # the effective configuration's JSON
+    kernel_cmdline: str
+    ssh_port: int  # the host port forwarded to the guest's SSH
+    ready_channel: bool  # the guest reports ready on torpor's own channel (torpor's default guest)
+
+
+class Factory(Protocol):
+    """Makes the host agent's drivers."""
+
+    def boot(self, inst_dir: Path, name: str, plan: BootPlan) -> Driver:
+        """A driver for a cold boot (blocking: it may probe the host first)."""
+        ...
+
+    def restore(self, inst_dir: Path, name: str, saved: Saved, early: object | None) -> Driver:
+        """A driver for restoring ``saved``; ``early`` is what the early restore path launched, if anything."""
+        ...
+
+    def restore_problems(self, saved: Saved, inst_dir: Path) -> list[str]:
+        """Why ``saved`` cannot be restored by this driver now (the state's digest not checked)."""
         ...

@@ -52,8 +52,8 @@ def instance_id(inst_dir: Path) -> str:
         return iid
 
 
-def files(name: str, iid: str, user: GuestUser, pubkey: str, provision: list[Provision]) -> dict[str, bytes]:
-    """The seed's files by path."""
+def files(name: str, iid: str, user: GuestUser, pubkeys: list[str], provision: list[Provision]) -> dict[str, bytes]:
+    """The seed's files by path; ``pubkeys`` are the SSH public keys the user may log in with."""
     import yaml
 
     hostname = f"torpor-{name}"
@@ -65,7 +65,7 @@ def files(name: str, iid: str, user: GuestUser, pubkey: str, provision: list[Pro
         "shell": "/bin/bash",
         "sudo": "ALL=(ALL) NOPASSWD:ALL",
         "lock_passwd": True,
-        "ssh_authorized_keys": [pubkey.strip()],
+        "ssh_authorized_keys": [k.strip() for k in pubkeys],
     }
     user_data: dict[str, object] = {"hostname": hostname, "users": [cloud_user]}
     # cloud-init runs "runcmd" once per instance: the system and user scripts map onto it; boot scripts
@@ -87,7 +87,7 @@ def files(name: str, iid: str, user: GuestUser, pubkey: str, provision: list[Pro
         "meta-data": yaml.safe_dump(meta, sort_keys=False).encode(),
         "user-data": b"#cloud-config\n" + yaml.safe_dump(user_data, sort_keys=False).encode(),
         "torpor/env": "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()).encode(),
-        "torpor/authorized_keys": pubkey.strip().encode() + b"\n",
+        "torpor/authorized_keys": "".join(k.strip() + "\n" for k in pubkeys).encode(),
     }
     for i, p in enumerate(provision):
         out[f"torpor/provision/{i:02d}-{p.mode}"] = p.script.encode()
@@ -122,8 +122,8 @@ def build_iso(content: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
-def write(inst_dir: Path, name: str, user: GuestUser, pubkey: str, provision: list[Provision]) -> Path:
+def write(inst_dir: Path, name: str, user: GuestUser, pubkeys: list[str], provision: list[Provision]) -> Path:
     path = inst_dir / filenames.CIDATA
-    iso = build_iso(files(name, instance_id(inst_dir), user, pubkey, provision))
+    iso = build_iso(files(name, instance_id(inst_dir), user, pubkeys, provision))
     atomic.write_bytes(path, iso, 0o600)
     return path

@@ -41,6 +41,18 @@ def ensure_keypair(home: Path) -> tuple[Path, str]:
     return key, pub.read_text().strip()
 
 
+def user_public_keys(ssh_dir: Path | None = None) -> list[str]:
+    """The user's own SSH public keys (``~/.ssh/*.pub``), which ``ssh.loadDotSSHPubKeys: true`` lets in as well,
+    as in Lima; a file that does not hold a key is left out."""
+    found = []
+    for path in sorted((ssh_dir or Path.home() / ".ssh").glob("*.pub")):
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            for line in path.read_text().splitlines():
+                if line.strip().startswith(("ssh-", "ecdsa-", "sk-")):
+                    found.append(line.strip())
+    return found
+
+
 def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
     """A port free on ``host`` now, other than those in ``avoid``."""
     with contextlib.ExitStack() as held:  # each port held until the end, so that the kernel offers another

@@ -13,10 +13,13 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torpor.driver.qemu.driver import QemuDriver
 from torpor.store import atomic, filenames, savedstate
+
+if TYPE_CHECKING:
+    from torpor.driver.base import Driver, SaveRestore
+    from torpor.store.records import BootRecord, MachineState, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +34,59 @@ class SaveFailed(Exception):
 
 async def save(
     inst_dir: Path,
-    driver: QemuDriver,
-    boot_record: dict[str, Any],
+    driver: Driver,
+    boot_record: BootRecord,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Save the VM into ``saved/``; return the manifest.  Raises :class:`SaveFailed`."""
+    t0 = time.monotonic()
+    state, mechanism, stats, digest = await _write_state(inst_dir, driver, progress)
+    save_seconds = time.monotonic() - t0
+    # From here the VM's memory exists only in the state file (and, in instant mode, the RAM file).
+    await driver.quit()
+    log.info("QEMU has quit")
+    disk = inst_dir / filenames.DISK
+    await asyncio.to_thread(atomic.fsync_file, disk)
+    if driver.ram_file is not None:  # the guest's dirty pages, written back by the kernel
+        await asyncio.to_thread(atomic.fsync_file, driver.ram_file)
+    log.info("disk flushed")
+    try:
+        state_sha = await digest.result()
+        log.info("state digest computed")
+    except OSError as e:
+        savedstate.discard(inst_dir)
+        raise SaveFailed(
+            f"reading the state file back failed after QEMU stopped ({e}); the next start cold boots", False
+        ) from e
+    record = state_record(inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state)
+    record["state"]["digest"] = state_sha
+    record["state"]["identity"] = savedstate.written_identity(state)
+    manifest: Manifest = {
+        **record,  # type: ignore[typeddict-item]  # a MachineState; format, complete and digest: write_manifest's
+        "ramFile": savedstate.file_identity(driver.ram_file) if driver.ram_file is not None else None,
+        "disk": savedstate.file_identity(disk),
+        "saveSeconds": save_seconds,
+    }
+    try:
+        await asyncio.to_thread(savedstate.write_manifest, inst_dir, manifest)
+    except OSError as e:
+        # QEMU has quit: the running state is gone, but the disk was flushed and closed; the next start cold boots.
+        savedstate.discard(inst_dir)
+        raise SaveFailed(
+            f"writing the manifest failed after QEMU stopped ({e}); the next start cold boots", False
+        ) from e
+    return manifest
+
+
+async def _write_state(
+    inst_dir: Path, driver: Driver, progress: Callable[[int, int], None] | None
+) -> tuple[Path, str, dict[str, Any], _StateDigest]:
+    """The VM's state in ``saved/state.bin``, fsynced and named, its digest under way; the VM paused, not quit.
+    A failure resumes the VM (so that it can be shut down cleanly instead) and removes what was written."""
     sdir = _prepare_saved_dir(inst_dir)
     tmp = sdir / (filenames.STATE_FILE + ".tmp")
-    t0 = time.monotonic()
     digest = _StateDigest(tmp)
-    ram = driver.spec.memory_file
+    ram = driver.ram_file
     try:
         # Written out while QEMU writes it (and, in instant mode, the guest's dirty RAM once the VM has stopped),
         # so that the fsyncs after find little left to do.
@@ -53,7 +99,6 @@ async def save(
         tmp.unlink(missing_ok=True)
         alive = await _resume(driver)
         raise SaveFailed(f"saving the machine state failed: {e}", alive) from e
-    save_seconds = time.monotonic() - t0
     state = sdir / filenames.STATE_FILE
     try:
         tmp.rename(state)
@@ -63,38 +108,7 @@ async def save(
         state.unlink(missing_ok=True)
         alive = await _resume(driver)
         raise SaveFailed(f"writing the state file failed: {e}", alive) from e
-    # From here the VM's memory exists only in the state file (and, in instant mode, the RAM file).
-    await driver.quit()
-    log.info("QEMU has quit")
-    disk = inst_dir / filenames.DISK
-    await asyncio.to_thread(atomic.fsync_file, disk)
-    if ram is not None:
-        await asyncio.to_thread(atomic.fsync_file, ram)  # the guest's dirty pages, written back by the kernel
-    log.info("disk flushed")
-    try:
-        state_sha = await digest.result()
-        log.info("state digest computed")
-    except OSError as e:
-        savedstate.discard(inst_dir)
-        raise SaveFailed(
-            f"reading the state file back failed after QEMU stopped ({e}); the next start cold boots", False
-        ) from e
-    manifest = state_record(inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state)
-    manifest["state"].update(digest=state_sha, identity=savedstate.written_identity(state))
-    manifest.update(
-        ramFile=savedstate.file_identity(ram) if ram is not None else None,
-        disk=savedstate.file_identity(disk),
-        saveSeconds=save_seconds,
-    )
-    try:
-        await asyncio.to_thread(savedstate.write_manifest, inst_dir, manifest)
-    except OSError as e:
-        # QEMU has quit: the running state is gone, but the disk was flushed and closed; the next start cold boots.
-        savedstate.discard(inst_dir)
-        raise SaveFailed(
-            f"writing the manifest failed after QEMU stopped ({e}); the next start cold boots", False
-        ) from e
-    return manifest
+    return state, mechanism, dict(stats), digest
 
 
 def _prepare_saved_dir(inst_dir: Path) -> Path:
@@ -109,23 +123,24 @@ def _prepare_saved_dir(inst_dir: Path) -> Path:
 
 def state_record(
     inst_dir: Path,
-    driver: QemuDriver,
-    boot_record: dict[str, Any],
+    driver: Driver,
+    boot_record: BootRecord,
     *,
     mechanism: str,
     stats: dict[str, Any],
     state: Path,
-) -> dict[str, Any]:
+) -> MachineState:
     """What a restore of ``state`` needs to know: the machine it came from and how it was written (its digest
     is the caller's to add).  A saved state's manifest and a snapshot's record both start from this.
     """
     st = state.stat()
+    machine = driver.machine_record()
     return {
         "createdAt": time.time(),
-        "qemu": {"binary": driver.qemu.binary, "version": driver.qemu.version},
-        "machine": "q35",
+        "qemu": machine["qemu"],
+        "machine": machine["machine"],
         "mechanism": mechanism,
-        "argv": driver.argv,
+        "argv": machine["argv"],
         "boot": boot_record,
         "config": boot_record["config"],
         "configDigest": boot_record["configDigest"],
@@ -192,7 +207,7 @@ def _digest_of(fd: int) -> tuple[str, os.stat_result]:
         os.close(fd)
 
 
-async def _resume(driver: QemuDriver) -> bool:
+async def _resume(driver: SaveRestore) -> bool:
     try:
         await driver.resume()
     except Exception as e:  # QEMU may be gone (killed mid-save)

@@ -13,20 +13,23 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
-from torpor.driver.qemu.driver import QemuDriver
 from torpor.hostagent.saving import state_record
 from torpor.store import atomic, filenames, savedstate, snapshots
+
+if TYPE_CHECKING:
+    from torpor.driver.base import Driver
+    from torpor.store.records import BootRecord, MemorySnapshotRecord
 
 
 async def create(
     inst_dir: Path,
-    driver: QemuDriver,
-    boot_record: dict[str, Any],
+    driver: Driver,
+    boot_record: BootRecord,
     tag: str,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> MemorySnapshotRecord:
     """Take snapshot ``tag`` of the running VM; return its record."""
     final = snapshots.snapshot_dir(inst_dir, tag)
     work = final.with_name(f".{tag}.tmp-{os.getpid()}")
@@ -38,8 +41,8 @@ async def create(
         mechanism, stats = await driver.snapshot(tag, state, ram, progress)
         paused = time.monotonic() - t0
         # The guest runs again: the rest is file work, done off the event loop.
-        meta = state_record(inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state)
-        meta.update(tag=tag, memory=True, pausedSeconds=paused)
+        record = state_record(inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state)
+        meta = cast("MemorySnapshotRecord", {**record, "tag": tag, "memory": True, "pausedSeconds": paused})
         await asyncio.to_thread(_complete, inst_dir, work, final, meta)
         meta["seconds"] = time.monotonic() - t0
         return meta
@@ -53,7 +56,7 @@ def _fresh_dir(work: Path) -> None:
     work.mkdir(parents=True, mode=0o700)
 
 
-def _complete(inst_dir: Path, work: Path, final: Path, meta: dict[str, Any]) -> None:
+def _complete(inst_dir: Path, work: Path, final: Path, meta: MemorySnapshotRecord) -> None:
     """Flush and digest what QEMU wrote, add the boot's seed, write the record last and put the snapshot in place."""
     state = work / filenames.STATE_FILE
     atomic.fsync_file(state)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from torpor import subp
-from torpor.driver.qemu import cmdline, disksnap
+from torpor.driver.qemu import cmdline, disksnap, mechanisms
 from torpor.errors import InstanceExists, InstanceStateError, TorporError
 from torpor.guest import ssh
 from torpor.store import atomic, filenames, lock, savedstate, snapshots
@@ -45,7 +45,7 @@ def clone(src: str, dst: str, report: Report, root: Path | None = None, dst_root
                 f"instance {src!r} is {source.status.value.lower()}; only a stopped or saved instance can be cloned",
                 hint=f"`torpor stop {src}` (or `torpor stop --save {src}`, to clone its running state), then again",
             )
-        saved = _usable_saved_state(source.dir, report)
+        saved = _usable_saved_state(source.dir, target, report)
         tmp = dst_root / f".{dst}.cloning.{os.getpid()}"
         try:
             tmp.mkdir(parents=True)
@@ -64,12 +64,20 @@ def clone(src: str, dst: str, report: Report, root: Path | None = None, dst_root
     return target
 
 
-def _usable_saved_state(inst_dir: Path, report: Report) -> savedstate.Saved | None:
+def _usable_saved_state(inst_dir: Path, target: Path, report: Report) -> savedstate.Saved | None:
     try:
-        return savedstate.load(inst_dir)
+        saved = savedstate.load(inst_dir)
     except savedstate.Unusable as e:
         report(f"not cloning the saved state: {e}; the clone cold boots")
         return None
+    if saved is not None and "," in str(target) and saved.mechanism == mechanisms.MAPPED_RAM:
+        # QEMU reads a mapped-ram state through a file: URI, whose options follow a comma.
+        report(
+            f"not cloning the saved state: QEMU cannot read its kind ({saved.mechanism}) from {target}, a path "
+            "with a comma; the clone cold boots"
+        )
+        return None
+    return saved
 
 
 def _copy_files(src: Path, dst: Path) -> None:
@@ -102,13 +110,13 @@ def _copy_saved_state(saved: savedstate.Saved, src: Path, tmp: Path, target: Pat
     (tmp / filenames.SAVED_DIR).mkdir(mode=0o700)
     _copy(saved.state, tmp / filenames.SAVED_DIR / filenames.STATE_FILE)
     _copy(src / filenames.CIDATA, tmp / filenames.CIDATA)
-    manifest = dict(saved.manifest)
-    if manifest.get("ramFile") is not None:
+    manifest = saved.manifest.copy()
+    if manifest["ramFile"] is not None:
         _copy(src / filenames.MEMORY_FILE, tmp / filenames.MEMORY_FILE)
         manifest["ramFile"] = savedstate.file_identity(tmp / filenames.MEMORY_FILE)
-    boot = dict(manifest["boot"])
+    boot = manifest["boot"].copy()
     port = ssh.free_port(avoid=snapshots.held_ssh_ports(dst_root))
-    old = cmdline.Placement(src, src.name, cmdline.HostForward("127.0.0.1", int(boot["sshPort"]), 22))
+    old = cmdline.Placement(src, src.name, cmdline.HostForward("127.0.0.1", boot["sshPort"], 22))
     new = cmdline.Placement(target, target.name, cmdline.HostForward("127.0.0.1", port, 22))
     manifest["argv"] = cmdline.retarget(manifest["argv"], old, new)
     boot["sshPort"] = port

@@ -15,20 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torpor.config import machine
 from torpor.driver.qemu import disksnap
 from torpor.driver.qemu.mechanisms import SHARED_RAM
 from torpor.errors import InstanceStateError, TorporError
 from torpor.hostagent.client import HostAgentClient
-from torpor.store import atomic, filenames, lock, savedstate, snapshots
+from torpor.store import atomic, filenames, lock, records, savedstate, snapshots
 from torpor.store.instance import Instance, Status, home, inspect, read_instance_yaml
 
 Report = Callable[[str], None]
 Confirm = Callable[[str], bool]
 
 SNAPSHOT_TIMEOUT = 3600.0  # a large guest's RAM under a slow disk
-# Keys of a saved state's manifest that describe that save, not the machine state a snapshot keeps.
-_SAVE_ONLY = (savedstate.MANIFEST_DIGEST, "format", "complete", "disk", "ramFile", "saveSeconds")
-_SNAPSHOT_ONLY = (snapshots.META_DIGEST, "tag", "memory", "pausedSeconds", "seconds", "fromSavedState", "ram")
 
 
 def _agent(inst: Instance) -> HostAgentClient:
@@ -97,8 +95,7 @@ def _create_offline(inst: Instance, tag: str, report: Report) -> dict[str, Any]:
         if saved is not None:
             _link_or_copy(saved.state, work / filenames.STATE_FILE)
             shutil.copyfile(inst.dir / filenames.CIDATA, work / filenames.CIDATA)
-            meta = {k: v for k, v in saved.manifest.items() if k not in _SAVE_ONLY}
-            meta.update(memory=True, fromSavedState=True)
+            meta = {**records.machine_state(dict(saved.manifest)), "memory": True, "fromSavedState": True}
             if saved.mechanism == SHARED_RAM:  # instant mode: the RAM lives in its own file, which will change
                 savedstate.sparse_copy(inst.dir / filenames.MEMORY_FILE, work / filenames.MEMORY_FILE)
                 meta["ram"] = snapshots.ram_record(work / filenames.MEMORY_FILE)
@@ -173,16 +170,15 @@ def _apply_problems(inst: Instance, snap: snapshots.Snapshot, root: Path) -> lis
     if not snap.has_memory:
         return out
     from torpor.config.layering import load_effective
-    from torpor.driver.qemu import host
-    from torpor.store.cache import cache_root
+    from torpor.driver.qemu import factory
 
-    qemu = host.find_qemu("x86_64", cache_root())
+    qemu = factory.find_qemu(machine.Machine.of(snap.meta["config"]).arch)
     then = (snap.meta.get("qemu") or {}).get("version")
     if then != qemu.version:
         out.append(f"it was taken with QEMU {then}, this is QEMU {qemu.version}")
     try:
         effective = load_effective(root, read_instance_yaml(inst.dir), str(inst.dir / filenames.INSTANCE_YAML))
-        changes = snapshots.machine_changes(snap, effective.config.model_dump(mode="json"))
+        changes = machine.changes(snap.meta["config"], effective.config.model_dump(mode="json"))
         if changes:
             out.append(f"the machine changed since ({', '.join(changes)}); change it back to apply this snapshot")
     except TorporError as e:
@@ -211,8 +207,11 @@ def _materialize(inst_dir: Path, snap: snapshots.Snapshot) -> None:
         savedstate.sparse_copy(snap.ram, tmp)
         tmp.rename(ram)
         ram_file = savedstate.file_identity(ram)
-    manifest = {k: v for k, v in snap.meta.items() if k not in _SNAPSHOT_ONLY}
-    manifest.update(disk=savedstate.file_identity(inst_dir / filenames.DISK), ramFile=ram_file)
+    manifest = {
+        **records.machine_state(snap.meta),
+        "disk": savedstate.file_identity(inst_dir / filenames.DISK),
+        "ramFile": ram_file,
+    }
     # Its digest was verified just now (see _apply_problems), after which the file was linked.
     state = sdir / filenames.STATE_FILE
     manifest["state"] = dict(manifest["state"], identity=savedstate.written_identity(state))

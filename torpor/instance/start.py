@@ -46,15 +46,7 @@ def start(
     host agent restores and warns which fields changed.
     """
     root = root or home()
-    try:
-        inspect(name, root)
-    except InstanceNotFound:
-        from torpor.instance.create import DEFAULT_TEMPLATE, create
-
-        report(f"creating instance {name!r} from {DEFAULT_TEMPLATE}")
-        _, warnings = create(DEFAULT_TEMPLATE, name, root)
-        for w in warnings:
-            report(f"warning: {w}")
+    _create_if_missing(name, root, report)
     inst_dir = root / name
     with lock.exclusive(inst_dir / filenames.LOCK, f"instance {name!r}"):
         inst = inspect(name, root)
@@ -67,16 +59,7 @@ def start(
             report("discarded the saved state; cold booting")
         boot_timeout = _restore_timeout(inst_dir, root, edits_matter=ask is not None)
         if boot_timeout is None:  # a cold boot, or a restore that may need to ask about config changes
-            from torpor.config.layering import load_effective
-
-            effective = load_effective(root, read_instance_yaml(inst_dir), str(inst_dir / filenames.INSTANCE_YAML))
-            for w in effective.warnings:
-                report(f"warning: {w}")
-            if not cold and ask is not None:
-                _ask_about_config_changes(inst_dir, effective, report, ask)
-            if not (inst_dir / filenames.DISK).exists():
-                _first_start(name, inst_dir, effective.config, report, tty)
-            boot_timeout = effective.config.bootTimeout
+            boot_timeout = _prepare(inst_dir, root, report, tty, ask=None if cold else ask)
         clear_runtime_files(inst_dir)
         reader = events.EventReader(inst_dir / filenames.HA_STDOUT, 0)
         proc = spawn.spawn_hostagent(name, inst_dir, root)
@@ -94,17 +77,47 @@ def start(
         reason = f"the instance did not become ready within {timeout:.0f} s"
     else:
         reason = last.message if last is not None else f"the host agent exited with code {proc.poll()}"
-    logs = spawn.tail(inst_dir / filenames.HA_STDERR)
-    serial = spawn.tail(inst_dir / filenames.SERIAL_LOG)
-    detail = reason
-    if logs:
-        detail += f"\n--- last lines of {inst_dir / filenames.HA_STDERR}:\n{logs}"
-    if serial:
-        detail += f"\n--- last lines of the guest console {inst_dir / filenames.SERIAL_LOG}:\n{serial}"
     raise HostAgentError(
-        f"instance {name!r} failed to start: {detail}",
+        f"instance {name!r} failed to start: {reason}{_logs_tails(inst_dir)}",
         hint=f"`torpor stop --force {name}` cleans up if anything is left running",
     )
+
+
+def _prepare(inst_dir: Path, root: Path, report: Report, tty: bool, ask: Ask | None) -> int:
+    """Before a cold boot (or a restore whose configuration changed): validate the configuration, ask about its
+    changes since the save where someone can answer, make the disk at the first start; return the boot timeout."""
+    from torpor.config.layering import load_effective
+
+    effective = load_effective(root, read_instance_yaml(inst_dir), str(inst_dir / filenames.INSTANCE_YAML))
+    for w in effective.warnings:
+        report(f"warning: {w}")
+    if ask is not None:
+        _ask_about_config_changes(inst_dir, effective, report, ask)
+    if not (inst_dir / filenames.DISK).exists():
+        _first_start(inst_dir, effective.config, report, tty)
+    return effective.config.bootTimeout
+
+
+def _create_if_missing(name: str, root: Path, report: Report) -> None:
+    try:
+        inspect(name, root)
+    except InstanceNotFound:
+        from torpor.instance.create import DEFAULT_TEMPLATE, create
+
+        report(f"creating instance {name!r} from {DEFAULT_TEMPLATE}")
+        _, warnings = create(DEFAULT_TEMPLATE, name, root)
+        for w in warnings:
+            report(f"warning: {w}")
+
+
+def _logs_tails(inst_dir: Path) -> str:
+    """The last lines of the host agent's log and of the guest console, for a failed start's message."""
+    detail = ""
+    if logs := spawn.tail(inst_dir / filenames.HA_STDERR):
+        detail += f"\n--- last lines of {inst_dir / filenames.HA_STDERR}:\n{logs}"
+    if serial := spawn.tail(inst_dir / filenames.SERIAL_LOG):
+        detail += f"\n--- last lines of the guest console {inst_dir / filenames.SERIAL_LOG}:\n{serial}"
+    return detail
 
 
 def _restore_timeout(inst_dir: Path, root: Path, edits_matter: bool) -> int | None:
@@ -116,9 +129,9 @@ def _restore_timeout(inst_dir: Path, root: Path, edits_matter: bool) -> int | No
         return None
     if saved is None:
         return None
-    if edits_matter and not sources.unchanged_since(saved.manifest["boot"].get("configSources"), root, inst_dir):
+    if edits_matter and not sources.unchanged_since(saved.manifest["boot"]["configSources"], root, inst_dir):
         return None
-    return int(saved.manifest["config"].get("bootTimeout", 300))
+    return int(saved.manifest["config"]["bootTimeout"])
 
 
 def _ask_about_config_changes(inst_dir: Path, effective: Effective, report: Report, ask: Ask) -> None:
@@ -126,7 +139,7 @@ def _ask_about_config_changes(inst_dir: Path, effective: Effective, report: Repo
         saved = savedstate.load(inst_dir)
     except savedstate.Unusable:
         return  # the host agent sets it aside and says why
-    if saved is None or saved.manifest.get("configDigest") == effective.digest():
+    if saved is None or saved.manifest["configDigest"] == effective.digest():
         return
     changed = savedstate.changed_fields(saved.manifest["config"], effective.config.model_dump(mode="json"))
     answer = ask(
@@ -149,16 +162,13 @@ def _show(ev: events.Event, report: Report, progress: Report | None) -> None:
     report(ev.message)
 
 
-def _first_start(name: str, inst_dir: Path, config: Config, report: Report, tty: bool) -> None:
-    from torpor.driver.qemu import host
-    from torpor.driver.qemu.driver import QemuDriver, vm_spec
+def _first_start(inst_dir: Path, config: Config, report: Report, tty: bool) -> None:
+    from torpor.driver.qemu import factory
     from torpor.guest import images
     from torpor.store.cache import cache_root
 
     base = images.prepare(inst_dir, config, cache_root(), report, show_progress=tty)
-    qemu = host.find_qemu(config.arch)
-    spec = vm_spec(inst_dir, name, config, host.Accel("tcg", "disk creation only"), "")
-    QemuDriver(qemu, spec, config.disk).create_disk(base)
+    factory.create_disk(inst_dir, config.disk, base)
 
 
 def _recover(inst_dir: Path, agent_pid: int | None, qemu_pid: int | None, reason: str, report: Report) -> None:

@@ -41,21 +41,9 @@ def stop(
     inst = inspect(name, root)
     with lock.exclusive(inst.dir / filenames.LOCK, f"instance {name!r}"):
         inst = inspect(name, root)
-        if inst.status is Status.STOPPED:
-            raise InstanceStateError(f"instance {name!r} is not running")
-        if inst.status is Status.SAVED:
-            raise InstanceStateError(
-                f"instance {name!r} is saved, not running",
-                hint=f"`torpor start {name}` restores it, `torpor start --cold {name}` discards the saved state",
-            )
-        if inst.agent_pid is None:
-            raise InstanceStateError(
-                f"instance {name!r} is broken: {inst.reason}",
-                hint=f"`torpor stop --force {name}` cleans up, `torpor start {name}` starts it again",
-            )
+        pid = _running_agent(inst)
         timeout = _shutdown_timeout(inst, root) + STOP_MARGIN
         reader = events.EventReader.at_end(inst.dir / filenames.HA_STDOUT)
-        pid = inst.agent_pid
 
         def show(ev: events.Event) -> None:
             if ev.type in (events.STOPPING, events.NOTICE):
@@ -90,6 +78,24 @@ def stop(
             hint=f"see {inst.dir / filenames.HA_STDERR}",
         )
     return last
+
+
+def _running_agent(inst: Instance) -> int:
+    """The pid of the host agent to signal; a clear error if the instance is not running."""
+    name = inst.name
+    if inst.status is Status.STOPPED:
+        raise InstanceStateError(f"instance {name!r} is not running")
+    if inst.status is Status.SAVED:
+        raise InstanceStateError(
+            f"instance {name!r} is saved, not running",
+            hint=f"`torpor start {name}` restores it, `torpor start --cold {name}` discards the saved state",
+        )
+    if inst.agent_pid is None:
+        raise InstanceStateError(
+            f"instance {name!r} is broken: {inst.reason}",
+            hint=f"`torpor stop --force {name}` cleans up, `torpor start {name}` starts it again",
+        )
+    return inst.agent_pid
 
 
 def _wait_released(pid_file: Path, timeout: float) -> None:

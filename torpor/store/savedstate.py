@@ -16,13 +16,16 @@ import mmap
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import xxhash
 
-from torpor.store import atomic, filenames, sealed
+from torpor.store import atomic, filenames, records, sealed
+
+if TYPE_CHECKING:
+    from torpor.store.records import FileIdentity, Manifest, WrittenIdentity
 
 FORMAT = 1
 
@@ -37,7 +40,7 @@ def present(inst_dir: Path) -> bool:
     return d.exists() and any(d.iterdir())
 
 
-def file_identity(path: Path) -> dict[str, int]:
+def file_identity(path: Path) -> FileIdentity:
     """What changes when a file is written: size, modification time, inode."""
     st = path.stat()
     return {"size": st.st_size, "mtimeNs": st.st_mtime_ns, "inode": st.st_ino}
@@ -51,7 +54,7 @@ def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def written_identity(path: Path) -> dict[str, int]:
+def written_identity(path: Path) -> WrittenIdentity:
     """:func:`file_identity` plus the inode's change time, which every write, truncation, link or attribute
     change moves and which no one can set back (short of changing the clock): unchanged, the file is as it was."""
     st = path.stat()
@@ -60,7 +63,7 @@ def written_identity(path: Path) -> dict[str, int]:
 
 def state_unchanged(saved: Saved) -> bool:
     """Whether the state file is untouched since it was written (its digest need not be recomputed)."""
-    recorded = saved.manifest.get("state", {}).get("identity")
+    recorded = saved.manifest["state"].get("identity")
     try:
         return recorded is not None and written_identity(saved.state) == recorded
     except OSError:
@@ -181,10 +184,11 @@ def sparse_copy(src: Path, dst: Path) -> None:
 MANIFEST_DIGEST = "manifestDigest"
 
 
-def write_manifest(inst_dir: Path, manifest: dict[str, Any]) -> None:
-    """Mark the save complete: the manifest (with its digest) goes in last, atomically."""
+def write_manifest(inst_dir: Path, manifest: Mapping[str, object]) -> None:
+    """Mark the save complete: the manifest (a Manifest but for format, complete and its digest, which this adds)
+    goes in last, atomically."""
     sealed.write(
-        saved_dir(inst_dir) / filenames.MANIFEST, dict(manifest, format=FORMAT, complete=True), MANIFEST_DIGEST
+        saved_dir(inst_dir) / filenames.MANIFEST, {**manifest, "format": FORMAT, "complete": True}, MANIFEST_DIGEST
     )
 
 
@@ -192,7 +196,7 @@ class Saved(NamedTuple):
     """A complete saved state whose manifest verifies (the state file itself is checked by :func:`problems`)."""
 
     dir: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def state(self) -> Path:
@@ -200,17 +204,16 @@ class Saved(NamedTuple):
 
     @property
     def created(self) -> float:
-        return float(self.manifest.get("createdAt", 0))
+        return float(self.manifest["createdAt"])
 
     @property
     def size(self) -> int:
         """Bytes the state occupies on disk (a mapped-ram state is sparse)."""
-        state = self.manifest.get("state", {})
-        return int(state.get("allocated", state.get("size", 0)))
+        return int(self.manifest["state"]["allocated"])
 
     @property
     def mechanism(self) -> str:
-        return str(self.manifest.get("mechanism", ""))
+        return str(self.manifest["mechanism"])
 
 
 class Unusable(Exception):
@@ -231,8 +234,13 @@ def load(inst_dir: Path) -> Saved | None:
         raise Unusable(f"the saved state's manifest is unreadable: {e}") from None
     if not sealed.verifies(manifest, MANIFEST_DIGEST):
         raise Unusable("the saved state's manifest is damaged (its digest does not match)")
-    if manifest.get("format") != FORMAT or not manifest.get("complete"):
-        raise Unusable("the saved state's manifest is not a complete save of this torpor version")
+    lacking = records.missing(manifest, (*records.MACHINE_STATE, "disk", "ramFile"))
+    lacking += [f"boot.{k}" for k in records.missing(manifest.get("boot"), records.BOOT_RECORD)]
+    if manifest.get("format") != FORMAT or not manifest.get("complete") or lacking:
+        raise Unusable(
+            "the saved state's manifest is not a complete save of this torpor version"
+            + (f" (it lacks {', '.join(lacking)})" if lacking else "")
+        )
     return Saved(d, manifest)
 
 
@@ -240,24 +248,24 @@ def problems(saved: Saved, inst_dir: Path, qemu_version: str, verify_state: bool
     """Why ``saved`` cannot be restored now (empty if it can)."""
     m = saved.manifest
     out = []
-    if m.get("qemu", {}).get("version") != qemu_version:
-        out.append(f"QEMU changed since the save ({m.get('qemu', {}).get('version')} -> {qemu_version})")
+    if m["qemu"]["version"] != qemu_version:
+        out.append(f"QEMU changed since the save ({m['qemu']['version']} -> {qemu_version})")
     disk = inst_dir / filenames.DISK
-    if not disk.exists() or file_identity(disk) != m.get("disk"):
+    if not disk.exists() or file_identity(disk) != m["disk"]:
         out.append("the disk changed since the save (restoring would corrupt it)")
-    if m.get("ramFile") is not None:
+    if m["ramFile"] is not None:
         ram = inst_dir / filenames.MEMORY_FILE
         if not ram.exists() or file_identity(ram) != m["ramFile"]:
             out.append("the guest RAM file changed since the save (it and the state are a pair)")
     cidata = inst_dir / filenames.CIDATA
-    if not cidata.exists() or sha256_file(cidata) != m.get("cidataSha256"):
+    if not cidata.exists() or sha256_file(cidata) != m["cidataSha256"]:
         out.append("the cidata seed the VM was booted with changed")
     state = saved.state
-    expected = m.get("state", {})
+    expected = m["state"]
     if not state.exists():
         out.append("the state file is missing")
-    elif state.stat().st_size != expected.get("size"):
-        out.append(f"the state file is {state.stat().st_size} bytes, the save wrote {expected.get('size')}")
+    elif state.stat().st_size != expected["size"]:
+        out.append(f"the state file is {state.stat().st_size} bytes, the save wrote {expected['size']}")
     elif verify_state and not digest_matches(state, expected.get("digest")):
         out.append("the state file's contents changed since the save (checksum mismatch)")
     return out
@@ -272,10 +280,10 @@ def disk_file_edit(inst_dir: Path) -> Iterator[None]:
         saved = load(inst_dir)
     except Unusable:
         saved = None
-    matched = saved is not None and disk.exists() and file_identity(disk) == saved.manifest.get("disk")
+    matched = saved is not None and disk.exists() and file_identity(disk) == saved.manifest["disk"]
     yield
     if saved is not None and matched:
-        write_manifest(inst_dir, dict(saved.manifest, disk=file_identity(disk)))
+        write_manifest(inst_dir, {**saved.manifest, "disk": file_identity(disk)})
 
 
 def set_aside(inst_dir: Path) -> Path | None:

@@ -13,17 +13,19 @@ import contextlib
 import json
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torpor.errors import InstanceStateError
-from torpor.store import atomic, filenames, savedstate, sealed
+from torpor.store import atomic, filenames, records, savedstate, sealed
 from torpor.store.instance import list_names
 
+if TYPE_CHECKING:
+    from torpor.store.records import RamCopy
+
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# The machine fields a memory snapshot depends on: a change to any of them means it no longer fits.
-MACHINE_FIELDS = ("arch", "cpus", "memory", "saveMode")
 
 
 def validate_tag(tag: str) -> str:
@@ -46,9 +48,9 @@ def snapshot_dir(inst_dir: Path, tag: str) -> Path:
 META_DIGEST = "metaDigest"
 
 
-def write_meta(d: Path, meta: dict[str, Any]) -> None:
+def write_meta(d: Path, meta: Mapping[str, object]) -> None:
     """Complete the snapshot in ``d``: its record goes in last, atomically, with its digest."""
-    sealed.write(d / filenames.SNAPSHOT_META, meta, META_DIGEST)
+    sealed.write(d / filenames.SNAPSHOT_META, dict(meta), META_DIGEST)
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class Snapshot:
         }
 
 
-def ram_record(path: Path) -> dict[str, Any]:
+def ram_record(path: Path) -> RamCopy:
     """What a snapshot records of its RAM file copy: size, allocation and digest."""
     st = path.stat()
     return {"size": st.st_size, "allocated": st.st_blocks * 512, "digest": savedstate.state_digest(path)}
@@ -118,6 +120,14 @@ def read(inst_dir: Path, tag: str) -> Snapshot:
         raise InstanceStateError(f"snapshot {tag!r} cannot be read: {e}") from None
     if not sealed.verifies(meta, META_DIGEST):
         raise InstanceStateError(f"snapshot {tag!r} is damaged (its record's digest does not match)")
+    lacking = records.missing(meta, ("tag", "createdAt", "memory"))
+    if not lacking and meta["memory"]:
+        lacking = records.missing(meta, records.MACHINE_STATE)
+    if lacking:
+        raise InstanceStateError(
+            f"snapshot {tag!r} is not one this torpor version reads (it lacks {', '.join(lacking)})",
+            hint=f"delete it with `torpor snapshot delete {inst_dir.name} --tag {tag}`",
+        )
     return Snapshot(tag, d, meta)
 
 
@@ -136,12 +146,6 @@ def list_all(inst_dir: Path) -> tuple[list[Snapshot], list[str]]:
     return good, bad
 
 
-def machine_changes(snapshot: Snapshot, config: dict[str, Any]) -> list[str]:
-    """How the machine ``config`` describes differs from the one the snapshot's memory was taken in."""
-    then = snapshot.meta.get("config") or {}
-    return [f"{k} {then.get(k)} -> {config.get(k)}" for k in MACHINE_FIELDS if then.get(k) != config.get(k)]
-
-
 def remove(inst_dir: Path, tag: str) -> None:
     d = snapshot_dir(inst_dir, tag)
     if d.exists():
@@ -157,9 +161,8 @@ def held_ssh_ports(root: Path) -> set[int]:
     ports: set[int] = set()
     for name in list_names(root):
         inst_dir = root / name
-        records = [snap.meta for snap in list_all(inst_dir)[0] if snap.has_memory]
+        ports.update(int(snap.meta["boot"]["sshPort"]) for snap in list_all(inst_dir)[0] if snap.has_memory)
         with contextlib.suppress(savedstate.Unusable):
             if (saved := savedstate.load(inst_dir)) is not None:
-                records.append(saved.manifest)
-        ports.update(int(r["boot"]["sshPort"]) for r in records if "sshPort" in r.get("boot", {}))
+                ports.add(saved.manifest["boot"]["sshPort"])
     return ports

@@ -11,12 +11,13 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from torpor import subp
-from torpor.driver.base import BeforeRun, Driver, Features, StopOutcome, VMState
+from torpor.config.machine import Machine
+from torpor.driver.base import Accel, BeforeRun, Driver, Features, StopOutcome, VMState
 from torpor.driver.qemu import cmdline, mechanisms, migration, process
-from torpor.driver.qemu.host import Accel, Qemu
+from torpor.driver.qemu.host import Qemu
 from torpor.driver.qemu.qmp import QMPSession
 from torpor.errors import DriverError
 from torpor.store import filenames, savedstate
@@ -25,19 +26,6 @@ log = logging.getLogger(__name__)
 
 QMP_CONNECT_TIMEOUT = 30.0
 QUIT_TIMEOUT = 10.0
-
-
-class MachineConfig(Protocol):
-    """The configuration fields the machine depends on (a validated Config, or a saved state's record of one)."""
-
-    @property
-    def arch(self) -> str: ...
-    @property
-    def cpus(self) -> int: ...
-    @property
-    def memory(self) -> int: ...
-    @property
-    def saveMode(self) -> str: ...  # noqa: N802 - the YAML field's name
 
 
 @dataclass(frozen=True)
@@ -51,33 +39,28 @@ class Launched:
 
 
 @dataclass(frozen=True)
-class SavedMachine:
-    """MachineConfig from a saved state's JSON record, without validating the whole configuration first."""
+class Incoming:
+    """The saved state a driver is made to restore: its file and mechanism, and a QEMU already loading it."""
 
-    arch: str
-    cpus: int
-    memory: int
-    saveMode: str  # noqa: N815
-
-    @classmethod
-    def from_record(cls, config: dict[str, Any]) -> SavedMachine:
-        return cls(str(config["arch"]), int(config["cpus"]), int(config["memory"]), str(config.get("saveMode", "copy")))
+    state: Path
+    mechanism: str
+    launched: Launched | None = None
 
 
-def vm_spec(inst_dir: Path, name: str, config: MachineConfig, accel: Accel, kernel_cmdline: str) -> cmdline.VMSpec:
+def vm_spec(inst_dir: Path, name: str, machine: Machine, accel: Accel, kernel_cmdline: str) -> cmdline.VMSpec:
     kernel = inst_dir / filenames.KERNEL
     initrd = inst_dir / filenames.INITRD
     return cmdline.VMSpec(
         name=name,
-        arch=config.arch,
+        arch=machine.arch,
         accel=accel.name,
-        cpus=config.cpus,
-        memory=config.memory,
+        cpus=machine.cpus,
+        memory=machine.memory,
         disk=inst_dir / filenames.DISK,
         kernel=kernel if kernel.exists() else None,
         initrd=initrd if initrd.exists() else None,
         kernel_cmdline=kernel_cmdline,
-        memory_file=inst_dir / filenames.MEMORY_FILE if config.saveMode == "instant" else None,
+        memory_file=inst_dir / filenames.MEMORY_FILE if machine.save_mode == "instant" else None,
         qmp_socket=inst_dir / filenames.QMP_SOCK,
         ready_socket=inst_dir / filenames.READY_SOCK,
         serial_log=inst_dir / filenames.SERIAL_LOG,
@@ -88,36 +71,34 @@ def vm_spec(inst_dir: Path, name: str, config: MachineConfig, accel: Accel, kern
 class QemuDriver:
     features = Features(save_restore=True, snapshots=True)
 
-    def __init__(self, qemu: Qemu, spec: cmdline.VMSpec, disk_size: int, argv: list[str] | None = None) -> None:
-        """``argv`` replaces the command line built from ``spec`` (a restore reuses the boot's exact argv)."""
+    def __init__(
+        self,
+        qemu: Qemu,
+        spec: cmdline.VMSpec,
+        accel: Accel,
+        argv: list[str] | None = None,
+        incoming: Incoming | None = None,
+    ) -> None:
+        """``argv`` replaces the command line built from ``spec`` (a restore reuses the boot's exact argv);
+        ``incoming`` is the saved state a restore loads."""
         self.qemu = qemu
         self.spec = spec
-        self.disk_size = disk_size
+        self.accel = accel
+        self.ram_file = spec.memory_file
         self._argv = argv
+        self._incoming = incoming
         self.qmp = QMPSession(f"torpor-{spec.name}")
         self._proc: process.QemuProcess | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._stderr_task: asyncio.Task[None] | None = None
 
-    # -- CLI side -------------------------------------------------------------------------------------------
-    def create_disk(self, base: Path | None) -> None:
-        disk = self.spec.disk
-        if disk.exists():
-            return
-        tmp = disk.with_name(f".{disk.name}.tmp")
-        argv: list[str] = ["qemu-img", "create", "-q", "-f", "qcow2"]
-        if base is not None:
-            info = subp.run(["qemu-img", "info", "--output=json", base]).stdout
-            fmt = "qcow2" if '"format": "qcow2"' in info else "raw"
-            argv += ["-b", str(base), "-F", fmt]
-        argv += [str(tmp), str(self.disk_size)]
-        subp.run(argv)
-        tmp.rename(disk)
-
     # -- host agent side ------------------------------------------------------------------------------------
     @property
     def argv(self) -> list[str]:
         return list(self._argv) if self._argv is not None else cmdline.build(self.qemu.binary, self.spec)
+
+    def machine_record(self) -> dict[str, Any]:
+        return {"qemu": {"binary": self.qemu.binary, "version": self.qemu.version}, "machine": "q35", "argv": self.argv}
 
     @property
     def pid(self) -> int | None:
@@ -133,21 +114,19 @@ class QemuDriver:
 
     async def restore(
         self,
-        state: Path,
-        mechanism: str,
         before_run: BeforeRun,
         *,
         progress: migration.Progress | None = None,
         while_loading: Callable[[], None] | None = None,
-        launched: Launched | None = None,
     ) -> None:
-        """Start QEMU with the boot's command line, load the saved state from ``state``, let the VM run.
+        """Start QEMU with the boot's command line, load the saved state, let the VM run.
 
-        ``launched`` is a QEMU already started with ``-incoming defer`` and loading ``state`` (the host agent's
-        early path), or with the state loaded and the VM running (``launched.running``: then ``while_loading`` and
-        ``before_run`` run at once, the VM having run already); ``while_loading`` runs once QEMU has started
-        reading the state: work that may overlap the load.
+        A QEMU the early path launched is adopted: one still loading the state, or one that has loaded it and
+        runs (then ``while_loading`` and ``before_run`` run at once, the VM having run already);
+        ``while_loading`` runs once QEMU has started reading the state: work that may overlap the load.
         """
+        assert self._incoming is not None, "a driver made for a cold boot restores nothing"
+        state, mechanism, launched = self._incoming.state, self._incoming.mechanism, self._incoming.launched
         if launched is None:
             await self._launch([*self.argv, "-incoming", "defer"])
         else:
@@ -198,7 +177,7 @@ class QemuDriver:
 
     def _mechanism(self, known: set[str], state: Path) -> str:
         wanted = mechanisms.wanted()
-        mechanism = mechanisms.choose(known, self.spec.memory_file is not None, state, wanted)
+        mechanism = mechanisms.choose(known, self.ram_file is not None, state, wanted)
         if wanted is not None and mechanism != wanted:
             log.warning("%s=%s cannot be used for this save: using %s", mechanisms.CHOICE_ENV, wanted, mechanism)
         return mechanism
@@ -222,9 +201,9 @@ class QemuDriver:
             known = await migration.capabilities(self.qmp)
             mechanism = self._mechanism(known, state)
             stats = await migration.save(self.qmp, mechanism, state, known, progress, relay_socket=self._relay_socket)
-            if self.spec.memory_file is not None:
+            if self.ram_file is not None:
                 # Paused, the guest's RAM is what the file's pages (in the page cache) hold.
-                await asyncio.to_thread(savedstate.sparse_copy, self.spec.memory_file, ram_copy)
+                await asyncio.to_thread(savedstate.sparse_copy, self.ram_file, ram_copy)
         except (DriverError, OSError):
             if disk_taken:
                 with contextlib.suppress(DriverError):
@@ -319,13 +298,14 @@ class QemuDriver:
             if self._running():
                 status = await self.qmp.execute("query-status")
                 state = VMState.RUNNING if status.get("running") else VMState.PAUSED
-        return {"state": state.value, "qemuPid": self.pid, "qemuVersion": self.qemu.version, "accel": self.spec.accel}
+        return {"state": state.value, "qemuPid": self.pid, "qemuVersion": self.qemu.version, "accel": self.accel.name}
 
     async def where(self) -> str:
         """Where the VM is, for a boot that timed out: QEMU's run state and each vCPU's instruction pointer."""
         if not self._running():
             return "QEMU has exited"
         status = await self.qmp.execute("query-status")
+        # QMP has no command for the vCPUs' registers; this diagnosis is the one use of HMP.
         regs = await self.qmp.execute("human-monitor-command", {"command-line": "info registers -a"})
         cpus = [
             line.split()[0] + (" halted" if "HLT=1" in line else "")
@@ -347,5 +327,5 @@ class QemuDriver:
 
 
 def _implements_driver(d: QemuDriver) -> Driver:
-    # mypy checks here that QemuDriver satisfies the driver protocol.
+    # mypy checks here that QemuDriver satisfies the driver protocols.
     return d

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from torpor import subp
+from torpor.driver.base import Accel
 from torpor.errors import DriverError
 from torpor.store import atomic, filenames
 
@@ -34,21 +35,34 @@ class Qemu(NamedTuple):  # records on the restore path are not dataclasses (a 5 
 
 def migration_capabilities(qemu: Qemu) -> set[str]:
     """The migration capabilities this QEMU knows, asked over QMP from a machine-less QEMU."""
-    commands = "".join(
-        json.dumps({"execute": c}) + "\n" for c in ("qmp_capabilities", "query-migrate-capabilities", "quit")
-    )
-    argv = [qemu.binary, "-machine", "none", "-nodefaults", "-display", "none", "-qmp", "stdio"]
-    out = subp.run(argv, input=commands, timeout=30).stdout
-    for line in out.splitlines():
-        reply = json.loads(line)
-        if isinstance(reply.get("return"), list):
-            return {c["capability"] for c in reply["return"]}
-    raise DriverError(f"{qemu.binary} did not list its migration capabilities: {out.strip()[:200]}")
+    import tempfile  # here: this module is on the restore path, which never asks this
 
+    from torpor.driver.qemu.qmpsync import SyncQMP
 
-class Accel(NamedTuple):
-    name: str  # "kvm" or "tcg"
-    reason: str  # why (shown by `torpor info` and as the fallback notice)
+    with tempfile.TemporaryDirectory(prefix="torpor-qmp-") as tmp:
+        sock = Path(tmp) / "qmp.sock"
+        argv = [
+            qemu.binary,
+            "-machine",
+            "none",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-qmp",
+            f"unix:{sock},server=on,wait=off",
+        ]
+        proc = subp.spawn(argv, stderr=subprocess.PIPE)
+        try:
+            qmp = SyncQMP(sock, 30.0, alive=lambda: proc.poll() is None)
+            try:
+                return {c["capability"] for c in qmp.execute("query-migrate-capabilities")}
+            finally:
+                qmp.close()
+        except DriverError as e:
+            raise DriverError(f"{qemu.binary} did not list its migration capabilities: {e}") from None
+        finally:
+            proc.kill()
+            proc.wait()
 
 
 def find_qemu(arch: str = "x86_64", cache_dir: Path | None = None) -> Qemu:

@@ -115,6 +115,22 @@ def setup_commands(mechanism: str, known: set[str]) -> list[tuple[str, dict[str,
 
 Position = Callable[[], tuple[int, int]]  # how far a load is: bytes read, bytes in all
 
+# Where a load stands (load_outcome).
+LOADING, LOADED, FAILED = "loading", "loaded", "failed"
+
+
+def load_outcome(run_status: str, migration_status: str | None) -> str:
+    """Where a restoring QEMU's load stands, from its run status (query-status) and, once that has left
+    "inmigrate", its migration status (query-migrate): LOADING, LOADED (the VM may run) or FAILED.
+
+    A `cont` sent while QEMU is still "inmigrate" is accepted and ignored, so the VM is let run only once the
+    run status has moved on; the migration status then tells a load that failed.  Both restore paths, the
+    early one (synchronous) and the driver's (asyncio), follow this rule.
+    """
+    if run_status == "inmigrate":
+        return LOADING
+    return FAILED if migration_status == "failed" else LOADED
+
 
 def stream_position(fd: int, total: int) -> Position:
     """A stream's load position: the offset of ``fd``, the descriptor QEMU reads the state from (its copy of the

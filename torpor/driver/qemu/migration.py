@@ -160,18 +160,18 @@ async def wait_loaded(
 ) -> None:
     """Return once QEMU has loaded the state (the VM is paused); raise if it failed.  ``position`` (see
     :func:`start_incoming`) feeds ``progress``."""
-    # A `cont` sent while QEMU is still "inmigrate" is accepted and ignored: wait until the load has finished.
     while True:
         if not alive():
             raise DriverError("QEMU exited while loading the saved state")
         try:
-            status = (await qmp.execute("query-status")).get("status")
+            status = str((await qmp.execute("query-status")).get("status"))
             if progress is not None and position is not None:
                 progress(*position())
-            if status != "inmigrate":
-                info = await qmp.execute("query-migrate")
-                if info.get("status") == "failed":
-                    raise DriverError(f"QEMU rejected the saved state: {info.get('error-desc', 'failed')}")
+            info = await qmp.execute("query-migrate") if status != "inmigrate" else {}
+            outcome = mechanisms.load_outcome(status, info.get("status"))
+            if outcome == mechanisms.FAILED:
+                raise DriverError(f"QEMU rejected the saved state: {info.get('error-desc', 'failed')}")
+            if outcome == mechanisms.LOADED:
                 return
         except DriverError:
             if not alive():

@@ -1,0 +1,109 @@
+"""Making QEMU drivers: the one door into ``driver/qemu/`` for the host agent and the CLI.
+
+The QEMU binary is resolved here, from the configuration's ``arch`` (a cold boot) or the saved record's (a
+restore), and nowhere else.  This module's own imports are light: the host agent's early restore path uses it
+before asyncio and qemu.qmp are imported, and those come in only with the driver itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torpor import subp
+from torpor.config.machine import Machine
+from torpor.driver.base import Accel, BootPlan
+from torpor.driver.qemu import early, host, mechanisms
+from torpor.driver.qemu.early import EarlyLaunch
+from torpor.store import filenames, savedstate
+from torpor.store.cache import cache_root
+
+if TYPE_CHECKING:
+    from torpor.driver.qemu.driver import QemuDriver
+
+__all__ = ["EarlyLaunch", "QemuFactory", "create_disk", "early_restore", "find_qemu"]
+
+
+def find_qemu(arch: str) -> host.Qemu:
+    """The QEMU system emulator for ``arch`` ($TORPOR_QEMU, else from PATH), its version cached."""
+    return host.find_qemu(arch, cache_root())
+
+
+class QemuFactory:
+    """The host agent's drivers (driver.base.Factory)."""
+
+    def boot(self, inst_dir: Path, name: str, plan: BootPlan) -> QemuDriver:
+        from dataclasses import replace
+
+        from torpor.driver.qemu import cmdline
+        from torpor.driver.qemu.driver import QemuDriver, vm_spec
+
+        machine = Machine.of(plan.config)
+        qemu = find_qemu(machine.arch)
+        kernel = inst_dir / filenames.KERNEL
+        accel = host.probe_accel(qemu, kernel if kernel.exists() else None, cache_root())
+        spec = replace(
+            vm_spec(inst_dir, name, machine, accel, plan.kernel_cmdline),
+            ready_socket=inst_dir / filenames.READY_SOCK if plan.ready_channel else None,
+            cidata=inst_dir / filenames.CIDATA,
+            qga_socket=inst_dir / filenames.QGA_SOCK,
+            forwards=(cmdline.HostForward("127.0.0.1", plan.ssh_port, 22),),
+        )
+        return QemuDriver(qemu, spec, accel)
+
+    def restore(self, inst_dir: Path, name: str, saved: savedstate.Saved, early: object | None) -> QemuDriver:
+        from torpor.driver.qemu.driver import Incoming, Launched, QemuDriver, vm_spec
+
+        boot = saved.manifest["boot"]
+        accel = Accel(boot["accel"], "as at the boot that was saved")
+        machine = Machine.of(boot["config"])
+        qemu = early.qemu if isinstance(early, EarlyLaunch) else find_qemu(machine.arch)
+        launched = None
+        if isinstance(early, EarlyLaunch):
+            launched = Launched(early.popen, early.state_fd, early.running, early.position)
+        incoming = Incoming(saved.state, saved.mechanism, launched)
+        spec = vm_spec(inst_dir, name, machine, accel, "")
+        return QemuDriver(qemu, spec, accel, argv=saved.manifest["argv"], incoming=incoming)
+
+    def restore_problems(self, saved: savedstate.Saved, inst_dir: Path) -> list[str]:
+        qemu = find_qemu(Machine.of(saved.manifest["config"]).arch)
+        return _problems(saved, inst_dir, qemu)
+
+
+def _problems(saved: savedstate.Saved, inst_dir: Path, qemu: host.Qemu) -> list[str]:
+    if saved.mechanism not in mechanisms.ALL:
+        return [f"it was saved with a mechanism this torpor does not know ({saved.mechanism})"]
+    return savedstate.problems(saved, inst_dir, qemu.version, verify_state=False)
+
+
+def early_restore(
+    inst_dir: Path,
+    saved: savedstate.Saved,
+    *,
+    meanwhile: Callable[[], None],
+    progress: Callable[[int, int], None],
+    stop_asked: Callable[[], bool],
+) -> EarlyLaunch | None:
+    """QEMU started loading ``saved`` (see driver/qemu/early.py), or None if it cannot be restored as it is:
+    the agent proper then repeats the checks, says why, and cold boots."""
+    qemu = find_qemu(Machine.of(saved.manifest["config"]).arch)
+    if _problems(saved, inst_dir, qemu):
+        return None
+    return early.launch(inst_dir, saved, qemu, meanwhile=meanwhile, progress=progress, stop_asked=stop_asked)
+
+
+def create_disk(inst_dir: Path, size: int, base: Path | None) -> None:
+    """Create the instance's disk (qcow2, over ``base`` when given) unless it exists."""
+    disk = inst_dir / filenames.DISK
+    if disk.exists():
+        return
+    tmp = disk.with_name(f".{disk.name}.tmp")
+    argv: list[str] = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if base is not None:
+        info = subp.run(["qemu-img", "info", "--output=json", base]).stdout
+        fmt = "qcow2" if '"format": "qcow2"' in info else "raw"
+        argv += ["-b", str(base), "-F", fmt]
+    argv += [str(tmp), str(size)]
+    subp.run(argv)
+    tmp.rename(disk)

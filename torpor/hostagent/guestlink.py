@@ -1,0 +1,203 @@
+"""The host agent's side of the guest: its seed and SSH config, the channels it reports on, SSH (the control
+master that shells, copies and port forwards share), the QEMU guest agent, provisioning and port forwards.
+
+:class:`Guest` is what the host agent needs of it; :class:`GuestLink` is the real one (a component test gives
+the agent one that answers at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from torpor.guest import ssh as guest_ssh
+from torpor.guest.agent import GuestAgent, GuestAgentError
+from torpor.hostagent import ports
+from torpor.hostagent.forwarder import PortForwarder
+from torpor.hostagent.sshaccess import SSHAccess
+from torpor.store import atomic, filenames, snapshots
+
+if TYPE_CHECKING:
+    from torpor.config.schema import Config
+
+log = logging.getLogger(__name__)
+
+GUEST_PROVISION_LOG = "/var/log/torpor/provision.log"
+CLOUD_INIT_TIMEOUT = 3600.0
+Emit = Callable[..., None]
+
+
+class Guest(Protocol):
+    @property
+    def forwards(self) -> list[str]:
+        """The active port forwards, for the API."""
+        ...
+
+    def prepare_boot(self, config: Config) -> tuple[int, str]:
+        """Before a cold boot (blocking): write its seed and SSH config; return the SSH port and the user."""
+        ...
+
+    def write_ssh_config(self, port: int, user: str) -> None:
+        """Before a restore (blocking): the SSH config of the boot that was saved."""
+        ...
+
+    async def connect_channels(self, ready_channel: bool) -> None:
+        """While the VM is created but has not run: the guest agent's channel, and torpor's ready channel."""
+        ...
+
+    async def ready_report(self) -> dict[str, str]:
+        """What the default guest said when it reported ready (``ready uptime=3.1 boots=2``)."""
+        ...
+
+    async def ssh_up(self, master: subprocess.Popen[bytes] | None) -> None:
+        """Until the guest's SSH answers (through ``master``, an SSH master started already, if given)."""
+        ...
+
+    async def set_clock(self) -> None:
+        """Set the guest's clock to the host's (it stood still while saved)."""
+        ...
+
+    async def provisioning(self, status: str) -> str:
+        """The default guest's provisioning outcome (its ready report's ``status``): what failed, or ""."""
+        ...
+
+    async def cloud_init(self) -> str:
+        """In a cloud-init guest, wait until cloud-init has finished; return what failed, or ""."""
+        ...
+
+    def forward_ports(self, rules: list[dict[str, Any]], emit: Emit) -> None:
+        """Keep host port forwards in step with the guest's listening ports under these portForwards rules."""
+        ...
+
+    def end(self) -> None:
+        """Stop forwarding and end SSH at once (a stop goes on meanwhile)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class GuestLink:
+    def __init__(self, inst_dir: Path, name: str, home: Path) -> None:
+        self.dir = inst_dir
+        self.name = name
+        self.home = home
+        self.ssh = SSHAccess(inst_dir, name)
+        self.agent = GuestAgent()
+        self.forwarder: PortForwarder | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # keeps background tasks referenced
+        self._channels: list[asyncio.StreamWriter] = []
+        self._ready: asyncio.Future[str] | None = None
+
+    @property
+    def forwards(self) -> list[str]:
+        return sorted(str(f) for f in self.forwarder.active) if self.forwarder else []
+
+    def prepare_boot(self, config: Config) -> tuple[int, str]:
+        from torpor.guest import cidata
+
+        key, pubkey = guest_ssh.ensure_keypair(self.home)
+        user = cidata.GuestUser.from_host()
+        keys = [pubkey, *(guest_ssh.user_public_keys() if config.ssh.loadDotSSHPubKeys else [])]
+        cidata.write(self.dir, self.name, user, keys, config.provision)
+        port = config.ssh.localPort or guest_ssh.free_port(avoid=snapshots.held_ssh_ports(self.home))
+        guest_ssh.write_config(self.dir, self.name, port, user.name, key)
+        return port, user.name
+
+    def write_ssh_config(self, port: int, user: str) -> None:
+        key, _ = guest_ssh.ensure_keypair(self.home)
+        guest_ssh.write_config(self.dir, self.name, port, user, key)
+
+    async def connect_channels(self, ready_channel: bool) -> None:
+        if ready_channel:
+            self._ready = asyncio.get_running_loop().create_future()
+            reader, writer = await asyncio.open_unix_connection(str(self.dir / filenames.READY_SOCK))
+            self._channels.append(writer)  # dropping the writer would close the connection
+            self._spawn(_read_ready(reader, self._ready))
+        await self.agent.connect(self.dir / filenames.QGA_SOCK)
+
+    async def ready_report(self) -> dict[str, str]:
+        assert self._ready is not None, "the ready channel was not connected"
+        return parse_ready(await self._ready)
+
+    async def ssh_up(self, master: subprocess.Popen[bytes] | None) -> None:
+        await self.ssh.connect_master(master)
+
+    async def set_clock(self) -> None:
+        while True:
+            try:
+                await self.agent.set_time()
+                return
+            except GuestAgentError as e:
+                log.info("setting the guest clock: %s; retrying", e)
+                await asyncio.sleep(0.1)
+
+    async def provisioning(self, status: str) -> str:
+        if status == "none":
+            return ""
+        try:
+            text = (await self.agent.read_file(GUEST_PROVISION_LOG)).decode(errors="replace")
+        except GuestAgentError as e:
+            text = f"(could not read {GUEST_PROVISION_LOG}: {e})\n"
+        atomic.write_text(self.dir / filenames.PROVISION_LOG, text, 0o600)
+        for line in text.splitlines():
+            log.info("provision: %s", line)
+        if not status.startswith("failed:"):
+            return ""
+        _, script, code = [*status.split(":"), "", ""][:3]
+        tail = "\n".join(text.rstrip().splitlines()[-10:])
+        return f"{script} exited with code {code}:\n{tail}"
+
+    async def cloud_init(self) -> str:
+        script = (
+            "command -v cloud-init >/dev/null || { echo status: none; exit 0; }; "
+            "cloud-init status --wait >/dev/null 2>&1; cloud-init status --long"
+        )
+        code, out = await self.ssh.run(["sh", "-c", shlex.quote(script)], timeout=CLOUD_INIT_TIMEOUT)
+        status = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("status:")), "")
+        log.info("cloud-init: %s", status or out)
+        if status in ("done", "none", "disabled"):
+            return ""
+        return f"cloud-init finished with status {status or f'unknown (exit code {code})'}:\n{out}"
+
+    def forward_ports(self, rules: list[dict[str, Any]], emit: Emit) -> None:
+        self.forwarder = PortForwarder(self.agent, self.ssh, [ports.Rule.from_record(r) for r in rules], emit)
+        self._spawn(self.forwarder.run())
+
+    def end(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        # The port forwards are the SSH master's listening sockets: they close with it (cancelling them one by one
+        # first ran ssh once per forward, on a stop's critical path).
+        self.forwarder = None
+        self.ssh.end_master()
+
+    async def close(self) -> None:
+        self.end()
+        await self.ssh.stop_master()  # ended by a stop already, or now: reaped either way
+        self.agent.close()
+        for w in self._channels:
+            w.close()
+        self._channels.clear()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _read_ready(reader: asyncio.StreamReader, ready: asyncio.Future[str]) -> None:
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        while line := await reader.readline():
+            if line.startswith(b"ready") and not ready.done():
+                ready.set_result(line.decode().strip())
+
+
+def parse_ready(line: str) -> dict[str, str]:
+    """The ``key=value`` fields of the guest's ready report (``ready uptime=3.1 boots=2``)."""
+    return dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
