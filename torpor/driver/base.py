@@ -9,41 +9,27 @@ agent.  The host agent gets its drivers from a :class:`Factory` (``driver/qemu/f
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from torpor.driver.values import Accel, BootPlan, Features, StopOutcome, VMState
 
 if TYPE_CHECKING:
     from torpor.store.savedstate import Saved
 
-# Records here are NamedTuples, not dataclasses: the early restore path imports this module (dataclasses: 5 ms).
-
-
-class Features(NamedTuple):
-    save_restore: bool = False
-    snapshots: bool = False
-
-
-class Accel(NamedTuple):
-    name: str  # "kvm" or "tcg"
-    reason: str  # why (shown by `torpor info` and as the fallback notice)
-
-
-class VMState(enum.Enum):
-    """The VM's run state as the hypervisor reports it."""
-
-    NOT_STARTED = "not-started"
-    PAUSED = "paused"
-    RUNNING = "running"
-    SHUTDOWN = "shutdown"
-    EXITED = "exited"
-
-
-class StopOutcome(NamedTuple):
-    clean: bool  # the guest shut itself down within the timeout
-    detail: str
-
+__all__ = [
+    "Accel",
+    "BootPlan",
+    "Driver",
+    "Factory",
+    "Features",
+    "Lifecycle",
+    "SaveRestore",
+    "Snapshots",
+    "StopOutcome",
+    "VMState",
+]
 
 # Called while the VM is created but not yet running: the moment to connect to guest channels so that nothing
 # the guest writes early is lost.
@@ -134,15 +120,6 @@ class Snapshots(Protocol):
 
 class Driver(Lifecycle, SaveRestore, Snapshots, Protocol):
     """A driver with every capability (whether each works is in ``features``)."""
-
-
-class BootPlan(NamedTuple):
-    """What the host agent decides about a cold boot; the factory turns it into a VM."""
-
-    config: dict[str, Any]  # the effective configuration's JSON
-    kernel_cmdline: str
-    ssh_port: int  # the host port forwarded to the guest's SSH
-    ready_channel: bool  # the guest reports ready on torpor's own channel (torpor's default guest)
 
 
 class Factory(Protocol):

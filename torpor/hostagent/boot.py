@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from torpor.config import sources
-from torpor.driver.base import BootPlan
+from torpor.driver.values import BootPlan
 from torpor.errors import ConfigError, DriverError
 from torpor.hostagent import events
 from torpor.store import atomic, filenames, savedstate

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 from torpor import subp
 from torpor.config.machine import Machine
-from torpor.driver.base import Accel, BootPlan
 from torpor.driver.qemu import early, host, mechanisms
 from torpor.driver.qemu.early import EarlyLaunch
+from torpor.driver.values import Accel, BootPlan
 from torpor.store import filenames, savedstate
 from torpor.store.cache import cache_root
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from torpor import subp
-from torpor.driver.base import Accel
+from torpor.driver.values import Accel
 from torpor.errors import DriverError
 from torpor.store import atomic, filenames
 
