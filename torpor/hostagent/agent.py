@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import signal
@@ -26,6 +25,7 @@ from torpor.hostagent.api import APIServer
 from torpor.hostagent.early import OWN_PID_FILE, Early
 from torpor.hostagent.guestlink import Guest, GuestLink
 from torpor.hostagent.routes import routes
+from torpor.hostagent.state import State, StopDuringBoot
 from torpor.store import filenames, savedstate
 from torpor.store.instance import clear_runtime_files
 
@@ -35,21 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class State(enum.Enum):
-    """Where the instance is, as far as the host agent knows."""
-
-    STARTING = "starting"  # no VM yet
-    BOOTING = "booting"  # a cold boot, until the guest is ready
-    RESTORING = "restoring"  # QEMU loads a saved state: the VM has not run, the state is still good
-    RESUMING = "resuming"  # the restored VM runs, the guest does not answer yet
-    READY = "ready"
-    STOPPING = "stopping"
-
-
-class StopDuringBoot(Exception):
-    """A stop was requested before the guest was ready."""
 
 
 class HostAgent:

@@ -17,6 +17,7 @@ from torpor.config import sources
 from torpor.driver.values import BootPlan
 from torpor.errors import ConfigError, DriverError
 from torpor.hostagent import events
+from torpor.hostagent.state import State, StopDuringBoot
 from torpor.store import atomic, filenames, savedstate
 from torpor.store.instance import read_instance_yaml
 
@@ -104,8 +105,6 @@ async def _cold_boot(agent: HostAgent, effective: Effective) -> None:
         "defaultGuest": default_guest,
         "accel": driver.accel.name,
     }
-    from torpor.hostagent.agent import State
-
     agent.state = State.BOOTING
     t0 = time.monotonic()
     agent.events.emit(events.BOOTING, f"booting ({_what(agent)})")
@@ -125,8 +124,6 @@ def _what(agent: HostAgent) -> str:
 
 
 async def _restore(agent: HostAgent, saved: savedstate.Saved, early: EarlyRestore | None) -> None:
-    from torpor.hostagent.agent import State, StopDuringBoot
-
     boot = agent.boot_record = saved.manifest["boot"]
     agent.state = State.RESUMING if early is not None and early.running else State.RESTORING
     driver = agent.driver = agent.factory.restore(agent.dir, agent.name, saved, early.launch if early else None)
@@ -240,8 +237,6 @@ async def _guest_up(
 ) -> None:
     """Wait for SSH (through ``ssh_master`` if one was started) and ``before_ready``, check provisioning,
     report ready and start the port forwards."""
-    from torpor.hostagent.agent import State
-
     assert agent.boot_record is not None
     await agent.until(agent.guest.ssh_up(ssh_master), deadline, "answer on SSH")
     log.info("the guest answers on SSH")

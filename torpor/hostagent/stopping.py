@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from torpor.hostagent import events, saving
+from torpor.hostagent.state import State
 from torpor.store import savedstate
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ async def stop_vm(agent: HostAgent) -> tuple[str, dict[str, Any]]:
 
 
 async def _stop_now(agent: HostAgent) -> tuple[str, dict[str, Any]]:
-    from torpor.hostagent.agent import State
-
     assert agent.driver is not None
     before, agent.state = agent.state, State.STOPPING
     agent.guest.end()
