@@ -72,13 +72,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--churn-mib", type=int, default=200)
-    ap.add_argument(
-        "--markdown",
-        type=Path,
-        nargs="?",
-        const=results_md.DEFAULT_FILE,
-        help="also write the table into its section of this Markdown file (default: bench/RESULTS.md)",
-    )
+    results_md.add_markdown_option(ap)
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="torpor-bench-", dir="/tmp"))
     env = dict(os.environ, TORPOR_HOME=str(home))

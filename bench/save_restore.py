@@ -230,13 +230,7 @@ def main() -> int:
         default="copy:1GiB,copy:4GiB,copy:1GiB:debian12,copy:4GiB:debian12,instant:1GiB,instant:4GiB,"
         "copy:2GiB::debian,instant:2GiB::debian",
     )
-    ap.add_argument(
-        "--markdown",
-        type=Path,
-        nargs="?",
-        const=results_md.DEFAULT_FILE,
-        help="also write the tables into their section of this Markdown file (default: bench/RESULTS.md)",
-    )
+    results_md.add_markdown_option(ap)
     args = ap.parse_args()
     configs = [parse_config(c) for c in args.configs.split(",")]
     # torpor's bytecode up to date, as installed: with PYTHONDONTWRITEBYTECODE set, a module edited since it was
