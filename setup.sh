@@ -23,8 +23,8 @@ if [ "$codename" = bookworm ]; then
     qemu_from=(-t bookworm-backports)
 fi
 
-# mmdebstrap and e2fsprogs build template:debian's image.
-packages=(openssh-client dpkg apt python3-venv mmdebstrap e2fsprogs)
+# mmdebstrap and e2fsprogs build template:debian's image; sftp-server serves the host's side of mounts.
+packages=(openssh-client openssh-sftp-server dpkg apt python3-venv mmdebstrap e2fsprogs)
 echo "torpor setup: installing system packages: qemu-system-x86 qemu-utils ${packages[*]}"
 $SUDO apt-get update -qq
 apt_install "${packages[@]}"

@@ -19,6 +19,7 @@ from torpor.errors import CommandError
 
 TYPE_CHECKING = False  # not typing's: the early restore path imports this module (see hostagent/events.py)
 if TYPE_CHECKING:
+    import asyncio
     from typing import IO, NoReturn
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,21 @@ async def run_async(argv: Sequence[str], timeout: float) -> tuple[int, str]:
         await proc.wait()
         return -1, "timed out"
     return proc.returncode or 0, out.decode(errors="replace").strip()
+
+
+async def spawn_async(argv: Sequence[str], cwd: Path) -> asyncio.subprocess.Process:
+    """Start a long-lived child of the host agent's event loop with its stdin and stdout piped to it (its stderr
+    goes to the agent's log); killed if the agent dies."""
+    import asyncio
+
+    log.info("starting %s (in %s)", shlex.join(argv), cwd)
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=cwd,
+        preexec_fn=die_with_parent(),
+    )
 
 
 def interactive(argv: Sequence[str]) -> int:

@@ -5,13 +5,15 @@ appended to ``driver.log`` in the instance directory, one per line."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torpor.driver.base import Accel, BeforeRun, BootPlan, Features, Progress, StopOutcome
+from torpor.hostagent.mounts import MountSet
 
 if TYPE_CHECKING:
     from torpor.config.schema import Config
@@ -95,9 +97,16 @@ class FakeDriver:
         return 0
 
     async def snapshot(
-        self, tag: str, state: Path, ram_copy: Path, progress: Progress | None = None
+        self,
+        tag: str,
+        state: Path,
+        ram_copy: Path,
+        progress: Progress | None = None,
+        while_paused: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[str, dict[str, object]]:
         self._log(f"snapshot {tag}")
+        if while_paused is not None:
+            await while_paused()
         state.write_bytes(b"fake snapshot")
         return "fake", {}
 
@@ -121,6 +130,15 @@ class FakeGuest:
     def __init__(self, inst_dir: Path) -> None:
         self.dir = inst_dir
         self.forwards: list[str] = []
+        self.mounts = MountSet()  # none: the fake VM has no channels
+
+    async def attach_mounts(
+        self, mounts: list[dict[str, Any]], saved: list[dict[str, Any]] | None, channels: tuple[socket.socket, ...]
+    ) -> None:
+        pass
+
+    async def mount_points(self) -> set[str] | None:
+        return set()
 
     def prepare_boot(self, config: Config) -> tuple[int, str]:
         (self.dir / "cidata.iso").write_bytes(b"seed")

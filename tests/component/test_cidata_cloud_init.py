@@ -38,7 +38,7 @@ def test_cloud_init_reads_the_seed(tmp_path: Path) -> None:
     user = cidata.GuestUser("dev", 1000)
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHbWb8fW5aXpk7Hk2n1kqz1ePj4mW2ZxYyJ1rvc0M9mK torpor"
     provision = [Provision(mode="system", script="echo sys"), Provision(mode="user", script="echo user")]
-    iso = cidata.build_iso(cidata.files("web", "torpor-1234", user, [key], provision))
+    iso = cidata.build_iso(cidata.files("web", "torpor-1234", user, [key], provision=provision, mounts=[]))
     seed = tmp_path / "seed"
     assert extract(iso, seed) == "cidata"  # NoCloud finds its seed by this label
 

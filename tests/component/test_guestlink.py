@@ -26,7 +26,7 @@ def test_the_seed_holds_the_users_own_keys_only_when_asked(
     (dot_ssh / "notes.pub").write_text("not a key\n")
     monkeypatch.setattr(Path, "home", lambda: tmp_path / "user")
     written: dict[str, list[str]] = {}
-    monkeypatch.setattr(cidata, "write", lambda d, name, user, keys, provision: written.setdefault("keys", keys))
+    monkeypatch.setattr(cidata, "write", lambda d, name, user, keys, **_: written.setdefault("keys", keys))
     yaml = f"images: [{{location: build:default}}]\nssh: {{loadDotSSHPubKeys: {str(load).lower()}}}\n"
     config = load_effective(home, yaml, "vm.yaml").config
     port, _ = GuestLink(inst, "vm", home).prepare_boot(config)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from tests.integration.conftest import COUNTER, Torpor
+from tests.integration.conftest import COUNTER, Torpor, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def test_debian_boots_with_cloud_init_and_restores(torpor: Torpor) -> None:
+    ro, rw = torpor.home / "deb files", torpor.home / "deb-work"
+    ro.mkdir()
+    rw.mkdir()
+    (ro / "hello.txt").write_text("from the host\n")
+    mounts = f"mounts: [{{location: {json.dumps(str(ro))}}}, {{location: {json.dumps(str(rw))}, writable: true}}]\n"
     yaml = torpor.home / "deb.yaml"
-    yaml.write_text("images: [{location: build:debian}]\nmemory: 1GiB\ndisk: 6GiB\nbootTimeout: 600\n")
+    yaml.write_text("images: [{location: build:debian}]\nmemory: 1GiB\ndisk: 6GiB\nbootTimeout: 600\n" + mounts)
     torpor.run("create", str(yaml))
     torpor.run("start", "deb", timeout=1200)  # the first start may build the image (minutes)
 
@@ -24,6 +31,14 @@ def test_debian_boots_with_cloud_init_and_restores(torpor: Torpor) -> None:
     assert torpor.sh("deb", "ps -p 1 -o comm=").strip() == "systemd"
     assert torpor.sh("deb", "systemctl is-active qemu-guest-agent ssh").split() == ["active", "active"]
 
+    # The mounts (sshfs from Debian's package, mounted by cloud-init's per-boot script)
+    assert torpor.sh("deb", f'cat "{ro}/hello.txt"') == "from the host\n"
+    torpor.sh("deb", f"echo from the guest > {rw}/g.txt")
+    assert (rw / "g.txt").read_text() == "from the guest\n"
+    counter = "exec 4>>count.log; i=0; while sleep 0.2; do i=$((i+1)); echo $i >&4; done"
+    torpor.sh("deb", f"cd {rw} && setsid sh -c '{counter}' </dev/null >/dev/null 2>&1 &")
+    assert wait_for(lambda: len((rw / "count.log").read_text().split()) >= 3)
+
     torpor.sh("deb", COUNTER)
     torpor.sh("deb", "echo kept > $HOME/file && sync")
     pid = torpor.sh("deb", "cat /dev/shm/counter.pid")
@@ -32,4 +47,8 @@ def test_debian_boots_with_cloud_init_and_restores(torpor: Torpor) -> None:
     assert "restored in" in out.stderr, out.stderr
     assert torpor.sh("deb", "cat /dev/shm/counter.pid") == pid
     assert torpor.sh("deb", "cat $HOME/file").strip() == "kept"
+    n = len((rw / "count.log").read_text().split())
+    assert wait_for(lambda: len((rw / "count.log").read_text().split()) >= n + 3)  # appending on through the mount
+    counts = [int(x) for x in (rw / "count.log").read_text().split()]
+    assert counts == list(range(1, len(counts) + 1))
     torpor.run("stop", "deb")

@@ -32,6 +32,7 @@ def machine_state(**fields: Any) -> dict[str, Any]:
         "cidataSha256": "sha256:z",
         "state": {"size": 0, "allocated": 0},
         "qemuStats": {},
+        "mounts": [],
     }
     return {**record, **fields}
 

@@ -63,13 +63,13 @@ def test_null_in_higher_layer_keeps_lower_value() -> None:
 
 
 def test_validation_reports_every_problem_with_its_path(tmp_path: Path) -> None:
-    text = "cpus: 0\nmemory: lots\nmounts: []\nimages: [{arch: x86_64}]\nssh: {localPort: 70000}\n"
+    text = "cpus: 0\nmemory: lots\nnetworks: []\nimages: [{arch: x86_64}]\nssh: {localPort: 70000}\n"
     with pytest.raises(ConfigError) as exc:
         load_effective(tmp_path, text, "bad.yaml")
     problems = exc.value.problems
     assert any(p.startswith("cpus:") for p in problems)
     assert any(p.startswith("memory:") and "not a size" in p for p in problems)
-    assert any(p.startswith("mounts:") and "unknown field" in p for p in problems)
+    assert any(p.startswith("networks:") and "unknown field" in p for p in problems)
     assert any(p.startswith("images[0]:") for p in problems)
     assert any(p.startswith("ssh.localPort:") for p in problems)
     assert len(problems) == 5
@@ -180,3 +180,42 @@ def test_images_for_another_arch_only_is_a_validation_error(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as exc:
         load_effective(tmp_path, "images: [{location: /x.qcow2, arch: aarch64}]\n", "i.yaml")
     assert any("arch x86_64" in p for p in exc.value.problems)
+
+
+def test_mounts_expand_home_and_default_their_mount_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/home/me")
+    text = BASE + "mounts:\n  - location: '~'\n  - location: $HOME/src/app\n    mountPoint: /work\n    writable: true\n"
+    cfg = load_effective(tmp_path, text, "i.yaml").config
+    assert [(m.location, m.guest_path, m.writable) for m in cfg.mounts] == [
+        ("/home/me", "/home/me", False),
+        ("/home/me/src/app", "/work", True),
+    ]
+    assert cfg.mountType == "reverse-sshfs" and cfg.mounts[0].sshfs.cache is True
+
+
+def test_mounts_of_a_higher_layer_merge_into_the_same_mount_point(tmp_path: Path) -> None:
+    write_layers(tmp_path, default="mounts: [{location: /data}, {location: /tmp/torpor, writable: true}]\n")
+    cfg = load_effective(tmp_path, BASE + "mounts: [{location: /data, writable: true}, {location: /src}]\n", "i").config
+    assert [(m.location, m.writable) for m in cfg.mounts] == [("/data", True), ("/tmp/torpor", True), ("/src", False)]
+
+
+@pytest.mark.parametrize(
+    ("mount", "problem"),
+    [
+        ("{location: relative/dir}", "must be an absolute path"),
+        ("{location: /a, mountPoint: /}", "other than /"),
+        ('{location: "/a\\tb"}', "tab or a line break"),
+        ("{location: /a, writeable: true}", "unknown field"),
+    ],
+)
+def test_bad_mounts_are_refused_with_the_field_named(tmp_path: Path, mount: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_effective(tmp_path, BASE + f"mounts: [{mount}]\n", "i.yaml")
+    assert any(p.startswith("mounts[0]") and problem in p for p in e.value.problems), e.value.problems
+
+
+def test_two_mounts_at_one_mount_point_are_refused(tmp_path: Path) -> None:
+    text = BASE + "mounts: [{location: /a, mountPoint: /m}, {location: /b, mountPoint: /m}]\n"
+    with pytest.raises(ConfigError) as e:
+        load_effective(tmp_path, text, "i.yaml")
+    assert any("two mounts at /m" in p for p in e.value.problems), e.value.problems

@@ -10,6 +10,7 @@ import pytest
 
 from torpor.driver.base import Driver
 from torpor.hostagent import saving
+from torpor.hostagent.mounts import MountSet
 
 if TYPE_CHECKING:
     from torpor.store.records import BootRecord
@@ -21,5 +22,5 @@ def test_a_save_that_cannot_make_its_directory_fails_with_the_vm_alive(tmp_path:
     (tmp_path / "saved").write_text("")
     driver = cast("Driver", object())  # never reached
     with pytest.raises(saving.SaveFailed, match=r"preparing .*saved for the state failed") as exc:
-        asyncio.run(saving.save(tmp_path, driver, cast("BootRecord", {})))
+        asyncio.run(saving.save(tmp_path, driver, cast("BootRecord", {}), MountSet()))
     assert exc.value.vm_alive

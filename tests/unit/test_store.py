@@ -28,11 +28,13 @@ def test_invalid_names(name: str) -> None:
         validate_name(name)
 
 
-def test_list_skips_config_and_hidden_dirs(tmp_path: Path) -> None:
+def test_list_skips_config_hidden_and_other_dirs(tmp_path: Path) -> None:
     make_instance(tmp_path, "b")
     make_instance(tmp_path, "a")
     (tmp_path / "_config").mkdir()
     (tmp_path / ".a.creating.1").mkdir()
+    (tmp_path / "projects").mkdir()  # a user's own directory, a mount's location say: not an instance
+    (tmp_path / "notes.yaml").write_text("")
     assert list_names(tmp_path) == ["a", "b"]
 
 

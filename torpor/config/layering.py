@@ -3,7 +3,9 @@
     built-in defaults (the schema) < $TORPOR_HOME/_config/default.yaml < the instance file < _config/override.yaml
 
 Mappings merge key by key, scalars from the higher layer win, lists from the higher layer replace the lower
-layer's, except the lists in ``APPEND_LISTS``, which combine with the higher layer's entries first (as in Lima).
+layer's, except the lists in ``APPEND_LISTS``, which combine with the higher layer's entries first (as in Lima),
+and ``mounts``, which combine too, an entry for the same mount point as a lower layer's merging into it (as in
+Lima).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from torpor.config import sources
-from torpor.config.schema import NOT_YET_IMPLEMENTED, Config
+from torpor.config.schema import NOT_YET_IMPLEMENTED, Config, expand_host_path
 from torpor.errors import ConfigError
 
 APPEND_LISTS = frozenset({"portForwards", "provision"})
@@ -66,7 +68,28 @@ def merge(low: Any, high: Any, key: str = "") -> Any:
         return out
     if key in APPEND_LISTS and isinstance(low, list) and isinstance(high, list):
         return high + low
+    if key == "mounts" and isinstance(low, list) and isinstance(high, list):
+        return merge_mounts(low, high)
     return high
+
+
+def merge_mounts(low: list[Any], high: list[Any]) -> list[Any]:
+    """The lower layer's mounts, then the higher's; an entry for a mount point already there merges into it."""
+    out: list[Any] = []
+    at: dict[str, int] = {}
+    for m in [*low, *high]:
+        if not isinstance(m, dict):
+            out.append(m)  # validation reports it
+            continue
+        point = m.get("mountPoint") or m.get("location")
+        key = expand_host_path(point) if isinstance(point, str) else None
+        if key is not None and key in at:
+            out[at[key]] = merge(out[at[key]], m)
+        else:
+            if key is not None:
+                at[key] = len(out)
+            out.append(m)
+    return out
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

@@ -111,6 +111,62 @@ class PortForward(Model):
     ignore: bool = False
 
 
+def expand_host_path(path: str) -> str:
+    """``~`` and ``$HOME`` at the start of a host path are the host user's home, as Lima reads them."""
+    home = os.path.expanduser("~")
+    if path == "~" or path.startswith("~/"):
+        path = home + path[1:]
+    elif path == "$HOME" or path.startswith("$HOME/"):
+        path = home + path[5:]
+    return os.path.normpath(path) if path else path
+
+
+class SSHFS(Model):
+    """Lima's per-mount ``sshfs`` block."""
+
+    cache: bool = True
+    followSymlinks: bool = False
+    # Lima's choice between its built-in SFTP server and OpenSSH's; torpor always uses OpenSSH's sftp-server.
+    sftpDriver: Literal["", "builtin", "openssh-sftp-server"] = ""
+
+
+class Mount(Model):
+    """One host directory in the guest (Lima's ``mounts`` entry)."""
+
+    location: str
+    mountPoint: str | None = None  # default: the same path as ``location``
+    writable: bool = False
+    sshfs: SSHFS = SSHFS()
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, v: str) -> str:
+        v = expand_host_path(v)
+        if not os.path.isabs(v):
+            raise ValueError(f"location {v!r} must be an absolute path (or start with ~)")
+        return _plain_path(v)
+
+    @field_validator("mountPoint")
+    @classmethod
+    def _mount_point(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = expand_host_path(v)
+        if not os.path.isabs(v) or v == "/":
+            raise ValueError(f"mountPoint {v!r} must be an absolute path in the guest other than /")
+        return _plain_path(v)
+
+    @property
+    def guest_path(self) -> str:
+        return self.mountPoint or self.location
+
+
+def _plain_path(v: str) -> str:
+    if any(c in v for c in "\t\n\r"):
+        raise ValueError(f"{v!r}: a path with a tab or a line break in it cannot be mounted")
+    return v
+
+
 class Provision(Model):
     mode: Literal["system", "user", "boot"] = "system"
     script: str
@@ -128,6 +184,10 @@ class Config(Model):
     ssh: SSH = SSH()
     portForwards: list[PortForward] = Field(default_factory=list)
     provision: list[Provision] = Field(default_factory=list)
+    mounts: list[Mount] = Field(default_factory=list)
+    # Lima's mount types; torpor's reverse-sshfs runs over a virtio-serial channel rather than SSH (it survives a
+    # save), and is the only one it has yet.
+    mountType: Literal["reverse-sshfs"] = "reverse-sshfs"
     saveOnStop: bool = Field(False, description="save the running state on stop and restore it on start")
     # copy: RAM is copied into the state file when saving (mapped-ram where QEMU has it, else a stream).
     # instant: guest RAM lives in a file in the instance directory all the time, so saving writes only device
@@ -151,6 +211,16 @@ class Config(Model):
         if self.images and not any(img.arch == self.arch for img in self.images):
             raise ValueError(f"images: none is for arch {self.arch}; add one with arch: {self.arch}")
         return self
+
+    @field_validator("mounts")
+    @classmethod
+    def _distinct_mount_points(cls, v: list[Mount]) -> list[Mount]:
+        seen: set[str] = set()
+        for m in v:
+            if m.guest_path in seen:
+                raise ValueError(f"two mounts at {m.guest_path} in the guest; give one of them another mountPoint")
+            seen.add(m.guest_path)
+        return v
 
     def image_for_arch(self) -> Image:
         for img in self.images:

@@ -108,9 +108,15 @@ class SaveRestore(Protocol):
 
 class Snapshots(Protocol):
     async def snapshot(
-        self, tag: str, state: Path, ram_copy: Path, progress: Progress | None = None
+        self,
+        tag: str,
+        state: Path,
+        ram_copy: Path,
+        progress: Progress | None = None,
+        while_paused: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[str, dict[str, object]]:
-        """Capture disk, RAM and devices of the running VM; the disk's part is named ``tag``."""
+        """Capture disk, RAM and devices of the running VM; the disk's part is named ``tag``.  ``while_paused``
+        runs once they are captured, before the VM runs again."""
         ...
 
     async def delete_snapshot(self, tag: str) -> None:

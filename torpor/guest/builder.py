@@ -32,12 +32,13 @@ KERNEL_META = "linux-image-amd64"
 RESOLVED = "resolved.json"  # the last resolution of the packages, with the apt state it was made in
 USERLAND = ("busybox-static",)
 # Programs taken from Debian packages, with the shared libraries they need (found from their ELF headers in the
-# packages' library dependencies): an SSH server with SFTP, the QEMU guest agent, sudo with PAM.
+# packages' library dependencies): an SSH server with SFTP, the QEMU guest agent, sudo with PAM, sshfs.
 PROGRAMS: dict[str, tuple[str, ...]] = {
     "dropbear-bin": ("usr/sbin/dropbear", "usr/bin/dropbearkey"),
     "e2fsprogs": ("sbin/mke2fs",),  # ext4 with a journal: busybox's mke2fs only makes ext2
     "openssh-sftp-server": ("usr/lib/openssh/sftp-server",),
     "qemu-guest-agent": ("usr/sbin/qemu-ga",),
+    "sshfs": ("usr/bin/sshfs",),  # the guest's side of mounts
     "sudo": ("usr/bin/sudo", "usr/libexec/sudo/sudoers.so"),
     "libpam-modules": ("lib/x86_64-linux-gnu/security/pam_permit.so", "lib/x86_64-linux-gnu/security/pam_deny.so"),
 }
@@ -59,6 +60,7 @@ MODULES = (
     "isofs",
     "button",
     "evdev",
+    "fuse",
 )
 ROOTFS_FILES = {  # package data file -> path in the initramfs, mode
     "init": ("init", 0o755),
@@ -70,6 +72,7 @@ ROOTFS_FILES = {  # package data file -> path in the initramfs, mode
     "service": ("lib/torpor/service", 0o755),
     "cidata": ("lib/torpor/cidata", 0o755),
     "provision": ("lib/torpor/provision", 0o755),
+    "mounts": ("lib/torpor/mounts", 0o755),
 }
 ETC_FILES = {
     "etc/shells": "/bin/sh\n/bin/ash\n",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from torpor.config.schema import Provision
+    from torpor.config.schema import Mount, Provision
 
 from torpor.store import atomic, filenames
 
@@ -40,6 +40,11 @@ class GuestUser:
         uid = os.getuid()
         return cls(name, uid if uid >= 1000 else 1000)
 
+    @property
+    def home(self) -> str:
+        # Not /home/NAME: that is where the host's home, mounted at the same path, goes (Lima's choice too).
+        return f"/home/{self.name}.linux"
+
 
 def instance_id(inst_dir: Path) -> str:
     """The instance's stable instance-id, created on first use."""
@@ -52,7 +57,58 @@ def instance_id(inst_dir: Path) -> str:
         return iid
 
 
-def files(name: str, iid: str, user: GuestUser, pubkeys: list[str], provision: list[Provision]) -> dict[str, bytes]:
+def sshfs_options(m: Mount) -> str:
+    """sshfs's options for a mount (beyond the ones every mount has).
+
+    sshfs's own cache of attributes and listings is off: it keeps them 20 s by the guest's wall clock, which a
+    restore moves on by the time saved, so that a change on the host would show late or, after a short save,
+    not at once.  What stays is the kernel's cache of 1 s (``sshfs.cache: false``: none).
+    """
+    opts = ["cache=no"]
+    if not m.sshfs.cache:
+        opts.append("attr_timeout=0,entry_timeout=0,negative_timeout=0")
+    if m.sshfs.followSymlinks:
+        opts.append("follow_symlinks")
+    return ",".join(opts)
+
+
+def mount_table(mounts: list[Mount]) -> str:
+    """The default guest's table of mounts (read by its ``mounts`` script): index, ro/rw, options, mount point."""
+    return "".join(
+        f"{i}\t{'rw' if m.writable else 'ro'}\t{sshfs_options(m)}\t{m.guest_path}\n" for i, m in enumerate(mounts)
+    )
+
+
+def id_maps(user: GuestUser) -> dict[str, str]:
+    """sshfs's maps (``idmap=file``) of the host user's uid and gid to the guest user's."""
+    return {"uidmap": f"{user.name}:{os.getuid()}\n", "gidmap": f"{user.name}:{os.getgid()}\n"}
+
+
+PER_BOOT_SCRIPT = "/var/lib/cloud/scripts/per-boot/torpor-mounts"
+
+
+def _mount_bootcmd(mounts: list[Mount], user: GuestUser) -> list[str]:
+    """cloud-init's boot command for the mounts of a cloud image: on every boot (bootcmd runs on each, before
+    write_files), the table, the id maps and the script go to /run/torpor, and a per-boot script that runs it.
+    cloud-init runs that in its last stage, after it has written the users' and root's SSH keys (a read-only
+    mount of the host's home at /root would refuse them), and start waits for cloud-init."""
+    from importlib import resources
+
+    script = (resources.files("torpor.guest") / "rootfs" / "mounts").read_text()
+    maps = id_maps(user)
+    setup = (
+        'mkdir -p /run/torpor "${0%/*}" && printf %s "$1" > /run/torpor/mounts && '
+        'printf %s "$2" > /run/torpor/uidmap && printf %s "$3" > /run/torpor/gidmap && '
+        'printf %s "$4" > /run/torpor/mount.sh && '
+        'printf "#!/bin/sh\\n[ -f /run/torpor/mount.sh ] || exit 0\\n'
+        'exec sh /run/torpor/mount.sh /run/torpor/mounts\\n" > "$0" && chmod 755 "$0"'
+    )
+    return ["sh", "-c", setup, PER_BOOT_SCRIPT, mount_table(mounts), maps["uidmap"], maps["gidmap"], script]
+
+
+def files(
+    name: str, iid: str, user: GuestUser, pubkeys: list[str], *, provision: list[Provision], mounts: list[Mount]
+) -> dict[str, bytes]:
     """The seed's files by path; ``pubkeys`` are the SSH public keys the user may log in with."""
     import yaml
 
@@ -61,7 +117,7 @@ def files(name: str, iid: str, user: GuestUser, pubkeys: list[str], provision: l
     cloud_user = {
         "name": user.name,
         "uid": user.uid,
-        "homedir": f"/home/{user.name}",
+        "homedir": user.home,
         "shell": "/bin/bash",
         "sudo": "ALL=(ALL) NOPASSWD:ALL",
         "lock_passwd": True,
@@ -73,6 +129,8 @@ def files(name: str, iid: str, user: GuestUser, pubkeys: list[str], provision: l
     runcmd = [["/bin/sh", "-c", p.script] for p in provision if p.mode == "system"]
     runcmd += [["su", "-", user.name, "-c", p.script] for p in provision if p.mode == "user"]
     bootcmd = [["/bin/sh", "-c", p.script] for p in provision if p.mode == "boot"]
+    if mounts:
+        bootcmd.insert(0, _mount_bootcmd(mounts, user))
     if runcmd:
         user_data["runcmd"] = runcmd
     if bootcmd:
@@ -82,6 +140,7 @@ def files(name: str, iid: str, user: GuestUser, pubkeys: list[str], provision: l
         "TORPOR_HOSTNAME": hostname,
         "TORPOR_USER": user.name,
         "TORPOR_UID": str(user.uid),
+        "TORPOR_HOME": user.home,
     }
     out = {
         "meta-data": yaml.safe_dump(meta, sort_keys=False).encode(),
@@ -91,6 +150,9 @@ def files(name: str, iid: str, user: GuestUser, pubkeys: list[str], provision: l
     }
     for i, p in enumerate(provision):
         out[f"torpor/provision/{i:02d}-{p.mode}"] = p.script.encode()
+    if mounts:
+        out["torpor/mounts"] = mount_table(mounts).encode()
+        out.update({f"torpor/{k}": v.encode() for k, v in id_maps(user).items()})
     return out
 
 
@@ -122,8 +184,10 @@ def build_iso(content: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
-def write(inst_dir: Path, name: str, user: GuestUser, pubkeys: list[str], provision: list[Provision]) -> Path:
+def write(
+    inst_dir: Path, name: str, user: GuestUser, pubkeys: list[str], *, provision: list[Provision], mounts: list[Mount]
+) -> Path:
     path = inst_dir / filenames.CIDATA
-    iso = build_iso(files(name, instance_id(inst_dir), user, pubkeys, provision))
+    iso = build_iso(files(name, instance_id(inst_dir), user, pubkeys, provision=provision, mounts=mounts))
     atomic.write_bytes(path, iso, 0o600)
     return path

@@ -39,6 +39,7 @@ PACKAGES = (
     "cloud-init",
     "cloud-guest-utils",  # growpart, which cloud-init's resize modules look for
     "qemu-guest-agent",
+    "sshfs",  # the guest's side of mounts
     "sudo",
     "ifupdown",
     "isc-dhcp-client",

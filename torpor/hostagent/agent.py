@@ -179,6 +179,7 @@ class HostAgent:
             "degraded": self.degraded,
             "saveOnStop": self.save_on_stop,
             "forwards": self.guest.forwards,
+            "mounts": self.guest.mounts.info(await self.guest.mount_points() if self.state is State.READY else None),
         }
         if self.driver is not None:
             info["vm"] = await self.driver.inspect()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from torpor.config import sources
 from torpor.driver.values import BootPlan
 from torpor.errors import ConfigError, DriverError
-from torpor.hostagent import events
+from torpor.hostagent import events, mounts
 from torpor.hostagent.state import State, StopDuringBoot
 from torpor.store import atomic, filenames, savedstate
 from torpor.store.instance import read_instance_yaml
@@ -85,12 +85,13 @@ async def _cold_boot(agent: HostAgent, effective: Effective) -> None:
 
     config = effective.config
     agent.save_on_stop = config.saveOnStop
+    config_json = config.model_dump(mode="json")
+    mounts.check_locations(config_json)  # before anything starts
     image = config.image_for_arch()
     default_guest = image.location == images.DEFAULT_GUEST
     ssh_port, user = await asyncio.to_thread(agent.guest.prepare_boot, config)
     # A cold boot starts from fresh RAM; a RAM file left by an earlier (instant mode) run goes.
     (agent.dir / filenames.MEMORY_FILE).unlink(missing_ok=True)
-    config_json = config.model_dump(mode="json")
     plan = BootPlan(config_json, images.kernel_cmdline(image), ssh_port, ready_channel=default_guest)
     driver = agent.driver = await asyncio.to_thread(agent.factory.boot, agent.dir, agent.name, plan)
     if driver.accel.name != "kvm":
@@ -108,7 +109,12 @@ async def _cold_boot(agent: HostAgent, effective: Effective) -> None:
     agent.state = State.BOOTING
     t0 = time.monotonic()
     agent.events.emit(events.BOOTING, f"booting ({_what(agent)})")
-    await driver.start(lambda: agent.guest.connect_channels(default_guest))
+
+    async def before_run() -> None:
+        await agent.guest.connect_channels(default_guest)
+        await agent.guest.attach_mounts(config_json["mounts"], None, ())
+
+    await driver.start(before_run)
     record: BootFile = {**agent.boot_record, "argv": driver.machine_record()["argv"]}
     atomic.write_text(agent.dir / filenames.BOOT_RECORD, json.dumps(record))
     deadline = t0 + config.bootTimeout
@@ -139,6 +145,8 @@ async def _restore(agent: HostAgent, saved: savedstate.Saved, early: EarlyRestor
         if checksum is not None and not await checksum:
             raise DriverError("the state file's contents changed since the save (checksum mismatch)")
         await agent.guest.connect_channels(False)
+        channels = early.launch.channels if early is not None else ()
+        await agent.guest.attach_mounts(boot["config"]["mounts"], saved.manifest["mounts"], channels)
 
     try:
         await driver.restore(
@@ -155,7 +163,7 @@ async def _restore(agent: HostAgent, saved: savedstate.Saved, early: EarlyRestor
     # The guest runs and writes to its disk from here on: the state no longer matches the disk and must never be
     # restored again (until it is gone, the disk's changed identity refuses it).  Deleting a large file takes
     # tens of milliseconds: beside the SSH handshake, not before it.
-    agent.discarded = asyncio.ensure_future(asyncio.to_thread(savedstate.discard, agent.dir))
+    agent.discarded = asyncio.ensure_future(asyncio.to_thread(_restored_files, agent, saved))
 
     async def clock_and_discard() -> None:
         await agent.guest.set_clock()
@@ -167,6 +175,14 @@ async def _restore(agent: HostAgent, saved: savedstate.Saved, early: EarlyRestor
     await _guest_up(
         agent, t0, deadline, "restored", before_ready=asyncio.ensure_future(clock_and_discard()), ssh_master=master
     )
+
+
+def _restored_files(agent: HostAgent, saved: savedstate.Saved) -> None:
+    """Once a restored VM runs: its state goes, and the boot record names the boot it resumed (a snapshot's can
+    be an earlier boot than the last cold boot's)."""
+    savedstate.discard(agent.dir)
+    record: BootFile = {**saved.manifest["boot"], "argv": saved.manifest["argv"]}
+    atomic.write_text(agent.dir / filenames.BOOT_RECORD, json.dumps(record))
 
 
 def restoring_message(saved: savedstate.Saved) -> str:
@@ -249,6 +265,8 @@ async def _guest_up(
             degraded = await agent.guest.provisioning(agent.reported.get("provision", "none"))
         else:
             degraded = await agent.until(agent.guest.cloud_init(), deadline, "finish cloud-init")
+    if lost := agent.guest.mounts.lost:
+        agent.events.emit(events.NOTICE, "the restore could not keep: " + "; ".join(lost))
     agent.state = State.READY
     agent.boot_seconds = time.monotonic() - t0  # the whole wait, cloud-init's included
     agent.degraded = degraded

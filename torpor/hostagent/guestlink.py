@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import shlex
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from torpor.guest import ssh as guest_ssh
 from torpor.guest.agent import GuestAgent, GuestAgentError
 from torpor.hostagent import ports
 from torpor.hostagent.forwarder import PortForwarder
+from torpor.hostagent.mounts import MountSet, guest_mount_points
 from torpor.hostagent.sshaccess import SSHAccess
 from torpor.store import atomic, filenames, snapshots
 
@@ -49,6 +51,22 @@ class Guest(Protocol):
 
     async def connect_channels(self, ready_channel: bool) -> None:
         """While the VM is created but has not run: the guest agent's channel, and torpor's ready channel."""
+        ...
+
+    @property
+    def mounts(self) -> MountSet:
+        """The mounts' relays (their sessions are part of a save)."""
+        ...
+
+    async def attach_mounts(
+        self, mounts: list[dict[str, Any]], saved: list[dict[str, Any]] | None, channels: tuple[socket.socket, ...]
+    ) -> None:
+        """While the VM has not run: the mounts' channels (``channels``: connected already), their sessions as a
+        save left them (``saved``) or new ones."""
+        ...
+
+    async def mount_points(self) -> set[str] | None:
+        """The guest's mounted sshfs mount points, or None if the guest cannot say now."""
         ...
 
     async def ready_report(self) -> dict[str, str]:
@@ -93,6 +111,24 @@ class GuestLink:
         self._tasks: set[asyncio.Task[None]] = set()  # keeps background tasks referenced
         self._channels: list[asyncio.StreamWriter] = []
         self._ready: asyncio.Future[str] | None = None
+        self._mounts = MountSet()
+
+    @property
+    def mounts(self) -> MountSet:
+        return self._mounts
+
+    async def attach_mounts(
+        self, mounts: list[dict[str, Any]], saved: list[dict[str, Any]] | None, channels: tuple[socket.socket, ...]
+    ) -> None:
+        await self._mounts.attach(self.dir, mounts, saved, channels)
+
+    async def mount_points(self) -> set[str] | None:
+        if not self._mounts.relays:
+            return set()
+        try:
+            return guest_mount_points((await self.agent.read_file("/proc/mounts")).decode(errors="replace"))
+        except GuestAgentError:
+            return None
 
     @property
     def forwards(self) -> list[str]:
@@ -104,7 +140,7 @@ class GuestLink:
         key, pubkey = guest_ssh.ensure_keypair(self.home)
         user = cidata.GuestUser.from_host()
         keys = [pubkey, *(guest_ssh.user_public_keys() if config.ssh.loadDotSSHPubKeys else [])]
-        cidata.write(self.dir, self.name, user, keys, config.provision)
+        cidata.write(self.dir, self.name, user, keys, provision=config.provision, mounts=config.mounts)
         port = config.ssh.localPort or guest_ssh.free_port(avoid=snapshots.held_ssh_ports(self.home))
         guest_ssh.write_config(self.dir, self.name, port, user.name, key)
         return port, user.name
@@ -180,6 +216,7 @@ class GuestLink:
     async def close(self) -> None:
         self.end()
         await self.ssh.stop_master()  # ended by a stop already, or now: reaped either way
+        await self._mounts.close()
         self.agent.close()
         for w in self._channels:
             w.close()

@@ -1,7 +1,7 @@
 """The host agent's HTTP API on ``ha.sock``: each route over the agent it serves (as Lima's ``api/server`` wraps
 its agent in a backend).
 
-    GET    /v1/info             what the agent knows: its state, the guest's report, the VM, the forwards
+    GET    /v1/info             what the agent knows: its state, the guest's report, the VM, the forwards, the mounts
     GET    /v1/driver/config    the runtime settings: {"saveOnStop": bool}
     PATCH  /v1/driver/config    change them (what `torpor stop --save` / `--no-save` does before its signal)
     POST   /v1/snapshots        {"tag": T}: snapshot the running VM (disk, RAM, devices)
@@ -78,7 +78,9 @@ async def _take_snapshot(agent: HostAgent, tag: str) -> dict[str, Any]:
         agent.events.emit(events.NOTICE, f"taking snapshot {tag!r}")
         progress = events.ProgressEmitter(agent.events, "snapshot")
         try:
-            meta = await snapshotting.create(agent.dir, agent.driver, agent.boot_record, tag, progress)
+            meta = await snapshotting.create(
+                agent.dir, agent.driver, agent.boot_record, tag, agent.guest.mounts, progress=progress
+            )
         except (DriverError, OSError) as e:
             raise HTTPError(500, f"the snapshot failed: {e}") from None
     agent.events.emit(events.NOTICE, f"snapshot {tag!r} taken (VM paused {meta['pausedSeconds']:.2f} s)")

@@ -19,6 +19,7 @@ from torpor.store import atomic, filenames, savedstate
 
 if TYPE_CHECKING:
     from torpor.driver.base import Driver, SaveRestore
+    from torpor.hostagent.mounts import MountSet
     from torpor.store.records import BootRecord, MachineState, Manifest
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,23 @@ async def save(
     inst_dir: Path,
     driver: Driver,
     boot_record: BootRecord,
+    mounts: MountSet,
     progress: Callable[[int, int], None] | None = None,
 ) -> Manifest:
     """Save the VM into ``saved/``; return the manifest.  Raises :class:`SaveFailed`."""
     t0 = time.monotonic()
-    state, mechanism, stats, digest = await _write_state(inst_dir, driver, progress)
+    await mounts.hold()  # between two SFTP packets
+    try:
+        state, mechanism, stats, digest = await _write_state(inst_dir, driver, progress)
+    except SaveFailed as e:
+        if e.vm_alive:
+            await mounts.release()
+        raise
     save_seconds = time.monotonic() - t0
     # From here the VM's memory exists only in the state file (and, in instant mode, the RAM file).
     await driver.quit()
     log.info("QEMU has quit")
+    sessions = await mounts.export(final=True)
     disk = inst_dir / filenames.DISK
     await asyncio.to_thread(atomic.fsync_file, disk)
     if driver.ram_file is not None:  # the guest's dirty pages, written back by the kernel
@@ -58,7 +67,7 @@ async def save(
         raise SaveFailed(
             f"reading the state file back failed after QEMU stopped ({e}); the next start cold boots", False
         ) from e
-    record = state_record(inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state)
+    record = state_record(inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state, mounts=sessions)
     record["state"]["digest"] = state_sha
     record["state"]["identity"] = savedstate.written_identity(state)
     manifest: Manifest = {
@@ -129,6 +138,7 @@ def state_record(
     mechanism: str,
     stats: dict[str, Any],
     state: Path,
+    mounts: list[dict[str, Any]],
 ) -> MachineState:
     """What a restore of ``state`` needs to know: the machine it came from and how it was written (its digest
     is the caller's to add).  A saved state's manifest and a snapshot's record both start from this.
@@ -147,6 +157,7 @@ def state_record(
         "cidataSha256": savedstate.sha256_file(inst_dir / filenames.CIDATA),
         "state": {"size": st.st_size, "allocated": st.st_blocks * 512},
         "qemuStats": {k: stats.get(k) for k in ("total-time", "downtime") if k in stats},
+        "mounts": mounts,
     }
 
 

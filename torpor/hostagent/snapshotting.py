@@ -13,13 +13,14 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from torpor.hostagent.saving import state_record
 from torpor.store import atomic, filenames, savedstate, snapshots
 
 if TYPE_CHECKING:
     from torpor.driver.base import Driver
+    from torpor.hostagent.mounts import MountSet
     from torpor.store.records import BootRecord, MemorySnapshotRecord
 
 
@@ -28,6 +29,8 @@ async def create(
     driver: Driver,
     boot_record: BootRecord,
     tag: str,
+    mounts: MountSet,
+    *,
     progress: Callable[[int, int], None] | None = None,
 ) -> MemorySnapshotRecord:
     """Take snapshot ``tag`` of the running VM; return its record."""
@@ -38,10 +41,21 @@ async def create(
     ram = work / filenames.MEMORY_FILE
     try:
         t0 = time.monotonic()
-        mechanism, stats = await driver.snapshot(tag, state, ram, progress)
+        sessions: list[dict[str, Any]] = []
+
+        async def export_mounts() -> None:  # the mounts' sessions as the paused VM has them
+            sessions.extend(await mounts.export(final=False))
+
+        await mounts.hold()
+        try:
+            mechanism, stats = await driver.snapshot(tag, state, ram, progress, while_paused=export_mounts)
+        finally:
+            await mounts.release()
         paused = time.monotonic() - t0
         # The guest runs again: the rest is file work, done off the event loop.
-        record = state_record(inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state)
+        record = state_record(
+            inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state, mounts=sessions
+        )
         meta = cast("MemorySnapshotRecord", {**record, "tag": tag, "memory": True, "pausedSeconds": paused})
         await asyncio.to_thread(_complete, inst_dir, work, final, meta)
         meta["seconds"] = time.monotonic() - t0

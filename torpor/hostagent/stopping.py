@@ -61,7 +61,7 @@ async def _save(agent: HostAgent) -> tuple[str, dict[str, Any]]:
     assert agent.driver is not None and agent.boot_record is not None
     agent.events.emit(events.STOPPING, "saving the VM state")
     progress = events.ProgressEmitter(agent.events, "saving")
-    manifest = await saving.save(agent.dir, agent.driver, agent.boot_record, progress)
+    manifest = await saving.save(agent.dir, agent.driver, agent.boot_record, agent.guest.mounts, progress)
     size = manifest["state"]["allocated"]
     seconds = manifest["saveSeconds"]
     return (

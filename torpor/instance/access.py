@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 from torpor.errors import InstanceStateError, TorporError
 from torpor.guest import ssh
@@ -49,3 +52,27 @@ def scp_command(paths: list[str], recursive: bool) -> list[str]:
     if config is None:
         raise TorporError("none of the paths is in an instance", hint="name guest paths as NAME:path")
     return ["scp", "-F", str(config), *(["-r"] if recursive else []), *operands]
+
+
+def guest_dir_for(mounts: list[dict[str, Any]], host_dir: str) -> str | None:
+    """Where ``host_dir`` is in the guest through ``mounts`` (the deepest mount holding it), or None."""
+    best: tuple[int, str] | None = None
+    for m in mounts:
+        location = m["location"].rstrip("/") or "/"
+        if host_dir == location or host_dir.startswith(location.rstrip("/") + "/"):
+            rest = host_dir[len(location) :].lstrip("/")
+            point = m["mountPoint"] or m["location"]
+            guest = os.path.join(point, rest) if rest else point
+            if best is None or len(location) > best[0]:
+                best = (len(location), guest)
+    return best[1] if best else None
+
+
+def running_mounts(name: str) -> list[dict[str, Any]]:
+    """The mounts of the boot ``name`` is running (its boot record's)."""
+    try:
+        record = json.loads((_running_dir(name) / filenames.BOOT_RECORD).read_text())
+    except (OSError, ValueError):
+        return []
+    mounts = record.get("config", {}).get("mounts", []) if isinstance(record, dict) else []
+    return mounts if isinstance(mounts, list) else []

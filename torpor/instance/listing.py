@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
 from torpor.config.layering import load_effective
-from torpor.errors import ConfigError, InstanceNotFound
+from torpor.errors import ConfigError, HostAgentError, InstanceNotFound
+from torpor.hostagent.client import HostAgentClient
 from torpor.store import filenames, savedstate
 from torpor.store.instance import Status, home, inspect, list_names, read_instance_yaml
 
@@ -26,6 +28,7 @@ def describe(name: str, root: Path) -> dict[str, Any]:
             disk=cfg.disk,
             saveOnStop=cfg.saveOnStop,
             saveMode=cfg.saveMode,
+            mounts=[_mount_row(m.location, m.guest_path, m.writable, cfg.mountType) for m in cfg.mounts],
         )
     except ConfigError as e:
         if inst.status is Status.STOPPED:
@@ -46,11 +49,19 @@ def describe(name: str, root: Path) -> dict[str, Any]:
             stateAge=round(time.time() - saved.created, 1),
             saveMechanism=saved.mechanism,
         )
+    if inst.status is Status.RUNNING:
+        # The running boot's mounts, each with whether it is up, as its host agent sees them.
+        with contextlib.suppress(HostAgentError, KeyError, TypeError):
+            row["mounts"] = HostAgentClient(inst.dir / filenames.HA_SOCK, timeout=5).get("/v1/info")["mounts"]
     if inst.agent_pid is not None:
         row["hostAgentPID"] = inst.agent_pid
     if inst.qemu_pid is not None:
         row["qemuPID"] = inst.qemu_pid
     return row
+
+
+def _mount_row(location: str, mount_point: str, writable: bool, mount_type: str) -> dict[str, Any]:
+    return {"location": location, "mountPoint": mount_point, "writable": writable, "mountType": mount_type}
 
 
 def describe_all(names: list[str] | None = None) -> list[dict[str, Any]]:

@@ -48,8 +48,11 @@ def list_names(root: Path | None = None) -> list[str]:
     base = root or home()
     if not base.is_dir():
         return []
+    # Only directories holding an instance file: anything else a user keeps in $TORPOR_HOME is not an instance.
     return sorted(
-        d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith(("_", ".")) and NAME_RE.fullmatch(d.name)
+        d.name
+        for d in base.iterdir()
+        if not d.name.startswith(("_", ".")) and NAME_RE.fullmatch(d.name) and (d / filenames.INSTANCE_YAML).is_file()
     )
 
 
@@ -165,4 +168,7 @@ def clear_runtime_files(inst_dir: Path, keep: frozenset[str] = frozenset()) -> l
         if p.exists() or p.is_symlink():
             p.unlink(missing_ok=True)
             removed.append(n)
+    for p in inst_dir.glob(filenames.MOUNT_SOCK_GLOB):
+        p.unlink(missing_ok=True)
+        removed.append(p.name)
     return removed

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
         cidataSha256: str
         state: StateFile
         qemuStats: dict[str, Any]
+        mounts: list[dict[str, Any]]  # each mount's session as the VM left it (hostagent.mounts.Relay.export)
 
     class Manifest(MachineState):
         disk: FileIdentity  # the disk the state matches
@@ -103,6 +104,7 @@ MACHINE_STATE = (
     "cidataSha256",
     "state",
     "qemuStats",
+    "mounts",
 )
 BOOT_RECORD = ("config", "configDigest", "configSources", "sshPort", "user", "defaultGuest", "accel")
 

@@ -46,6 +46,7 @@ class VMSpec:
     cidata: Path | None = None
     qga_socket: Path | None = None
     memory_file: Path | None = None  # guest RAM in a shared file (saveMode: instant)
+    mount_sockets: tuple[Path, ...] = ()  # one virtio-serial channel per mount, in the order of ``mounts``
 
 
 def machine(spec: VMSpec) -> list[str]:
@@ -122,6 +123,13 @@ def channels(spec: VMSpec) -> list[str]:
             f"socket,id=qga,path={opt(spec.qga_socket)},server=on,wait=off",
             "-device",
             "virtserialport,bus=vser0.0,chardev=qga,name=org.qemu.guest_agent.0",
+        ]
+    for i, path in enumerate(spec.mount_sockets):
+        args += [
+            "-chardev",
+            f"socket,id=mount{i},path={opt(path)},server=on,wait=off",
+            "-device",
+            f"virtserialport,bus=vser0.0,chardev=mount{i},name=io.torpor.mount.{i}",
         ]
     return args
 

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,7 +183,12 @@ class QemuDriver:
         return mechanism
 
     async def snapshot(
-        self, tag: str, state: Path, ram_copy: Path, progress: migration.Progress | None = None
+        self,
+        tag: str,
+        state: Path,
+        ram_copy: Path,
+        progress: migration.Progress | None = None,
+        while_paused: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[str, dict[str, object]]:
         """Capture disk, RAM and devices: the disk as internal qcow2 snapshot ``tag``, devices (and RAM) in
         ``state``; with RAM in a shared file (instant mode), the RAM as a sparse copy of that file in ``ram_copy``
@@ -204,6 +209,8 @@ class QemuDriver:
             if self.ram_file is not None:
                 # Paused, the guest's RAM is what the file's pages (in the page cache) hold.
                 await asyncio.to_thread(savedstate.sparse_copy, self.ram_file, ram_copy)
+            if while_paused is not None:
+                await while_paused()
         except (DriverError, OSError):
             if disk_taken:
                 with contextlib.suppress(DriverError):

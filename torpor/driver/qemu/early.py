@@ -11,6 +11,7 @@ Only light modules may be imported here: the standard library's basics, torpor's
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -34,6 +35,9 @@ class EarlyLaunch(NamedTuple):
     state_fd: int  # -1 for mapped-ram (QEMU opened the file itself) and multifd (the relay sends it)
     position: mechanisms.Position | None  # how far the load is (mapped-ram: unknown)
     running: bool
+    # The mounts' channels, connected before the VM ran: a guest whose sshfs found its channel unconnected
+    # would read an end of file and lose the mount.  The host agent's relays adopt them.
+    channels: tuple[socket.socket, ...] = ()
 
 
 def launch(
@@ -49,11 +53,15 @@ def launch(
     state file is untouched since the save and no stop was asked for (``stop_asked``) before it ran."""
     popen = subp.spawn_daemon([*saved.manifest["argv"], "-incoming", "defer"])
     fd = -1
+    channels: list[socket.socket] = []
     try:
         meanwhile()
         qmp = SyncQMP(inst_dir / filenames.QMP_SOCK, QMP_TIMEOUT, alive=lambda: popen.poll() is None)
         try:
             fd, position = _start_loading(qmp, inst_dir, saved)
+            for i in range(len(saved.manifest["mounts"])):  # QEMU made its sockets before QMP answered
+                channels.append(socket.socket(socket.AF_UNIX))
+                channels[-1].connect(str(inst_dir / filenames.mount_sock(i)))
             running = savedstate.state_unchanged(saved) and _run_when_loaded(
                 qmp, popen, position, progress=progress, stop_asked=stop_asked
             )
@@ -64,8 +72,10 @@ def launch(
         popen.wait()
         if fd >= 0:
             os.close(fd)
+        for c in channels:
+            c.close()
         raise
-    return EarlyLaunch(qemu, popen, fd, position, running)
+    return EarlyLaunch(qemu, popen, fd, position, running, tuple(channels))
 
 
 def _start_loading(qmp: SyncQMP, inst_dir: Path, saved: savedstate.Saved) -> tuple[int, mechanisms.Position | None]:

@@ -49,6 +49,7 @@ class QemuFactory:
             cidata=inst_dir / filenames.CIDATA,
             qga_socket=inst_dir / filenames.QGA_SOCK,
             forwards=(cmdline.HostForward("127.0.0.1", plan.ssh_port, 22),),
+            mount_sockets=tuple(inst_dir / filenames.mount_sock(i) for i in range(len(plan.config["mounts"]))),
         )
         return QemuDriver(qemu, spec, accel)
 

@@ -1,0 +1,181 @@
+"""Benchmark: work through a mount against the same work on the guest's own disk, and the restore of an instance
+with two mounts against one without, side by side in one run.
+
+    python bench/mounts.py [--rounds 3] [--mib 256] [--files 10000] [--markdown [bench/RESULTS.md]]
+
+One default guest (template:default's image, 1 GiB, 2 CPUs) with two mounts of host directories, one read-only and
+one writable (mountType reverse-sshfs), and a second, identical instance without mounts.  In each round, in the
+guest with mounts, each measured inside the guest (its own clock around the command, page caches dropped first):
+
+- sequential read of a MIB MiB file (`dd bs=1M`), from the read-only mount and from the guest's disk;
+- sequential write of MIB MiB with a final fsync, to the writable mount and to the guest's disk;
+- a metadata walk: `find` and `stat` of FILES small files in a tree of 100 directories, through the read-only
+  mount and on the guest's disk;
+
+then `torpor stop --save` and `torpor start` (the restore, to ready) of each instance, one after the other.
+Figures are medians of the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import results as results_md  # noqa: E402
+
+SCRIPT = Path(sys.executable).with_name("torpor")
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "torpor"]
+
+
+def torpor(env: dict[str, str], *args: str) -> tuple[float, str]:
+    t0 = time.monotonic()
+    proc = subprocess.run([*COMMAND, "--no-tty", *args], env=env, capture_output=True, text=True, check=False)
+    seconds = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"torpor {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return seconds, proc.stdout + proc.stderr
+
+
+def timed_in_guest(env: dict[str, str], name: str, command: str) -> float:
+    """Seconds ``command`` takes in the guest by the guest's clock, its page cache dropped first."""
+    script = (
+        "sync; echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null; "
+        f"t0=$(date +%s.%N); {command} >/dev/null 2>&1 || echo FAILED; t1=$(date +%s.%N); "
+        'echo "$t0 $t1"'
+    )
+    _, out = torpor(env, "shell", "--workdir", "/", name, "sh", "-c", script)
+    line = out.strip().splitlines()[-1]
+    if "FAILED" in out:
+        raise SystemExit(f"in the guest, {command} failed:\n{out}")
+    t0, t1 = (float(x) for x in line.split())
+    return t1 - t0
+
+
+def make_tree(root: Path, files: int) -> None:
+    per_dir = max(1, files // 100)
+    for d in range(100):
+        sub = root / f"d{d:02d}"
+        sub.mkdir(parents=True)
+        for f in range(per_dir):
+            (sub / f"f{f:04d}.txt").write_text(f"{d} {f}\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--mib", type=int, default=256)
+    ap.add_argument("--files", type=int, default=10000)
+    results_md.add_markdown_option(ap)
+    args = ap.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="torpor-bench-mounts-", dir="/tmp"))
+    env = dict(os.environ, TORPOR_HOME=str(home))
+    ro, rw = home / "host-ro", home / "host-rw"
+    ro.mkdir()
+    rw.mkdir()
+    with (ro / "big.bin").open("wb") as f:
+        f.write(os.urandom(args.mib * 2**20))
+    make_tree(ro / "tree", args.files)
+    base = "images: [{location: 'build:default'}]\nmemory: 1GiB\ncpus: 2\nsaveOnStop: true\n"
+    mounts = f"mounts:\n  - location: {json.dumps(str(ro))}\n  - location: {json.dumps(str(rw))}\n    writable: true\n"
+    (home / "with.yaml").write_text(base + mounts)
+    (home / "without.yaml").write_text(base)
+    rows: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        rows.setdefault(key, []).append(value)
+
+    try:
+        for name in ("with", "without"):
+            torpor(env, "create", "--name", name, str(home / f"{name}.yaml"))
+            torpor(env, "start", name)
+        # The guest disk's copies of the same data (the first boot installed the guest; these stay on its disk).
+        torpor(env, "shell", "with", "sh", "-c", f"cp {ro}/big.bin /var/big.bin && cp -r {ro}/tree /var/tree && sync")
+        for r in range(args.rounds):
+            add("read-mount", timed_in_guest(env, "with", f"dd if={ro}/big.bin of=/dev/null bs=1M"))
+            add("read-disk", timed_in_guest(env, "with", "dd if=/var/big.bin of=/dev/null bs=1M"))
+            write = f"bs=1M count={args.mib} conv=fsync"
+            add("write-mount", timed_in_guest(env, "with", f"dd if=/dev/zero of={rw}/out.bin {write}"))
+            add("write-disk", timed_in_guest(env, "with", f"dd if=/dev/zero of=/var/out.bin {write}"))
+            stat = "find {} -type f | xargs stat -c %s"
+            add("meta-mount", timed_in_guest(env, "with", stat.format(f"{ro}/tree")))
+            add("meta-disk", timed_in_guest(env, "with", stat.format("/var/tree")))
+            for name in ("with", "without"):
+                torpor(env, "stop", name)
+                seconds, out = torpor(env, "start", name)
+                if "restored in" not in out:
+                    raise SystemExit(f"{name} did not restore:\n{out}")
+                add(f"restore-{name}", seconds)
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in rows.items()), flush=True)
+    finally:
+        for name in ("with", "without"):
+            subprocess.run([*COMMAND, "--no-tty", "stop", "--force", name], env=env, capture_output=True, check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+    report({k: statistics.median(v) for k, v in rows.items()}, args)
+
+
+def report(med: dict[str, float], args: argparse.Namespace) -> None:
+    mib = args.mib
+    table = results_md.table(
+        ["work", "through the mount", "on the guest's disk", "mount / disk"],
+        [
+            [
+                f"sequential read, {mib} MiB",
+                f"{med['read-mount']:.2f} s ({mib / med['read-mount']:.0f} MiB/s)",
+                f"{med['read-disk']:.2f} s ({mib / med['read-disk']:.0f} MiB/s)",
+                f"{med['read-mount'] / med['read-disk']:.1f}x",
+            ],
+            [
+                f"sequential write + fsync, {mib} MiB",
+                f"{med['write-mount']:.2f} s",
+                f"{med['write-disk']:.2f} s",
+                f"{med['write-mount'] / med['write-disk']:.1f}x",
+            ],
+            [
+                f"find + stat, {args.files} files",
+                f"{med['meta-mount']:.2f} s",
+                f"{med['meta-disk']:.2f} s",
+                f"{med['meta-mount'] / med['meta-disk']:.1f}x",
+            ],
+        ],
+    )
+    restore = results_md.table(
+        ["instance", "restore (`torpor start` after `stop --save`)"],
+        [
+            ["with two mounts", f"{med['restore-with']:.2f} s"],
+            ["without mounts", f"{med['restore-without']:.2f} s"],
+            ["difference", f"{med['restore-with'] - med['restore-without']:+.2f} s"],
+        ],
+    )
+    print(table)
+    print(restore)
+    if args.markdown is not None:
+        versions = {
+            "installed": subprocess.run(
+                ["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False
+            ).stdout.splitlines()[0]
+        }
+        body = (
+            results_md.label(versions, sys.argv)
+            + f"\nThe default guest under TCG, mountType reverse-sshfs, medians of {args.rounds} rounds.\n\n"
+            + table
+            + "\n"
+            + restore
+        )
+        results_md.write_section(args.markdown, "mounts", "Mounts", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""The guest's side of mounts as the seed describes it: the table its mount script reads, and sshfs's options."""
+
+from __future__ import annotations
+
+from torpor.config.schema import Mount
+from torpor.guest import cidata
+
+
+def test_the_table_has_one_line_per_mount_with_its_index_mode_options_and_mount_point() -> None:
+    mounts = [
+        Mount(location="/home/me"),
+        Mount.model_validate({"location": "/src/my app", "writable": True, "sshfs": {"followSymlinks": True}}),
+        Mount.model_validate({"location": "/data", "mountPoint": "/mnt/data", "sshfs": {"cache": False}}),
+    ]
+    assert cidata.mount_table(mounts).splitlines() == [
+        "0\tro\tcache=no\t/home/me",
+        "1\trw\tcache=no,follow_symlinks\t/src/my app",  # the mount point last: spaces need no quoting
+        "2\tro\tcache=no,attr_timeout=0,entry_timeout=0,negative_timeout=0\t/mnt/data",
+    ]
+
+
+def test_the_seed_maps_the_host_user_to_the_guest_user_for_sshfs() -> None:
+    import os
+
+    user = cidata.GuestUser("dev", 1000)
+    files = cidata.files("n", "iid", user, ["ssh-ed25519 AAAA k"], provision=[], mounts=[Mount(location="/x")])
+    assert files["torpor/uidmap"] == f"dev:{os.getuid()}\n".encode()
+    assert files["torpor/gidmap"] == f"dev:{os.getgid()}\n".encode()
+    assert files["torpor/mounts"] == b"0\tro\tcache=no\t/x\n"
+    assert user.home == "/home/dev.linux"
+    assert b"/run/torpor/mount.sh" in files["user-data"]  # cloud-init's boot command for the same table
+
+
+def test_the_shell_maps_the_host_directory_through_the_deepest_mount_holding_it() -> None:
+    from typing import Any
+
+    from torpor.instance.access import guest_dir_for
+
+    mounts: list[dict[str, Any]] = [
+        {"location": "/home/me", "mountPoint": None},
+        {"location": "/home/me/src", "mountPoint": "/work"},
+    ]
+    assert guest_dir_for(mounts, "/home/me/docs") == "/home/me/docs"
+    assert guest_dir_for(mounts, "/home/me/src/app") == "/work/app"
+    assert guest_dir_for(mounts, "/home/me/src") == "/work"
+    assert guest_dir_for(mounts, "/home/meadow") is None  # a prefix of the name is not a parent directory
+    assert guest_dir_for(mounts, "/etc") is None

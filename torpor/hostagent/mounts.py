@@ -1,0 +1,541 @@
+"""Host directories in the guest (``mounts``, type ``reverse-sshfs``): sshfs in the guest speaks SFTP to OpenSSH's
+``sftp-server`` on the host, as in Lima, but over a virtio-serial channel of its own instead of an SSH connection.
+
+The channel is what lets a mount survive a save.  A save stops the VM between two SFTP packets (see
+:meth:`Relay.hold`): every request the server has is answered and delivered, the ones sent after are kept.  The
+guest's sshfs is saved with the VM, its session and its open handles in its memory; the host's side of that
+session is small and is saved beside it (:meth:`Relay.export`): the handles the guest holds, each with the path and
+flags it was opened with, and the bytes of the requests not yet served.  A restore starts a new sftp-server, opens
+those paths again under the same handles and serves the kept requests before anything new (:meth:`Relay.resume`);
+sshfs never sees a disconnection, so open descriptors, current directories and mounts stay as they were.
+
+Handles are the relay's own (``Relay._handles``), mapped to the server's, so that the handles of a new server
+never clash with the ones the guest holds.  A file that cannot be opened again (removed on the host while saved)
+answers its holder's requests with an error, and the restore says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import shlex
+import shutil
+import socket
+import struct
+import termios
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torpor.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# SFTP version 3 (draft-ietf-secsh-filexfer-02), the version OpenSSH and sshfs speak.
+INIT, VERSION, OPEN, CLOSE, READ, WRITE, LSTAT, FSTAT, SETSTAT, FSETSTAT, OPENDIR, READDIR = range(1, 13)
+STATUS, HANDLE, DATA, NAME, ATTRS = range(101, 106)
+EXTENDED = 200
+HANDLE_FIRST = frozenset({CLOSE, READ, WRITE, FSTAT, FSETSTAT, READDIR})  # requests whose first field is a handle
+HANDLE_EXTENSIONS = frozenset({b"fsync@openssh.com", b"fstatvfs@openssh.com"})  # extended ones that are too
+FX_OK, FX_EOF, FX_NO_SUCH_FILE, FX_FAILURE = 0, 1, 2, 4
+PFLAGS_KEPT = 0x1 | 0x2 | 0x4  # READ, WRITE, APPEND: what reopening a file keeps of its open flags
+MAX_PACKET = 1 << 20
+
+SFTP_SERVERS = (
+    "/usr/lib/openssh/sftp-server",  # Debian, Ubuntu
+    "/usr/libexec/openssh/sftp-server",  # Fedora
+    "/usr/libexec/sftp-server",
+    "/usr/lib/ssh/sftp-server",  # Arch
+)
+CHANNEL_PREFIX = "io.torpor.mount."  # the virtio-serial port of mount N is io.torpor.mount.N
+SCRATCH = "/tmp/torpor"  # the templates' shared scratch directory (Lima's /tmp/lima): made when missing
+
+
+def check_locations(config: dict[str, Any]) -> None:
+    """Before a boot (``config`` as the schema dumps it): every mount's host directory is there (the scratch
+    directory is made) and so is sftp-server; else a clear error.  (Lima makes missing directories; torpor
+    refuses them, a typo being likelier than a wish for a new directory.)"""
+    for m in config["mounts"]:
+        location = Path(m["location"])
+        if str(location) == SCRATCH:
+            location.mkdir(mode=0o755, exist_ok=True)
+        if not location.is_dir():
+            what = "is not a directory" if location.exists() else "does not exist"
+            raise ConfigError(
+                f"mounts: {location} {what} on the host",
+                hint=f"create it (mkdir -p {shlex.quote(str(location))}) or remove that mount from the configuration",
+            )
+    if config["mounts"]:
+        sftp_server()
+
+
+def sftp_server() -> str:
+    """OpenSSH's sftp-server on this host; a clear error if there is none."""
+    for path in SFTP_SERVERS:
+        if os.access(path, os.X_OK):
+            return path
+    found = shutil.which("sftp-server")
+    if found:
+        return found
+    raise ConfigError(
+        "mounts of type reverse-sshfs need OpenSSH's sftp-server on the host, and none was found",
+        hint="install it (Debian and Ubuntu: apt install openssh-sftp-server), or remove the mounts",
+    )
+
+
+def _string(data: bytes, pos: int) -> tuple[bytes, int]:
+    (n,) = struct.unpack_from(">I", data, pos)
+    end = pos + 4 + n
+    if end > len(data):
+        raise ValueError("truncated SFTP string")
+    return data[pos + 4 : end], end
+
+
+def _pack_string(s: bytes) -> bytes:
+    return struct.pack(">I", len(s)) + s
+
+
+def _packet(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def status(req_id: int, code: int, message: str) -> bytes:
+    return _packet(
+        bytes([STATUS]) + struct.pack(">II", req_id, code) + _pack_string(message.encode()) + _pack_string(b"")
+    )
+
+
+def take_packet(buf: bytearray) -> bytes | None:
+    """Take the first complete packet (its length prefix included) off the front of ``buf``, if there is one."""
+    if len(buf) < 4:
+        return None
+    (n,) = struct.unpack_from(">I", buf, 0)
+    if n < 5 or n > MAX_PACKET:
+        raise ValueError(f"an SFTP packet of {n} bytes")
+    if len(buf) < 4 + n:
+        return None
+    raw = bytes(buf[: 4 + n])
+    del buf[: 4 + n]
+    return raw
+
+
+@dataclass
+class OpenHandle:
+    """What the guest holds: a file or a directory the server opened, and how to open it again."""
+
+    dir: bool
+    path: bytes
+    pflags: int = 0
+    server: bytes | None = None  # the server's handle; None: it could not be opened again
+    eof: bool = False  # a directory read to its end
+
+    def record(self) -> dict[str, Any]:
+        return {"dir": self.dir, "path": base64.b64encode(self.path).decode(), "pflags": self.pflags, "eof": self.eof}
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> OpenHandle:
+        return cls(bool(r["dir"]), base64.b64decode(r["path"]), int(r["pflags"]), eof=bool(r["eof"]))
+
+
+@dataclass
+class _Request:
+    raw: bytes  # as the guest sent it (its handles, not the server's)
+    kind: int
+    opens: OpenHandle | None = None  # an OPEN or OPENDIR: what its handle will be
+    handle: bytes | None = None  # the guest handle it names
+
+
+@dataclass
+class Relay:
+    """One mount's SFTP session between the guest's sshfs and a host sftp-server, kept across saves."""
+
+    index: int
+    location: Path
+    writable: bool
+    channel: Path  # QEMU's end of the virtio-serial port (a unix socket QEMU listens on)
+    _server: asyncio.subprocess.Process | None = None
+    _guest_r: asyncio.StreamReader | None = None
+    _guest_w: asyncio.StreamWriter | None = None
+    _handles: dict[bytes, OpenHandle] = field(default_factory=dict)
+    _next_handle: int = 1
+    _inflight: dict[int, _Request] = field(default_factory=dict)  # by request id, sent to the server
+    _parked: list[bytes] = field(default_factory=list)  # requests held back while the VM is being saved
+    _inbuf: bytearray = field(default_factory=bytearray)  # the guest's bytes short of a whole packet
+    _holding: bool = False  # new requests are parked: the VM is being saved
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _thawed: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    initialized: bool = False  # the guest's sshfs has opened the session
+    dead: str = ""  # why there is no server (after a restore): every request gets an error
+    lost: list[str] = field(default_factory=list)  # what a restore could not keep
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """While the VM has not run: connect to the channel and start the server."""
+        self._guest_r, self._guest_w = await asyncio.open_unix_connection(str(self.channel), limit=4 * MAX_PACKET)
+        await self._start_server()
+        self._start_pumps()
+
+    def _start_pumps(self) -> None:
+        self._idle.set()
+        self._thawed.set()
+        self._tasks = [asyncio.ensure_future(self._from_guest()), asyncio.ensure_future(self._from_server())]
+
+    async def resume(self, state: dict[str, Any], channel: socket.socket | None = None) -> None:
+        """While a restored VM has not run (or since ``channel``, connected before it ran): the session as it
+        was saved (:meth:`export`), then the channel."""
+        self.initialized = bool(state["initialized"])
+        self._next_handle = int(state["nextHandle"])
+        if channel is not None:
+            channel.setblocking(False)
+            self._guest_r, self._guest_w = await asyncio.open_unix_connection(sock=channel, limit=4 * MAX_PACKET)
+        else:
+            self._guest_r, self._guest_w = await asyncio.open_unix_connection(str(self.channel), limit=4 * MAX_PACKET)
+        try:
+            await self._start_server()
+        except OSError as e:
+            # The guest gets an error for each request rather than no answer (which would hang its processes).
+            self.dead = f"{self.location}: {e.strerror or e}"
+            self.lost.append(f"the mount of {self.dead}")
+            self._inbuf += base64.b64decode(state["pending"])
+            self._idle.set()
+            self._thawed.set()
+            self._tasks = [asyncio.ensure_future(self._from_guest())]
+            return
+        if self.initialized:
+            await self._server_init()
+        for key, rec in state["handles"].items():
+            h = OpenHandle.from_record(rec)
+            h.server = await self._reopen(h)
+            if h.server is None:
+                self.lost.append(f"{self.location / os.fsdecode(h.path)} (no longer there on the host)")
+            self._handles[bytes.fromhex(key)] = h
+        self._inbuf += base64.b64decode(state["pending"])
+        self._start_pumps()
+
+    async def _start_server(self) -> None:
+        from torpor import subp
+
+        argv = [sftp_server(), "-e", "-l", "ERROR", *([] if self.writable else ["-R"])]
+        self._server = await subp.spawn_async(argv, cwd=self.location)
+
+    async def _server_init(self) -> None:
+        """The new server's session opened as the guest opened the old one's."""
+        assert self._server is not None and self._server.stdin is not None and self._server.stdout is not None
+        self._server.stdin.write(_packet(bytes([INIT]) + struct.pack(">I", 3)))
+        await self._server.stdin.drain()
+        await self._read_server_packet()  # VERSION
+
+    async def _read_server_packet(self) -> bytes:
+        assert self._server is not None and self._server.stdout is not None
+        head = await self._server.stdout.readexactly(4)
+        (n,) = struct.unpack(">I", head)
+        return head + await self._server.stdout.readexactly(n)
+
+    async def _reopen(self, h: OpenHandle) -> bytes | None:
+        assert self._server is not None and self._server.stdin is not None
+        if h.dir:
+            body = bytes([OPENDIR]) + struct.pack(">I", 0) + _pack_string(h.path)
+        else:
+            body = bytes([OPEN]) + struct.pack(">I", 0) + _pack_string(h.path)
+            body += struct.pack(">II", h.pflags & PFLAGS_KEPT, 0)  # no attributes
+        self._server.stdin.write(_packet(body))
+        await self._server.stdin.drain()
+        reply = await self._read_server_packet()
+        if reply[4] != HANDLE:
+            return None
+        handle, _ = _string(reply, 9)
+        return handle
+
+    # -- the two directions ---------------------------------------------------------------------------------
+    async def _from_guest(self) -> None:
+        assert self._guest_r is not None
+        try:
+            while True:
+                # A packet leaves the buffer only as it is parked or written to the server (no await between),
+                # so that cancelling this task (export) loses nothing.
+                while (raw := take_packet(self._inbuf)) is not None:
+                    if self._holding and (not self._thawed.is_set() or raw[4] not in (READDIR, CLOSE)):
+                        self._parked.append(raw)
+                    else:
+                        await self._to_server(raw)
+                data = await self._guest_r.read(1 << 16)
+                if not data:
+                    return
+                self._inbuf += data
+        except (ConnectionError, ValueError) as e:
+            log.warning("mount %d: the guest's side: %s", self.index, e)
+
+    async def _to_server(self, raw: bytes) -> None:
+        kind = raw[4]
+        if self.dead:
+            if kind == INIT:
+                self._answer(_packet(bytes([VERSION]) + struct.pack(">I", 3)))
+            else:
+                self._answer(status(struct.unpack_from(">I", raw, 5)[0], FX_FAILURE, self.dead))
+            return
+        assert self._server is not None and self._server.stdin is not None
+        if kind == INIT:
+            self.initialized = True
+            self._server.stdin.write(raw)
+            return
+        (req_id,) = struct.unpack_from(">I", raw, 5)
+        req = _Request(raw, kind)
+        out = raw
+        if kind == OPEN:
+            path, pos = _string(raw, 9)
+            (pflags,) = struct.unpack_from(">I", raw, pos)
+            req.opens = OpenHandle(False, path, pflags)
+        elif kind == OPENDIR:
+            req.opens = OpenHandle(True, _string(raw, 9)[0])
+        elif kind in HANDLE_FIRST or kind == EXTENDED:
+            out = self._server_handles(req)
+            if not out:
+                return  # answered already
+        self._inflight[req_id] = req
+        self._idle.clear()
+        try:
+            self._server.stdin.write(out)
+            await self._server.stdin.drain()
+        except ConnectionError:  # the server is gone; _from_server answers what it had, the rest is answered here
+            self.dead = self.dead or f"{self.location}: the host's sftp-server exited"
+            if self._inflight.pop(req_id, None) is not None:
+                self._answer(status(req_id, FX_FAILURE, self.dead))
+
+    def _server_handles(self, req: _Request) -> bytes:
+        """The request with the server's handle in place of the guest's; b"" if the relay answered it itself."""
+        raw = req.raw
+        (req_id,) = struct.unpack_from(">I", raw, 5)
+        pos = 9
+        prefix = b""
+        if req.kind == EXTENDED:
+            name, pos = _string(raw, 9)
+            if name not in HANDLE_EXTENSIONS:
+                return raw
+            prefix = _pack_string(name)
+        guest, end = _string(raw, pos)
+        h = self._handles.get(guest)
+        if h is None:
+            return raw  # not one of ours: the server says what it makes of it
+        req.handle = guest
+        if h.server is None:
+            self._answer(status(req_id, FX_OK if req.kind == CLOSE else FX_NO_SUCH_FILE, "lost while saved"))
+            if req.kind == CLOSE:
+                del self._handles[guest]
+            return b""
+        if req.kind == READDIR and h.eof:
+            self._answer(status(req_id, FX_EOF, ""))
+            return b""
+        body = bytes([req.kind]) + struct.pack(">I", req_id) + prefix + _pack_string(h.server) + raw[end:]
+        return _packet(body)
+
+    async def _from_server(self) -> None:
+        assert self._guest_w is not None
+        try:
+            while True:
+                raw = await self._read_server_packet()
+                # Frozen, a reply waits here, its request still in flight: served again after a restore, or
+                # passed on once a snapshot is taken.
+                await self._thawed.wait()
+                self._from_server_packet(raw)
+                await self._guest_w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            log.warning("mount %d: sftp-server exited", self.index)
+            # From now on every request gets an error, the ones it had first, rather than no answer.
+            self.dead = f"{self.location}: the host's sftp-server exited"
+            for req_id in list(self._inflight):
+                self._answer(status(req_id, FX_FAILURE, self.dead))
+            self._inflight.clear()
+            self._idle.set()
+
+    def _from_server_packet(self, raw: bytes) -> None:
+        kind = raw[4]
+        if kind == VERSION:
+            self._answer(raw)
+            return
+        (req_id,) = struct.unpack_from(">I", raw, 5)
+        req = self._inflight.pop(req_id, None)
+        if not self._inflight:
+            self._idle.set()
+        if req is None:
+            log.warning("mount %d: a reply to request %d, which the relay does not know", self.index, req_id)
+            return
+        if kind == HANDLE and req.opens is not None:
+            server, _ = _string(raw, 9)
+            req.opens.server = server
+            guest = struct.pack(">Q", self._next_handle)
+            self._next_handle += 1
+            self._handles[guest] = req.opens
+            raw = _packet(bytes([HANDLE]) + struct.pack(">I", req_id) + _pack_string(guest))
+        elif req.handle is not None and req.handle in self._handles:
+            if req.kind == CLOSE:
+                del self._handles[req.handle]
+            elif req.kind == READDIR and kind == STATUS and struct.unpack_from(">I", raw, 9)[0] == FX_EOF:
+                self._handles[req.handle].eof = True
+        self._answer(raw)
+
+    def _answer(self, raw: bytes) -> None:
+        assert self._guest_w is not None
+        self._guest_w.write(raw)
+
+    # -- saves ----------------------------------------------------------------------------------------------
+    async def hold(self, timeout: float = 10.0) -> None:
+        """Before the VM stops for a save: the server finishes what it has, the guest has every reply, and new
+        requests wait.  (Directory listings under way finish too: a listing is one operation of sshfs's.)"""
+        self._holding = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        if self._inflight:
+            log.warning(
+                "mount %d: %d requests still being served; they are served again after a restore",
+                self.index,
+                len(self._inflight),
+            )
+        self._thawed.clear()
+        await self._delivered(timeout)
+
+    async def _delivered(self, timeout: float) -> None:
+        """Until QEMU has read everything written to the channel (it puts what it reads into the guest's
+        buffers at once)."""
+        assert self._guest_w is not None
+        with contextlib.suppress(ConnectionError):
+            await self._guest_w.drain()
+        sock = self._guest_w.get_extra_info("socket")
+        if sock is None:
+            return
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        buf = bytearray(4)
+        while loop.time() < end:
+            try:
+                fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buf)
+            except OSError:
+                return
+            if struct.unpack("i", buf)[0] == 0:
+                return
+            await asyncio.sleep(0.001)
+        log.warning("mount %d: the guest did not take the last replies within %.0f s", self.index, timeout)
+
+    async def release(self) -> None:
+        """After a save that did not stop the VM (a snapshot, or a save that failed): carry on."""
+        self._thawed.set()
+        while self._parked:  # in order, and before anything the guest sends from now on
+            await self._to_server(self._parked.pop(0))
+        self._holding = False
+
+    async def export(self, final: bool) -> dict[str, Any]:
+        """The session's host side as the saved VM left it; ``final``: QEMU has quit, so the channel is read to
+        its end (what QEMU passed on from the guest before it quit belongs to the state)."""
+        assert self._guest_r is not None
+        self._tasks[0].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._tasks[0]
+        while True:
+            try:
+                data = await asyncio.wait_for(self._guest_r.read(1 << 16), 2.0 if final else 0.01)
+            except (TimeoutError, ConnectionError):
+                break
+            if not data:
+                break
+            self._inbuf += data
+        pending = b"".join(r.raw for r in self._inflight.values()) + b"".join(self._parked) + bytes(self._inbuf)
+        if not final:
+            self._tasks[0] = asyncio.ensure_future(self._from_guest())
+        return {
+            "location": str(self.location),
+            "initialized": self.initialized,
+            "nextHandle": self._next_handle,
+            "handles": {k.hex(): h.record() for k, h in self._handles.items()},
+            "pending": base64.b64encode(pending).decode(),
+        }
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self._guest_w is not None:
+            self._guest_w.close()
+        if self._server is not None and self._server.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._server.kill()
+            await self._server.wait()
+
+    def info(self) -> dict[str, Any]:
+        return {"initialized": self.initialized, "open": len(self._handles), "server": self._server is not None}
+
+
+class MountSet:
+    """The instance's mounts: one relay each, in the order of the configuration's ``mounts``."""
+
+    def __init__(self) -> None:
+        self.relays: list[Relay] = []
+        self.config: list[dict[str, Any]] = []
+
+    async def attach(
+        self,
+        inst_dir: Path,
+        mounts: list[dict[str, Any]],
+        saved: list[dict[str, Any]] | None,
+        channels: tuple[socket.socket, ...] = (),
+    ) -> None:
+        """While the VM has not run: each mount's channel and server; ``saved``: the sessions a save left;
+        ``channels``: connected already (the early restore path)."""
+        from torpor.store import filenames
+
+        self.config = mounts
+        for i, m in enumerate(mounts):
+            relay = Relay(i, Path(m["location"]), bool(m["writable"]), inst_dir / filenames.mount_sock(i))
+            self.relays.append(relay)
+            if saved is None:
+                await relay.connect()
+                continue
+            await relay.resume(saved[i], channels[i] if i < len(channels) else None)
+
+    @property
+    def lost(self) -> list[str]:
+        return [item for r in self.relays for item in r.lost]
+
+    async def hold(self) -> None:
+        await asyncio.gather(*(r.hold() for r in self.relays))
+
+    async def release(self) -> None:
+        await asyncio.gather(*(r.release() for r in self.relays))
+
+    async def export(self, final: bool) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(r.export(final) for r in self.relays)))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(r.close() for r in self.relays))
+        self.relays = []
+
+    def info(self, mounted: set[str] | None) -> list[dict[str, Any]]:
+        """Each mount for the API; ``mounted``: the guest's mount points that are mounted (None: unknown)."""
+        out = []
+        for m, r in zip(self.config, self.relays, strict=False):
+            point = m["mountPoint"] or m["location"]
+            up = r.initialized and not r.lost and (mounted is None or point in mounted)
+            out.append(
+                {
+                    "location": m["location"],
+                    "mountPoint": point,
+                    "writable": m["writable"],
+                    "mountType": "reverse-sshfs",
+                    "up": up,
+                    "openFiles": r.info()["open"],
+                }
+            )
+        return out
+
+
+def guest_mount_points(proc_mounts: str) -> set[str]:
+    """The mount points of sshfs mounts in the guest's /proc/mounts (its octal escapes undone)."""
+    out = set()
+    for line in proc_mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "fuse.sshfs":
+            out.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1]))
+    return out
