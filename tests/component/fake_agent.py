@@ -133,7 +133,11 @@ class FakeGuest:
         self.mounts = MountSet()  # none: the fake VM has no channels
 
     async def attach_mounts(
-        self, mounts: list[dict[str, Any]], saved: list[dict[str, Any]] | None, channels: tuple[socket.socket, ...]
+        self,
+        mounts: list[dict[str, Any]],
+        mount_type: str,
+        saved: list[dict[str, Any]] | None,
+        channels: tuple[socket.socket, ...],
     ) -> None:
         pass
 

@@ -134,3 +134,47 @@ def test_a_missing_host_directory_is_refused_before_anything_starts(torpor: Torp
     assert "does not exist on the host" in proc.stderr and "mkdir -p" in proc.stderr, proc.stderr
     assert not (torpor.dir("x") / "disk.qcow2").exists()
     assert not (torpor.dir("x") / "qemu.pid").exists()
+
+
+def test_9p_mounts_are_unmounted_for_a_save_and_mounted_again_after(torpor: Torpor) -> None:
+    ro, rw = _dirs(torpor)
+    torpor.run("create", "--name", "p", str(write_template(torpor, "p", "mountType: 9p\n" + _body(ro, rw))))
+    torpor.run("start", "p")
+    gro, grw = str(ro), str(rw)
+    assert torpor.sh("p", f'cat "{gro}/hello.txt"') == "from the host\n"
+    refused = torpor.run("shell", "p", "sh", "-c", f'echo x > "{gro}/new.txt"', check=False)
+    assert refused.returncode != 0 and "Read-only file system" in refused.stderr, refused.stderr
+    # 9p shows the host's owners as they are (sshfs maps yours to the guest user's): the host's root owns them here.
+    torpor.sh("p", f"echo from the guest | sudo tee {grw}/g.txt")
+    assert (rw / "g.txt").read_text() == "from the guest\n"
+    assert [m["mountType"] for m in torpor.info("p")["mounts"]] == ["9p", "9p"]
+
+    # Idle mounts: unmounted for the save, mounted again by the time start returns, the host's change seen.
+    torpor.run("stop", "p")
+    (ro / "hello.txt").write_text("changed while saved\n")
+    started = torpor.run("start", "p")
+    assert "restored in" in started.stderr and "could not keep" not in started.stderr, started.stderr
+    assert torpor.sh("p", f'cat "{gro}/hello.txt"') == "changed while saved\n"
+    assert all(m["up"] for m in torpor.info("p")["mounts"])
+
+    # A busy one: the process keeping it busy is stopped so that the VM can be saved, and start says so.
+    torpor.sh("p", f"cd {grw} && setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > /dev/shm/busy.pid")
+    pid = torpor.sh("p", "cat /dev/shm/busy.pid").strip()
+    torpor.run("stop", "p")
+    started = torpor.run("start", "p")
+    assert f"process {pid} sleep (stopped at the save: it kept the 9p mount {grw} busy)" in started.stderr
+    assert torpor.sh("p", f"cat {grw}/g.txt") == "from the guest\n"
+    assert torpor.sh("p", f"kill -0 {pid} 2>/dev/null || echo gone").strip() == "gone"
+
+    # Snapshots unmount and mount again around their pause too; a busy mount refuses one (the VM goes on).
+    torpor.sh("p", f"cd {grw} && setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > /dev/shm/busy.pid")
+    refused = torpor.run("snapshot", "create", "p", "--tag", "s", check=False)
+    assert refused.returncode != 0 and "a 9p mount is in use" in refused.stderr, refused.stderr
+    assert torpor.sh("p", f"cat {grw}/g.txt") == "from the guest\n"
+    torpor.sh("p", "kill $(cat /dev/shm/busy.pid); sleep 0.5")
+    torpor.run("snapshot", "create", "p", "--tag", "s")
+    assert torpor.sh("p", f"cat {grw}/g.txt") == "from the guest\n"
+    applied = torpor.run("snapshot", "apply", "p", "--tag", "s", "--force")
+    assert "restored in" in applied.stderr, applied.stderr
+    assert torpor.sh("p", f"cat {grw}/g.txt") == "from the guest\n"
+    torpor.run("stop", "--no-save", "p")

@@ -219,3 +219,15 @@ def test_two_mounts_at_one_mount_point_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_effective(tmp_path, text, "i.yaml")
     assert any("two mounts at /m" in p for p in e.value.problems), e.value.problems
+
+
+def test_lima_mount_types_torpor_has_not_are_refused_with_what_to_use(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_effective(tmp_path, BASE + "mountType: virtiofs\n", "i.yaml")
+    assert any(p.startswith("mountType:") and "use mountType: reverse-sshfs" in p for p in e.value.problems)
+
+
+def test_lima_9p_options_are_read_under_their_lima_name(tmp_path: Path) -> None:
+    text = BASE + "mountType: 9p\nmounts: [{location: /a, 9p: {msize: 256KiB, cache: loose}}]\n"
+    cfg = load_effective(tmp_path, text, "i.yaml").config
+    assert (cfg.mountType, cfg.mounts[0].nineP.msize, cfg.mounts[0].nineP.cache) == ("9p", 256 * 1024, "loose")

@@ -12,10 +12,15 @@ def test_the_table_has_one_line_per_mount_with_its_index_mode_options_and_mount_
         Mount.model_validate({"location": "/src/my app", "writable": True, "sshfs": {"followSymlinks": True}}),
         Mount.model_validate({"location": "/data", "mountPoint": "/mnt/data", "sshfs": {"cache": False}}),
     ]
+    io = "max_read=65536,max_write=65536"
     assert cidata.mount_table(mounts).splitlines() == [
-        "0\tro\tcache=no\t/home/me",
-        "1\trw\tcache=no,follow_symlinks\t/src/my app",  # the mount point last: spaces need no quoting
-        "2\tro\tcache=no,attr_timeout=0,entry_timeout=0,negative_timeout=0\t/mnt/data",
+        f"0\treverse-sshfs\tro\t{io},dcache_timeout=1\t/home/me",
+        f"1\treverse-sshfs\trw\t{io},dcache_timeout=1,follow_symlinks\t/src/my app",  # spaces: fine, last
+        f"2\treverse-sshfs\tro\t{io},cache=no,attr_timeout=0,entry_timeout=0,negative_timeout=0\t/mnt/data",
+    ]
+    assert cidata.mount_table(mounts[:2], "9p").splitlines() == [
+        "0\t9p\tro\tversion=9p2000.L,msize=131072,cache=fscache\t/home/me",
+        "1\t9p\trw\tversion=9p2000.L,msize=131072,cache=mmap\t/src/my app",
     ]
 
 
@@ -26,7 +31,7 @@ def test_the_seed_maps_the_host_user_to_the_guest_user_for_sshfs() -> None:
     files = cidata.files("n", "iid", user, ["ssh-ed25519 AAAA k"], provision=[], mounts=[Mount(location="/x")])
     assert files["torpor/uidmap"] == f"dev:{os.getuid()}\n".encode()
     assert files["torpor/gidmap"] == f"dev:{os.getgid()}\n".encode()
-    assert files["torpor/mounts"] == b"0\tro\tcache=no\t/x\n"
+    assert files["torpor/mounts"] == b"0\treverse-sshfs\tro\tmax_read=65536,max_write=65536,dcache_timeout=1\t/x\n"
     assert user.home == "/home/dev.linux"
     assert b"/run/torpor/mount.sh" in files["user-data"]  # cloud-init's boot command for the same table
 

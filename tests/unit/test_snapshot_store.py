@@ -81,4 +81,6 @@ def test_held_ssh_ports_are_those_restores_will_bind(tmp_path: Path) -> None:
     (tmp_path / "d" / "saved").mkdir(parents=True)  # an empty saved/ (a mount point): nothing to restore
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "boot.json").write_text(json.dumps({"sshPort": 40003}))  # running or stopped: not held
+    for inst in tmp_path.iterdir():  # each an instance (its file), as list_names requires
+        (inst / "torpor.yaml").touch()
     assert snapshots.held_ssh_ports(tmp_path) == {40001, 40002}

@@ -130,6 +130,15 @@ class SSHFS(Model):
     sftpDriver: Literal["", "builtin", "openssh-sftp-server"] = ""
 
 
+class NineP(Model):
+    """Lima's per-mount ``9p`` block (mountType: 9p), with Lima's defaults."""
+
+    securityModel: Literal["passthrough", "mapped-xattr", "mapped-file", "none"] = "none"
+    protocolVersion: Literal["9p2000", "9p2000.u", "9p2000.L"] = "9p2000.L"
+    msize: Size = Field(parse_size("128KiB"), ge=4096)
+    cache: Literal["none", "loose", "fscache", "mmap"] | None = None  # default: fscache read-only, mmap writable
+
+
 class Mount(Model):
     """One host directory in the guest (Lima's ``mounts`` entry)."""
 
@@ -137,6 +146,7 @@ class Mount(Model):
     mountPoint: str | None = None  # default: the same path as ``location``
     writable: bool = False
     sshfs: SSHFS = SSHFS()
+    nineP: NineP = Field(NineP(), alias="9p")
 
     @field_validator("location")
     @classmethod
@@ -185,9 +195,9 @@ class Config(Model):
     portForwards: list[PortForward] = Field(default_factory=list)
     provision: list[Provision] = Field(default_factory=list)
     mounts: list[Mount] = Field(default_factory=list)
-    # Lima's mount types; torpor's reverse-sshfs runs over a virtio-serial channel rather than SSH (it survives a
-    # save), and is the only one it has yet.
-    mountType: Literal["reverse-sshfs"] = "reverse-sshfs"
+    # Lima's mount types.  torpor's reverse-sshfs runs over a virtio-serial channel rather than SSH, and its mounts
+    # survive a save; 9p ones are unmounted for a save (QEMU refuses to save while one is mounted) and mounted again.
+    mountType: Literal["reverse-sshfs", "9p", "virtiofs"] = "reverse-sshfs"
     saveOnStop: bool = Field(False, description="save the running state on stop and restore it on start")
     # copy: RAM is copied into the state file when saving (mapped-ram where QEMU has it, else a stream).
     # instant: guest RAM lives in a file in the instance directory all the time, so saving writes only device
@@ -211,6 +221,16 @@ class Config(Model):
         if self.images and not any(img.arch == self.arch for img in self.images):
             raise ValueError(f"images: none is for arch {self.arch}; add one with arch: {self.arch}")
         return self
+
+    @field_validator("mountType")
+    @classmethod
+    def _available_mount_type(cls, v: str) -> str:
+        if v == "virtiofs":
+            raise ValueError(
+                "virtiofs mounts are not available in torpor yet; use mountType: reverse-sshfs (the default), "
+                "whose mounts survive save and restore, or 9p"
+            )
+        return v
 
     @field_validator("mounts")
     @classmethod

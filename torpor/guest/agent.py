@@ -111,6 +111,19 @@ class GuestAgent:
             await self.execute("guest-file-close", {"handle": handle})
         return data
 
+    async def run(self, argv: list[str], timeout: float = 30.0) -> tuple[int, str]:
+        """Run ``argv`` in the guest (as root); return its exit code and its output (stdout, then stderr)."""
+        started = await self.execute("guest-exec", {"path": argv[0], "arg": argv[1:], "capture-output": True})
+        deadline = time.monotonic() + timeout
+        while True:
+            status = await self.execute("guest-exec-status", {"pid": started["pid"]})
+            if status.get("exited"):
+                out = base64.b64decode(status.get("out-data", "")) + base64.b64decode(status.get("err-data", ""))
+                return int(status.get("exitcode", -1)), out.decode(errors="replace")
+            if time.monotonic() > deadline:
+                raise GuestAgentError(f"{argv[0]} in the guest did not finish within {timeout:.0f} s")
+            await asyncio.sleep(0.02)
+
     async def set_time(self, ns: int | None = None) -> None:
         """Set the guest's clock to the host's (now, unless ``ns`` is given) and its hardware clock with it."""
         await self.execute("guest-set-time", {"time": ns if ns is not None else time.time_ns()})

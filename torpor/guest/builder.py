@@ -61,6 +61,8 @@ MODULES = (
     "button",
     "evdev",
     "fuse",
+    "9p",  # mountType 9p
+    "9pnet_virtio",
 )
 ROOTFS_FILES = {  # package data file -> path in the initramfs, mode
     "init": ("init", 0o755),

@@ -112,7 +112,7 @@ async def _cold_boot(agent: HostAgent, effective: Effective) -> None:
 
     async def before_run() -> None:
         await agent.guest.connect_channels(default_guest)
-        await agent.guest.attach_mounts(config_json["mounts"], None, ())
+        await agent.guest.attach_mounts(config_json["mounts"], config_json["mountType"], None, ())
 
     await driver.start(before_run)
     record: BootFile = {**agent.boot_record, "argv": driver.machine_record()["argv"]}
@@ -146,7 +146,8 @@ async def _restore(agent: HostAgent, saved: savedstate.Saved, early: EarlyRestor
             raise DriverError("the state file's contents changed since the save (checksum mismatch)")
         await agent.guest.connect_channels(False)
         channels = early.launch.channels if early is not None else ()
-        await agent.guest.attach_mounts(boot["config"]["mounts"], saved.manifest["mounts"], channels)
+        config = boot["config"]
+        await agent.guest.attach_mounts(config["mounts"], config["mountType"], saved.manifest["mounts"], channels)
 
     try:
         await driver.restore(
@@ -167,6 +168,8 @@ async def _restore(agent: HostAgent, saved: savedstate.Saved, early: EarlyRestor
 
     async def clock_and_discard() -> None:
         await agent.guest.set_clock()
+        await agent.guest.mounts.ready()  # the mounts' sessions
+        await agent.guest.mounts.mount_again()  # 9p mounts, unmounted for the save
         assert agent.discarded is not None
         await agent.discarded
 

@@ -59,7 +59,11 @@ class Guest(Protocol):
         ...
 
     async def attach_mounts(
-        self, mounts: list[dict[str, Any]], saved: list[dict[str, Any]] | None, channels: tuple[socket.socket, ...]
+        self,
+        mounts: list[dict[str, Any]],
+        mount_type: str,
+        saved: list[dict[str, Any]] | None,
+        channels: tuple[socket.socket, ...],
     ) -> None:
         """While the VM has not run: the mounts' channels (``channels``: connected already), their sessions as a
         save left them (``saved``) or new ones."""
@@ -111,19 +115,23 @@ class GuestLink:
         self._tasks: set[asyncio.Task[None]] = set()  # keeps background tasks referenced
         self._channels: list[asyncio.StreamWriter] = []
         self._ready: asyncio.Future[str] | None = None
-        self._mounts = MountSet()
+        self._mounts = MountSet(self.agent)
 
     @property
     def mounts(self) -> MountSet:
         return self._mounts
 
     async def attach_mounts(
-        self, mounts: list[dict[str, Any]], saved: list[dict[str, Any]] | None, channels: tuple[socket.socket, ...]
+        self,
+        mounts: list[dict[str, Any]],
+        mount_type: str,
+        saved: list[dict[str, Any]] | None,
+        channels: tuple[socket.socket, ...],
     ) -> None:
-        await self._mounts.attach(self.dir, mounts, saved, channels)
+        await self._mounts.attach(self.dir, mounts, saved, channels, mount_type)
 
     async def mount_points(self) -> set[str] | None:
-        if not self._mounts.relays:
+        if not self._mounts.config:
             return set()
         try:
             return guest_mount_points((await self.agent.read_file("/proc/mounts")).decode(errors="replace"))
@@ -140,7 +148,15 @@ class GuestLink:
         key, pubkey = guest_ssh.ensure_keypair(self.home)
         user = cidata.GuestUser.from_host()
         keys = [pubkey, *(guest_ssh.user_public_keys() if config.ssh.loadDotSSHPubKeys else [])]
-        cidata.write(self.dir, self.name, user, keys, provision=config.provision, mounts=config.mounts)
+        cidata.write(
+            self.dir,
+            self.name,
+            user,
+            keys,
+            provision=config.provision,
+            mounts=config.mounts,
+            mount_type=config.mountType,
+        )
         port = config.ssh.localPort or guest_ssh.free_port(avoid=snapshots.held_ssh_ports(self.home))
         guest_ssh.write_config(self.dir, self.name, port, user.name, key)
         return port, user.name

@@ -30,9 +30,12 @@ import struct
 import termios
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torpor.errors import ConfigError
+from torpor.errors import ConfigError, TorporError
+
+if TYPE_CHECKING:
+    from torpor.guest.agent import GuestAgent
 
 log = logging.getLogger(__name__)
 
@@ -187,15 +190,23 @@ class Relay:
         self._tasks = [asyncio.ensure_future(self._from_guest()), asyncio.ensure_future(self._from_server())]
 
     async def resume(self, state: dict[str, Any], channel: socket.socket | None = None) -> None:
-        """While a restored VM has not run (or since ``channel``, connected before it ran): the session as it
-        was saved (:meth:`export`), then the channel."""
-        self.initialized = bool(state["initialized"])
-        self._next_handle = int(state["nextHandle"])
+        """The session as it was saved (:meth:`export`), on the channel (``channel``: connected already)."""
+        await self.adopt(channel)
+        await self.resume_session(state)
+
+    async def adopt(self, channel: socket.socket | None = None) -> None:
+        """While a restored VM has not run: its channel connected (``channel``: connected already, by the early
+        restore path).  What the guest sends waits in the socket until :meth:`resume_session`."""
         if channel is not None:
             channel.setblocking(False)
             self._guest_r, self._guest_w = await asyncio.open_unix_connection(sock=channel, limit=4 * MAX_PACKET)
         else:
             self._guest_r, self._guest_w = await asyncio.open_unix_connection(str(self.channel), limit=4 * MAX_PACKET)
+
+    async def resume_session(self, state: dict[str, Any]) -> None:
+        """The saved session's server side again (the VM may run meanwhile: its requests wait), then the pumps."""
+        self.initialized = bool(state["initialized"])
+        self._next_handle = int(state["nextHandle"])
         try:
             await self._start_server()
         except OSError as e:
@@ -468,12 +479,22 @@ class Relay:
         return {"initialized": self.initialized, "open": len(self._handles), "server": self._server is not None}
 
 
-class MountSet:
-    """The instance's mounts: one relay each, in the order of the configuration's ``mounts``."""
+# Runs the guest's mounts script (the default guest's, or the one cloud-init's boot command wrote) as root.
+GUEST_SCRIPT = 'for s in /lib/torpor/mounts /run/torpor/mount.sh; do [ -f "$s" ] && exec sh "$s" "$@"; done'
 
-    def __init__(self) -> None:
+
+class MountSet:
+    """The instance's mounts in the order of the configuration's ``mounts``: a relay each (reverse-sshfs), or
+    QEMU's 9p exports, which the guest unmounts for a save and mounts again after (through ``agent``)."""
+
+    def __init__(self, agent: GuestAgent | None = None) -> None:
+        self.agent = agent
         self.relays: list[Relay] = []
         self.config: list[dict[str, Any]] = []
+        self.mount_type = "reverse-sshfs"
+        self._stopped: dict[str, list[str]] = {}  # 9p: the processes stopped to unmount, by mount point
+        self._lost: list[str] = []
+        self._resuming: asyncio.Future[list[None]] | None = None
 
     async def attach(
         self,
@@ -481,61 +502,124 @@ class MountSet:
         mounts: list[dict[str, Any]],
         saved: list[dict[str, Any]] | None,
         channels: tuple[socket.socket, ...] = (),
+        mount_type: str = "reverse-sshfs",
     ) -> None:
         """While the VM has not run: each mount's channel and server; ``saved``: the sessions a save left;
         ``channels``: connected already (the early restore path)."""
         from torpor.store import filenames
 
-        self.config = mounts
+        self.config, self.mount_type = mounts, mount_type
+        if mount_type == "9p":
+            for m, rec in zip(mounts, saved or [], strict=False):
+                for proc in rec["stopped"]:
+                    point = m["mountPoint"] or m["location"]
+                    self._lost.append(f"process {proc} (stopped at the save: it kept the 9p mount {point} busy)")
+            return
         for i, m in enumerate(mounts):
             relay = Relay(i, Path(m["location"]), bool(m["writable"]), inst_dir / filenames.mount_sock(i))
             self.relays.append(relay)
             if saved is None:
                 await relay.connect()
-                continue
-            await relay.resume(saved[i], channels[i] if i < len(channels) else None)
+            else:
+                await relay.adopt(channels[i] if i < len(channels) else None)
+        if saved is not None and self.relays:
+            # The servers and their sessions come up while the VM runs and SSH connects (the guest's requests
+            # wait in the channels meanwhile): they are off the restore's critical path.
+            sessions = (r.resume_session(saved[i]) for i, r in enumerate(self.relays))
+            self._resuming = asyncio.ensure_future(asyncio.gather(*sessions))
+
+    async def ready(self) -> None:
+        """Until the sessions of a restore are back (a restore waits for it before it reports ready)."""
+        if self._resuming is not None:
+            await self._resuming
 
     @property
     def lost(self) -> list[str]:
-        return [item for r in self.relays for item in r.lost]
+        return self._lost + [item for r in self.relays for item in r.lost]
 
-    async def hold(self) -> None:
+    async def hold(self, stop_processes: bool = True) -> None:
+        """Before the VM is paused for a save.  9p mounts are unmounted; a busy one is freed by stopping the
+        processes that use it if ``stop_processes`` (a save), else it is an error (a snapshot, after which the VM
+        goes on: nothing is stopped, the other mounts are mounted again)."""
+        if self.mount_type == "9p":
+            self._stopped = await self._release_9p(stop_processes) if self.config else {}
+            return
+        await self.ready()
         await asyncio.gather(*(r.hold() for r in self.relays))
 
     async def release(self) -> None:
+        """After a save that did not stop the VM (a snapshot, or a save that failed)."""
+        if self.mount_type == "9p":
+            await self.mount_again()
+            return
         await asyncio.gather(*(r.release() for r in self.relays))
 
     async def export(self, final: bool) -> list[dict[str, Any]]:
+        if self.mount_type == "9p":
+            return [{"stopped": self._stopped.get(m["mountPoint"] or m["location"], [])} for m in self.config]
         return list(await asyncio.gather(*(r.export(final) for r in self.relays)))
 
+    async def mount_again(self) -> None:
+        """Once a restored VM runs (or after a snapshot): its 9p mounts are mounted again."""
+        if self.mount_type != "9p" or not self.config or self.agent is None:
+            return
+        code, out = await self.agent.run(["/bin/sh", "-c", GUEST_SCRIPT, "mounts"], timeout=60)
+        if code != 0:
+            self._lost.append(f"the 9p mounts (mounting them again failed: {out.strip()})")
+
+    async def _release_9p(self, stop_processes: bool) -> dict[str, list[str]]:
+        assert self.agent is not None
+        how = "--release" if stop_processes else "--release-idle"
+        code, out = await self.agent.run(["/bin/sh", "-c", GUEST_SCRIPT, "mounts", how], timeout=60)
+        stopped: dict[str, list[str]] = {}
+        for line in out.splitlines():
+            point, sep, proc = line.partition("\t")
+            if sep:
+                stopped.setdefault(point, []).append(proc)
+        if code == 3:
+            await self.mount_again()
+            busy = "; ".join(f"{point} by {', '.join(procs)}" for point, procs in stopped.items())
+            raise TorporError(
+                f"a 9p mount is in use ({busy}), and QEMU cannot take a snapshot while one is mounted",
+                hint="end what uses it, or use mountType: reverse-sshfs, whose mounts snapshots keep",
+            )
+        if code != 0:
+            log.warning("unmounting the 9p mounts for the save: %s", out.strip())
+        for point, procs in stopped.items():
+            log.warning("9p mount %s was busy; stopped %s so that the VM could be saved", point, ", ".join(procs))
+        return stopped
+
     async def close(self) -> None:
+        if self._resuming is not None:
+            self._resuming.cancel()
         await asyncio.gather(*(r.close() for r in self.relays))
         self.relays = []
 
     def info(self, mounted: set[str] | None) -> list[dict[str, Any]]:
         """Each mount for the API; ``mounted``: the guest's mount points that are mounted (None: unknown)."""
         out = []
-        for m, r in zip(self.config, self.relays, strict=False):
+        for i, m in enumerate(self.config):
             point = m["mountPoint"] or m["location"]
-            up = r.initialized and not r.lost and (mounted is None or point in mounted)
+            relay = self.relays[i] if i < len(self.relays) else None
+            up = (relay is None or (relay.initialized and not relay.lost)) and (mounted is None or point in mounted)
             out.append(
                 {
                     "location": m["location"],
                     "mountPoint": point,
                     "writable": m["writable"],
-                    "mountType": "reverse-sshfs",
+                    "mountType": self.mount_type,
                     "up": up,
-                    "openFiles": r.info()["open"],
+                    **({"openFiles": relay.info()["open"]} if relay is not None else {}),
                 }
             )
         return out
 
 
 def guest_mount_points(proc_mounts: str) -> set[str]:
-    """The mount points of sshfs mounts in the guest's /proc/mounts (its octal escapes undone)."""
+    """The mount points of sshfs and 9p mounts in the guest's /proc/mounts (its octal escapes undone)."""
     out = set()
     for line in proc_mounts.splitlines():
         fields = line.split()
-        if len(fields) >= 3 and fields[2] == "fuse.sshfs":
+        if len(fields) >= 3 and fields[2] in ("fuse.sshfs", "9p"):
             out.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1]))
     return out

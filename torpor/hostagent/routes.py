@@ -16,7 +16,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from torpor.errors import DriverError, InstanceStateError, QMPCommandError
+from torpor.errors import DriverError, InstanceStateError, QMPCommandError, TorporError
 from torpor.hostagent import events, snapshotting
 from torpor.hostagent.api import Handler, HTTPError, Request
 from torpor.store import snapshots
@@ -83,6 +83,8 @@ async def _take_snapshot(agent: HostAgent, tag: str) -> dict[str, Any]:
             )
         except (DriverError, OSError) as e:
             raise HTTPError(500, f"the snapshot failed: {e}") from None
+        except TorporError as e:  # refused before the VM was touched (a busy 9p mount)
+            raise HTTPError(409, f"{e}; {e.hint}" if e.hint else str(e)) from None
     agent.events.emit(events.NOTICE, f"snapshot {tag!r} taken (VM paused {meta['pausedSeconds']:.2f} s)")
     keys = ("tag", "createdAt", "mechanism", "pausedSeconds", "seconds", "state", "ram")
     return {k: v for k, v in meta.items() if k in keys}

@@ -46,7 +46,7 @@ async def create(
         async def export_mounts() -> None:  # the mounts' sessions as the paused VM has them
             sessions.extend(await mounts.export(final=False))
 
-        await mounts.hold()
+        await mounts.hold(stop_processes=False)
         try:
             mechanism, stats = await driver.snapshot(tag, state, ram, progress, while_paused=export_mounts)
         finally:

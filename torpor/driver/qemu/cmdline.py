@@ -26,6 +26,15 @@ class HostForward:
 
 
 @dataclass(frozen=True)
+class NinePExport:
+    """A host directory exported to the guest over virtio-9p (mountType 9p)."""
+
+    path: Path
+    readonly: bool
+    security_model: str = "none"
+
+
+@dataclass(frozen=True)
 class VMSpec:
     """Everything QEMU's command line depends on."""
 
@@ -47,6 +56,7 @@ class VMSpec:
     qga_socket: Path | None = None
     memory_file: Path | None = None  # guest RAM in a shared file (saveMode: instant)
     mount_sockets: tuple[Path, ...] = ()  # one virtio-serial channel per mount, in the order of ``mounts``
+    ninep: tuple[NinePExport, ...] = ()  # mountType 9p: one export per mount, tagged torpor9p.N
 
 
 def machine(spec: VMSpec) -> list[str]:
@@ -135,7 +145,12 @@ def channels(spec: VMSpec) -> list[str]:
 
 
 def devices(spec: VMSpec) -> list[str]:
-    return ["-device", "virtio-rng-pci"]
+    args = ["-device", "virtio-rng-pci"]
+    for i, e in enumerate(spec.ninep):
+        fsdev = f"local,id=fs{i},path={opt(e.path)},security_model={e.security_model}"
+        args += ["-fsdev", fsdev + (",readonly=on" if e.readonly else ""), "-device"]
+        args.append(f"virtio-9p-pci,fsdev=fs{i},mount_tag=torpor9p.{i}")
+    return args
 
 
 def console(spec: VMSpec) -> list[str]:

@@ -59,7 +59,9 @@ def launch(
         qmp = SyncQMP(inst_dir / filenames.QMP_SOCK, QMP_TIMEOUT, alive=lambda: popen.poll() is None)
         try:
             fd, position = _start_loading(qmp, inst_dir, saved)
-            for i in range(len(saved.manifest["mounts"])):  # QEMU made its sockets before QMP answered
+            config = saved.manifest["config"]
+            sshfs_mounts = len(config["mounts"]) if config["mountType"] == "reverse-sshfs" else 0
+            for i in range(sshfs_mounts):  # QEMU made their sockets before QMP answered
                 channels.append(socket.socket(socket.AF_UNIX))
                 channels[-1].connect(str(inst_dir / filenames.mount_sock(i)))
             running = savedstate.state_unchanged(saved) and _run_when_loaded(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torpor import subp
 from torpor.config.machine import Machine
@@ -20,6 +20,7 @@ from torpor.store import filenames, savedstate
 from torpor.store.cache import cache_root
 
 if TYPE_CHECKING:
+    from torpor.driver.qemu.cmdline import NinePExport
     from torpor.driver.qemu.driver import QemuDriver
 
 __all__ = ["EarlyLaunch", "QemuFactory", "create_disk", "early_restore", "find_qemu"]
@@ -49,7 +50,8 @@ class QemuFactory:
             cidata=inst_dir / filenames.CIDATA,
             qga_socket=inst_dir / filenames.QGA_SOCK,
             forwards=(cmdline.HostForward("127.0.0.1", plan.ssh_port, 22),),
-            mount_sockets=tuple(inst_dir / filenames.mount_sock(i) for i in range(len(plan.config["mounts"]))),
+            mount_sockets=_mount_sockets(inst_dir, plan.config),
+            ninep=_ninep_exports(plan.config),
         )
         return QemuDriver(qemu, spec, accel)
 
@@ -70,6 +72,22 @@ class QemuFactory:
     def restore_problems(self, saved: savedstate.Saved, inst_dir: Path) -> list[str]:
         qemu = find_qemu(Machine.of(saved.manifest["config"]).arch)
         return _problems(saved, inst_dir, qemu)
+
+
+def _mount_sockets(inst_dir: Path, config: dict[str, Any]) -> tuple[Path, ...]:
+    if config["mountType"] != "reverse-sshfs":
+        return ()
+    return tuple(inst_dir / filenames.mount_sock(i) for i in range(len(config["mounts"])))
+
+
+def _ninep_exports(config: dict[str, Any]) -> tuple[NinePExport, ...]:
+    from torpor.driver.qemu.cmdline import NinePExport
+
+    if config["mountType"] != "9p":
+        return ()
+    return tuple(
+        NinePExport(Path(m["location"]), not m["writable"], m["nineP"]["securityModel"]) for m in config["mounts"]
+    )
 
 
 def _problems(saved: savedstate.Saved, inst_dir: Path, qemu: host.Qemu) -> list[str]:
