@@ -3,9 +3,9 @@ with two mounts against one without, side by side in one run.
 
     python bench/mounts.py [--rounds 3] [--mib 256] [--files 10000] [--markdown [bench/RESULTS.md]]
 
-One default guest (template:default's image, 1 GiB, 2 CPUs) with two mounts of host directories, one read-only and
-one writable (mountType reverse-sshfs), and a second, identical instance without mounts.  In each round, in the
-guest with mounts, each measured inside the guest (its own clock around the command, page caches dropped first):
+Three default guests (template:default's image, 1 GiB, 2 CPUs): two with two mounts of host directories, one
+read-only and one writable, one of mountType reverse-sshfs and one of 9p, and one without mounts.  In each round,
+each measured inside a guest (its own clock around the command, its page cache dropped first):
 
 - sequential read of a MIB MiB file (`dd bs=1M`), from the read-only mount and from the guest's disk;
 - sequential write of MIB MiB with a final fsync, to the writable mount and to the guest's disk;
@@ -91,30 +91,32 @@ def main() -> None:
     make_tree(ro / "tree", args.files)
     base = "images: [{location: 'build:default'}]\nmemory: 1GiB\ncpus: 2\nsaveOnStop: true\n"
     mounts = f"mounts:\n  - location: {json.dumps(str(ro))}\n  - location: {json.dumps(str(rw))}\n    writable: true\n"
-    (home / "with.yaml").write_text(base + mounts)
-    (home / "without.yaml").write_text(base)
+    instances = {"sshfs": base + mounts, "ninep": base + "mountType: 9p\n" + mounts, "without": base}
     rows: dict[str, list[float]] = {}
 
     def add(key: str, value: float) -> None:
         rows.setdefault(key, []).append(value)
 
     try:
-        for name in ("with", "without"):
+        for name, text in instances.items():
+            (home / f"{name}.yaml").write_text(text)
             torpor(env, "create", "--name", name, str(home / f"{name}.yaml"))
             torpor(env, "start", name)
         # The guest disk's copies of the same data (the first boot installed the guest; these stay on its disk).
         copy = f"sudo mkdir -m 777 /var/bench && cp -r {ro}/big.bin {ro}/tree /var/bench/ && sync"
-        torpor(env, "shell", "--workdir", "/", "with", "sh", "-c", copy)
+        torpor(env, "shell", "--workdir", "/", "sshfs", "sh", "-c", copy)
+        write = f"bs=1M count={args.mib} conv=fsync"
+        stat = "find {} -type f | xargs stat -c %s"
         for r in range(args.rounds):
-            add("read-mount", timed_in_guest(env, "with", f"dd if={ro}/big.bin of=/dev/null bs=1M"))
-            add("read-disk", timed_in_guest(env, "with", "dd if=/var/bench/big.bin of=/dev/null bs=1M"))
-            write = f"bs=1M count={args.mib} conv=fsync"
-            add("write-mount", timed_in_guest(env, "with", f"dd if=/dev/zero of={rw}/out.bin {write}"))
-            add("write-disk", timed_in_guest(env, "with", f"dd if=/dev/zero of=/var/bench/out.bin {write}"))
-            stat = "find {} -type f | xargs stat -c %s"
-            add("meta-mount", timed_in_guest(env, "with", stat.format(f"{ro}/tree")))
-            add("meta-disk", timed_in_guest(env, "with", stat.format("/var/bench/tree")))
-            for name in ("with", "without"):
+            add("read-disk", timed_in_guest(env, "sshfs", "dd if=/var/bench/big.bin of=/dev/null bs=1M"))
+            add("write-disk", timed_in_guest(env, "sshfs", f"dd if=/dev/zero of=/var/bench/out.bin {write}"))
+            add("meta-disk", timed_in_guest(env, "sshfs", stat.format("/var/bench/tree")))
+            for name in ("sshfs", "ninep"):
+                add(f"read-{name}", timed_in_guest(env, name, f"dd if={ro}/big.bin of=/dev/null bs=1M"))
+                # 9p shows the host's owners: as root in the guest, as the host's root owns the directory here
+                add(f"write-{name}", timed_in_guest(env, name, f"sudo dd if=/dev/zero of={rw}/out.bin {write}"))
+                add(f"meta-{name}", timed_in_guest(env, name, stat.format(f"{ro}/tree")))
+            for name in instances:
                 torpor(env, "stop", name)
                 seconds, out = torpor(env, "start", name)
                 if "restored in" not in out:
@@ -122,7 +124,7 @@ def main() -> None:
                 add(f"restore-{name}", seconds)
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in rows.items()), flush=True)
     finally:
-        for name in ("with", "without"):
+        for name in instances:
             subprocess.run([*COMMAND, "--no-tty", "stop", "--force", name], env=env, capture_output=True, check=False)
         shutil.rmtree(home, ignore_errors=True)
 
@@ -131,35 +133,33 @@ def main() -> None:
 
 def report(med: dict[str, float], args: argparse.Namespace) -> None:
     mib = args.mib
+
+    def row(what: str, key: str, rate: bool = False) -> list[str]:
+        cells = [what]
+        for name in ("sshfs", "ninep", "disk"):
+            v = med[f"{key}-{name}"]
+            cells.append(f"{v:.2f} s" + (f" ({mib / v:.0f} MiB/s)" if rate else ""))
+        cells += [
+            f"{med[f'{key}-sshfs'] / med[f'{key}-disk']:.1f}x",
+            f"{med[f'{key}-ninep'] / med[f'{key}-disk']:.1f}x",
+        ]
+        return cells
+
     table = results_md.table(
-        ["work", "through the mount", "on the guest's disk", "mount / disk"],
+        ["work", "reverse-sshfs", "9p", "guest's disk", "reverse-sshfs / disk", "9p / disk"],
         [
-            [
-                f"sequential read, {mib} MiB",
-                f"{med['read-mount']:.2f} s ({mib / med['read-mount']:.0f} MiB/s)",
-                f"{med['read-disk']:.2f} s ({mib / med['read-disk']:.0f} MiB/s)",
-                f"{med['read-mount'] / med['read-disk']:.1f}x",
-            ],
-            [
-                f"sequential write + fsync, {mib} MiB",
-                f"{med['write-mount']:.2f} s",
-                f"{med['write-disk']:.2f} s",
-                f"{med['write-mount'] / med['write-disk']:.1f}x",
-            ],
-            [
-                f"find + stat, {args.files} files",
-                f"{med['meta-mount']:.2f} s",
-                f"{med['meta-disk']:.2f} s",
-                f"{med['meta-mount'] / med['meta-disk']:.1f}x",
-            ],
+            row(f"sequential read, {mib} MiB", "read", rate=True),
+            row(f"sequential write + fsync, {mib} MiB", "write"),
+            row(f"find + stat, {args.files} files", "meta"),
         ],
     )
+    without = med["restore-without"]
     restore = results_md.table(
-        ["instance", "restore (`torpor start` after `stop --save`)"],
+        ["instance", "restore (`torpor start` after `stop --save`)", "against no mounts"],
         [
-            ["with two mounts", f"{med['restore-with']:.2f} s"],
-            ["without mounts", f"{med['restore-without']:.2f} s"],
-            ["difference", f"{med['restore-with'] - med['restore-without']:+.2f} s"],
+            ["two reverse-sshfs mounts", f"{med['restore-sshfs']:.2f} s", f"{med['restore-sshfs'] - without:+.2f} s"],
+            ["two 9p mounts", f"{med['restore-ninep']:.2f} s", f"{med['restore-ninep'] - without:+.2f} s"],
+            ["no mounts", f"{without:.2f} s", ""],
         ],
     )
     print(table)
@@ -172,7 +172,7 @@ def report(med: dict[str, float], args: argparse.Namespace) -> None:
         }
         body = (
             results_md.label(versions, sys.argv)
-            + f"\nThe default guest under TCG, mountType reverse-sshfs, medians of {args.rounds} rounds.\n\n"
+            + f"\nThe default guest under TCG, medians of {args.rounds} rounds.\n\n"
             + table
             + "\n"
             + restore
