@@ -12,7 +12,8 @@ each measured inside a guest (its own clock around the command, its page cache d
 - a metadata walk: `find` and `stat` of FILES small files in a tree of 100 directories, through the read-only
   mount and on the guest's disk;
 
-then `torpor stop --save` and `torpor start` (the restore, to ready) of each instance, one after the other.
+then, each guest's page cache dropped (so that the states are of the same size), `torpor stop --save` and
+`torpor start` (the restore, to ready) of each instance, one after the other.
 Figures are medians of the rounds.
 """
 
@@ -117,6 +118,10 @@ def main() -> None:
                 add(f"write-{name}", timed_in_guest(env, name, f"sudo dd if=/dev/zero of={rw}/out.bin {write}"))
                 add(f"meta-{name}", timed_in_guest(env, name, stat.format(f"{ro}/tree")))
             for name in instances:
+                # The same guest memory in each (the reads above filled some guests' page caches): the restores
+                # then differ by the mounts only, not by the size of the state.
+                drop = "sync; echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null"
+                torpor(env, "shell", "--workdir", "/", name, "sh", "-c", drop)
                 torpor(env, "stop", name)
                 seconds, out = torpor(env, "start", name)
                 if "restored in" not in out:
