@@ -37,7 +37,7 @@ def test_debian_boots_with_cloud_init_and_restores(torpor: Torpor) -> None:
     assert (rw / "g.txt").read_text() == "from the guest\n"
     counter = "exec 4>>count.log; i=0; while sleep 0.2; do i=$((i+1)); echo $i >&4; done"
     torpor.sh("deb", f"cd {rw} && setsid sh -c '{counter}' </dev/null >/dev/null 2>&1 &")
-    assert wait_for(lambda: len((rw / "count.log").read_text().split()) >= 3)
+    assert wait_for(lambda: (rw / "count.log").exists() and len((rw / "count.log").read_text().split()) >= 3)
 
     torpor.sh("deb", COUNTER)
     torpor.sh("deb", "echo kept > $HOME/file && sync")

@@ -81,6 +81,8 @@ def test_mounts_share_files_both_ways_and_survive_save_restore_and_snapshots(tor
     )
     st = (rw / "g.txt").stat()
     assert (rw / "g.txt").read_text() == "from the guest\n"
+    torpor.sh("m", f"echo new > {grw}/new.txt")
+    assert (rw / "new.txt").stat().st_mode & 0o777 == 0o644  # the guest user's umask, not the host agent's
     assert (st.st_mode & 0o777, st.st_uid) == (0o640, os.getuid())
     assert time.gmtime(st.st_mtime)[:6] == (2001, 2, 3, 4, 5, 6)  # the guest's clock is in UTC
     (rw / "h.txt").write_text("written on the host\n")

@@ -232,7 +232,8 @@ class Relay:
     async def _start_server(self) -> None:
         from torpor import subp
 
-        argv = [sftp_server(), "-e", "-l", "ERROR", *([] if self.writable else ["-R"])]
+        # -u 022: new files get the mode the guest asks for, less the usual umask (not the agent's own 077).
+        argv = [sftp_server(), "-e", "-l", "ERROR", "-u", "022", *([] if self.writable else ["-R"])]
         self._server = await subp.spawn_async(argv, cwd=self.location)
 
     async def _server_init(self) -> None:
