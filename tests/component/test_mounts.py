@@ -119,6 +119,17 @@ async def _session(host_dir: Path, channel: Path, writable: bool = True) -> tupl
     return guest, relay
 
 
+async def _restored(host_dir: Path, channel: Path, saved: GuestEnd, state: dict[str, Any]) -> tuple[GuestEnd, Relay]:
+    """The guest's end and a new relay after a restore of ``state``: the guest goes on with its request ids."""
+    guest = GuestEnd(channel)
+    guest.next_id = saved.next_id
+    await guest.listen()
+    relay = Relay(0, host_dir, True, channel)
+    await relay.resume(state)
+    await guest.accept()
+    return guest, relay
+
+
 def test_a_session_goes_on_after_a_save_and_a_restore_with_its_handles_and_the_requests_sent_meanwhile(
     host_dir: Path, tmp_path: Path
 ) -> None:
@@ -139,12 +150,7 @@ def test_a_session_goes_on_after_a_save_and_a_restore_with_its_handles_and_the_r
             f.write(b" world")
         (host_dir / "gone.txt").unlink()
 
-        restored = GuestEnd(tmp_path / "mount0.sock")
-        restored.next_id = guest.next_id
-        await restored.listen()
-        relay2 = Relay(0, host_dir, True, tmp_path / "mount0.sock")
-        await relay2.resume(state)
-        await restored.accept()
+        restored, relay2 = await _restored(host_dir, tmp_path / "mount0.sock", guest, state)
         assert await restored.data(parked) == b"hello world"  # the request sent as the VM stopped, served now
         append = restored.send(mounts.WRITE, s(log) + struct.pack(">Q", 0) + s(b"!"))
         assert await restored.status(append) == mounts.FX_OK
@@ -200,12 +206,7 @@ def test_a_host_directory_gone_while_saved_answers_errors_instead_of_hanging(hos
             f.unlink()
         host_dir.rmdir()
 
-        restored = GuestEnd(tmp_path / "mount0.sock")
-        restored.next_id = guest.next_id
-        await restored.listen()
-        relay2 = Relay(0, host_dir, True, tmp_path / "mount0.sock")
-        await relay2.resume(state)
-        await restored.accept()
+        restored, relay2 = await _restored(host_dir, tmp_path / "mount0.sock", guest, state)
         req = restored.send(mounts.READ, s(log) + struct.pack(">QI", 0, 10))
         assert await restored.status(req) == mounts.FX_FAILURE
         assert relay2.lost and "project with spaces" in relay2.lost[0]

@@ -166,7 +166,7 @@ async def _restore(agent: HostAgent, saved: savedstate.Saved, early: EarlyRestor
     # tens of milliseconds: beside the SSH handshake, not before it.
     agent.discarded = asyncio.ensure_future(asyncio.to_thread(_restored_files, agent, saved))
 
-    async def clock_and_discard() -> None:
+    async def settle() -> None:  # beside the wait for SSH
         await agent.guest.set_clock()
         await agent.guest.mounts.ready()  # the mounts' sessions
         await agent.guest.mounts.mount_again()  # 9p mounts, unmounted for the save
@@ -175,9 +175,7 @@ async def _restore(agent: HostAgent, saved: savedstate.Saved, early: EarlyRestor
 
     deadline = t0 + int(boot["config"]["bootTimeout"])
     master = early.ssh_master if early else None
-    await _guest_up(
-        agent, t0, deadline, "restored", before_ready=asyncio.ensure_future(clock_and_discard()), ssh_master=master
-    )
+    await _guest_up(agent, t0, deadline, "restored", before_ready=asyncio.ensure_future(settle()), ssh_master=master)
 
 
 def _restored_files(agent: HostAgent, saved: savedstate.Saved) -> None:
