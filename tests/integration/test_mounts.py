@@ -94,6 +94,9 @@ def test_mounts_share_files_both_ways_and_survive_save_restore_and_snapshots(tor
     assert away.stdout.strip().endswith(".linux") and "is not mounted" in away.stderr
     assert _shell_in(torpor, rw / "sub", "--workdir", "/tmp", "m", "pwd").stdout.strip() == "/tmp"
 
+    # each reverse-sshfs mount reads ahead 1 MiB (FUSE's 128 KiB default halves sequential reads: bench/mounts.py)
+    assert torpor.sh("m", "cat /sys/class/bdi/0:*/read_ahead_kb").split().count("1024") == 2
+
     mounts = torpor.status("m")["mounts"]
     assert [(m["location"], m["writable"], m["up"]) for m in mounts] == [(gro, False, True), (grw, True, True)]
 
