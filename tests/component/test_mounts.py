@@ -125,7 +125,8 @@ async def _restored(host_dir: Path, channel: Path, saved: GuestEnd, state: dict[
     guest.next_id = saved.next_id
     await guest.listen()
     relay = Relay(0, host_dir, True, channel)
-    await relay.resume(state)
+    await relay.adopt()
+    await relay.resume_session(state)
     await guest.accept()
     return guest, relay
 
@@ -160,7 +161,7 @@ def test_a_session_goes_on_after_a_save_and_a_restore_with_its_handles_and_the_r
         assert any("gone.txt" in item for item in relay2.lost)
         close = restored.send(mounts.CLOSE, s(log))
         assert await restored.status(close) == mounts.FX_OK
-        assert relay2.info()["open"] == 1  # the lost one, until the guest closes it
+        assert relay2.open_handles == 1  # the lost one, until the guest closes it
         await relay2.close()
 
     run(body)
@@ -226,3 +227,21 @@ def test_a_missing_location_is_an_error_before_anything_starts(tmp_path: Path) -
 def test_the_guests_mount_points_are_read_with_their_escapes() -> None:
     text = "torpor: /home/me/my\\040project fuse.sshfs rw 0 0\nproc /proc proc rw 0 0\n"
     assert mounts.guest_mount_points(text) == {"/home/me/my project"}
+
+
+def test_a_server_that_exits_answers_errors_instead_of_hanging(host_dir: Path, tmp_path: Path) -> None:
+    async def body() -> None:
+        import os
+        import signal
+
+        guest, relay = await _session(host_dir, tmp_path / "mount0.sock")
+        log = await guest.open(b"log.txt", R)
+        assert relay._server is not None
+        os.kill(relay._server.pid, signal.SIGKILL)
+        await relay._server.wait()
+        req = guest.send(mounts.READ, s(log) + struct.pack(">QI", 0, 10))
+        assert await guest.status(req) == mounts.FX_FAILURE
+        assert "sftp-server exited" in relay.dead
+        await relay.close()
+
+    run(body)

@@ -186,7 +186,7 @@ def test_mounts_expand_home_and_default_their_mount_point(tmp_path: Path, monkey
     monkeypatch.setenv("HOME", "/home/me")
     text = BASE + "mounts:\n  - location: '~'\n  - location: $HOME/src/app\n    mountPoint: /work\n    writable: true\n"
     cfg = load_effective(tmp_path, text, "i.yaml").config
-    assert [(m.location, m.guest_path, m.writable) for m in cfg.mounts] == [
+    assert [(m.location, m.mountPoint, m.writable) for m in cfg.mounts] == [
         ("/home/me", "/home/me", False),
         ("/home/me/src/app", "/work", True),
     ]

@@ -42,7 +42,7 @@ def test_the_shell_maps_the_host_directory_through_the_deepest_mount_holding_it(
     from torpor.instance.access import guest_dir_for
 
     mounts: list[dict[str, Any]] = [
-        {"location": "/home/me", "mountPoint": None},
+        {"location": "/home/me", "mountPoint": "/home/me"},
         {"location": "/home/me/src", "mountPoint": "/work"},
     ]
     assert guest_dir_for(mounts, "/home/me/docs") == "/home/me/docs"

@@ -143,7 +143,7 @@ class Mount(Model):
     """One host directory in the guest (Lima's ``mounts`` entry)."""
 
     location: str
-    mountPoint: str | None = None  # default: the same path as ``location``
+    mountPoint: str = ""  # default: the same path as ``location`` (filled in by validation)
     writable: bool = False
     sshfs: SSHFS = SSHFS()
     nineP: NineP = Field(NineP(), alias="9p")
@@ -156,19 +156,24 @@ class Mount(Model):
             raise ValueError(f"location {v!r} must be an absolute path (or start with ~)")
         return _plain_path(v)
 
-    @field_validator("mountPoint")
+    @field_validator("mountPoint", mode="before")
     @classmethod
-    def _mount_point(cls, v: str | None) -> str | None:
-        if v is None:
-            return None
+    def _mount_point(cls, v: object) -> object:
+        if v is None:  # Lima's null: the default
+            return ""
+        if not isinstance(v, str) or not v:
+            return v
         v = expand_host_path(v)
         if not os.path.isabs(v) or v == "/":
             raise ValueError(f"mountPoint {v!r} must be an absolute path in the guest other than /")
         return _plain_path(v)
 
-    @property
-    def guest_path(self) -> str:
-        return self.mountPoint or self.location
+    @model_validator(mode="after")
+    def _mount_point_default(self) -> Mount:
+        # Filled in here, so that every reader of the configuration (records, the guest's table) finds it.
+        if not self.mountPoint:
+            object.__setattr__(self, "mountPoint", self.location)
+        return self
 
 
 def _plain_path(v: str) -> str:
@@ -237,9 +242,9 @@ class Config(Model):
     def _distinct_mount_points(cls, v: list[Mount]) -> list[Mount]:
         seen: set[str] = set()
         for m in v:
-            if m.guest_path in seen:
-                raise ValueError(f"two mounts at {m.guest_path} in the guest; give one of them another mountPoint")
-            seen.add(m.guest_path)
+            if m.mountPoint in seen:
+                raise ValueError(f"two mounts at {m.mountPoint} in the guest; give one of them another mountPoint")
+            seen.add(m.mountPoint)
         return v
 
     def image_for_arch(self) -> Image:

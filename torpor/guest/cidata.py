@@ -85,7 +85,7 @@ def mount_table(mounts: list[Mount], mount_type: str = "reverse-sshfs") -> str:
     """The guests' table of mounts (read by the ``mounts`` script): index, type, ro/rw, options, mount point."""
     return "".join(
         f"{i}\t{mount_type}\t{'rw' if m.writable else 'ro'}\t"
-        f"{ninep_options(m) if mount_type == '9p' else sshfs_options(m)}\t{m.guest_path}\n"
+        f"{ninep_options(m) if mount_type == '9p' else sshfs_options(m)}\t{m.mountPoint}\n"
         for i, m in enumerate(mounts)
     )
 

@@ -86,7 +86,7 @@ async def _cold_boot(agent: HostAgent, effective: Effective) -> None:
     config = effective.config
     agent.save_on_stop = config.saveOnStop
     config_json = config.model_dump(mode="json")
-    mounts.check_locations(config_json)  # before anything starts
+    await asyncio.to_thread(mounts.check_locations, config_json)  # before anything starts (a stat each)
     image = config.image_for_arch()
     default_guest = image.location == images.DEFAULT_GUEST
     ssh_port, user = await asyncio.to_thread(agent.guest.prepare_boot, config)

@@ -6,7 +6,8 @@ The channel is what lets a mount survive a save.  A save stops the VM between tw
 guest's sshfs is saved with the VM, its session and its open handles in its memory; the host's side of that
 session is small and is saved beside it (:meth:`Relay.export`): the handles the guest holds, each with the path and
 flags it was opened with, and the bytes of the requests not yet served.  A restore starts a new sftp-server, opens
-those paths again under the same handles and serves the kept requests before anything new (:meth:`Relay.resume`);
+those paths again under the same handles and serves the kept requests before anything new
+(:meth:`Relay.adopt`, then :meth:`Relay.resume_session`);
 sshfs never sees a disconnection, so open descriptors, current directories and mounts stay as they were.
 
 Handles are the relay's own (``Relay._handles``), mapped to the server's, so that the handles of a new server
@@ -55,7 +56,6 @@ SFTP_SERVERS = (
     "/usr/libexec/sftp-server",
     "/usr/lib/ssh/sftp-server",  # Arch
 )
-CHANNEL_PREFIX = "io.torpor.mount."  # the virtio-serial port of mount N is io.torpor.mount.N
 SCRATCH = "/tmp/torpor"  # the templates' shared scratch directory (Lima's /tmp/lima): made when missing
 
 
@@ -187,12 +187,9 @@ class Relay:
     def _start_pumps(self) -> None:
         self._idle.set()
         self._thawed.set()
-        self._tasks = [asyncio.ensure_future(self._from_guest()), asyncio.ensure_future(self._from_server())]
-
-    async def resume(self, state: dict[str, Any], channel: socket.socket | None = None) -> None:
-        """The session as it was saved (:meth:`export`), on the channel (``channel``: connected already)."""
-        await self.adopt(channel)
-        await self.resume_session(state)
+        self._tasks = [asyncio.ensure_future(self._from_guest())]
+        if self._server is not None:
+            self._tasks.append(asyncio.ensure_future(self._from_server()))
 
     async def adopt(self, channel: socket.socket | None = None) -> None:
         """While a restored VM has not run: its channel connected (``channel``: connected already, by the early
@@ -214,9 +211,7 @@ class Relay:
             self.dead = f"{self.location}: {e.strerror or e}"
             self.lost.append(f"the mount of {self.dead}")
             self._inbuf += base64.b64decode(state["pending"])
-            self._idle.set()
-            self._thawed.set()
-            self._tasks = [asyncio.ensure_future(self._from_guest())]
+            self._start_pumps()
             return
         if self.initialized:
             await self._server_init()
@@ -314,10 +309,8 @@ class Relay:
         try:
             self._server.stdin.write(out)
             await self._server.stdin.drain()
-        except ConnectionError:  # the server is gone; _from_server answers what it had, the rest is answered here
-            self.dead = self.dead or f"{self.location}: the host's sftp-server exited"
-            if self._inflight.pop(req_id, None) is not None:
-                self._answer(status(req_id, FX_FAILURE, self.dead))
+        except ConnectionError:
+            self._server_gone()
 
     def _server_handles(self, req: _Request) -> bytes:
         """The request with the server's handle in place of the guest's; b"" if the relay answered it itself."""
@@ -357,13 +350,17 @@ class Relay:
                 self._from_server_packet(raw)
                 await self._guest_w.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
+            self._server_gone()
+
+    def _server_gone(self) -> None:
+        """The server exited: each request it had, and each from now on, gets an error rather than no answer."""
+        if not self.dead:
             log.warning("mount %d: sftp-server exited", self.index)
-            # From now on every request gets an error, the ones it had first, rather than no answer.
             self.dead = f"{self.location}: the host's sftp-server exited"
-            for req_id in list(self._inflight):
-                self._answer(status(req_id, FX_FAILURE, self.dead))
-            self._inflight.clear()
-            self._idle.set()
+        for req_id in list(self._inflight):
+            self._answer(status(req_id, FX_FAILURE, self.dead))
+        self._inflight.clear()
+        self._idle.set()
 
     def _from_server_packet(self, raw: bytes) -> None:
         kind = raw[4]
@@ -476,8 +473,10 @@ class Relay:
                 self._server.kill()
             await self._server.wait()
 
-    def info(self) -> dict[str, Any]:
-        return {"initialized": self.initialized, "open": len(self._handles), "server": self._server is not None}
+    @property
+    def open_handles(self) -> int:
+        """The files and directories the guest holds open through this mount."""
+        return len(self._handles)
 
 
 # Runs the guest's mounts script (the default guest's, or the one cloud-init's boot command wrote) as root.
@@ -513,7 +512,7 @@ class MountSet:
         if mount_type == "9p":
             for m, rec in zip(mounts, saved or [], strict=False):
                 for proc in rec["stopped"]:
-                    point = m["mountPoint"] or m["location"]
+                    point = m["mountPoint"]
                     self._lost.append(f"process {proc} (stopped at the save: it kept the 9p mount {point} busy)")
             return
         for i, m in enumerate(mounts):
@@ -557,7 +556,7 @@ class MountSet:
 
     async def export(self, final: bool) -> list[dict[str, Any]]:
         if self.mount_type == "9p":
-            return [{"stopped": self._stopped.get(m["mountPoint"] or m["location"], [])} for m in self.config]
+            return [{"stopped": self._stopped.get(m["mountPoint"], [])} for m in self.config]
         return list(await asyncio.gather(*(r.export(final) for r in self.relays)))
 
     async def mount_again(self) -> None:
@@ -600,7 +599,7 @@ class MountSet:
         """Each mount for the API; ``mounted``: the guest's mount points that are mounted (None: unknown)."""
         out = []
         for i, m in enumerate(self.config):
-            point = m["mountPoint"] or m["location"]
+            point = m["mountPoint"]
             relay = self.relays[i] if i < len(self.relays) else None
             up = (relay is None or (relay.initialized and not relay.lost)) and (mounted is None or point in mounted)
             out.append(
@@ -610,7 +609,7 @@ class MountSet:
                     "writable": m["writable"],
                     "mountType": self.mount_type,
                     "up": up,
-                    **({"openFiles": relay.info()["open"]} if relay is not None else {}),
+                    **({"openFiles": relay.open_handles} if relay is not None else {}),
                 }
             )
         return out

@@ -61,7 +61,7 @@ def guest_dir_for(mounts: list[dict[str, Any]], host_dir: str) -> str | None:
         location = m["location"].rstrip("/") or "/"
         if host_dir == location or host_dir.startswith(location.rstrip("/") + "/"):
             rest = host_dir[len(location) :].lstrip("/")
-            point = m["mountPoint"] or m["location"]
+            point = m["mountPoint"]
             guest = os.path.join(point, rest) if rest else point
             if best is None or len(location) > best[0]:
                 best = (len(location), guest)

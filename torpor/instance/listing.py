@@ -28,7 +28,7 @@ def describe(name: str, root: Path) -> dict[str, Any]:
             disk=cfg.disk,
             saveOnStop=cfg.saveOnStop,
             saveMode=cfg.saveMode,
-            mounts=[_mount_row(m.location, m.guest_path, m.writable, cfg.mountType) for m in cfg.mounts],
+            mounts=[_mount_row(m.location, m.mountPoint, m.writable, cfg.mountType) for m in cfg.mounts],
         )
     except ConfigError as e:
         if inst.status is Status.STOPPED:
