@@ -3,9 +3,10 @@ with two mounts against one without, side by side in one run.
 
     python bench/mounts.py [--rounds 3] [--mib 256] [--files 10000] [--markdown [bench/RESULTS.md]]
 
-Three default guests (template:default's image, 1 GiB, 2 CPUs): two with two mounts of host directories, one
-read-only and one writable, one of mountType reverse-sshfs and one of 9p, and one without mounts.  In each round,
-each measured inside a guest (its own clock around the command, its page cache dropped first):
+Default guests (template:default's image, 1 GiB, 2 CPUs), each with two mounts of host directories, one
+read-only and one writable: one of mountType reverse-sshfs, one of 9p, one of virtiofs when the host has a
+virtiofsd (as torpor finds it: $TORPOR_VIRTIOFSD, PATH, the distributions' paths), and one guest without mounts.
+In each round, each measured inside a guest (its own clock around the command, its page cache dropped first):
 
 - sequential read of a MIB MiB file (`dd bs=1M`), from the read-only mount and from the guest's disk;
 - sequential write of MIB MiB with a final fsync, to the writable mount and to the guest's disk;
@@ -34,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import results as results_md  # noqa: E402
+from torpor.driver.qemu import virtiofsd  # noqa: E402
+from torpor.errors import DriverError  # noqa: E402
 
 SCRIPT = Path(sys.executable).with_name("torpor")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "torpor"]
@@ -65,6 +68,17 @@ def timed_in_guest(env: dict[str, str], name: str, command: str) -> float:
     return t1 - t0
 
 
+def mount_types() -> dict[str, str]:
+    """The mount types to measure, by instance name: all of them, virtiofs only where the host has a virtiofsd."""
+    types = dict(TYPES)
+    try:
+        virtiofsd.find()
+    except DriverError as e:
+        print(f"not measuring virtiofs: {e}", file=sys.stderr)
+        del types["virtiofs"]
+    return types
+
+
 def make_tree(root: Path, files: int) -> None:
     per_dir = max(1, files // 100)
     for d in range(100):
@@ -92,7 +106,8 @@ def main() -> None:
     make_tree(ro / "tree", args.files)
     base = "images: [{location: 'build:default'}]\nmemory: 1GiB\ncpus: 2\nsaveOnStop: true\n"
     mounts = f"mounts:\n  - location: {json.dumps(str(ro))}\n  - location: {json.dumps(str(rw))}\n    writable: true\n"
-    instances = {"sshfs": base + mounts, "ninep": base + "mountType: 9p\n" + mounts, "without": base}
+    types = mount_types()
+    instances = {key: f"{base}mountType: {kind}\n{mounts}" for key, kind in types.items()} | {"without": base}
     rows: dict[str, list[float]] = {}
 
     def add(key: str, value: float) -> None:
@@ -121,9 +136,9 @@ def main() -> None:
             add("read-disk", timed_in_guest(env, "sshfs", "dd if=/var/bench/big.bin of=/dev/null bs=1M"))
             add("write-disk", timed_in_guest(env, "sshfs", f"dd if=/dev/zero of=/var/bench/out.bin {write}"))
             add("meta-disk", timed_in_guest(env, "sshfs", stat.format("/var/bench/tree")))
-            for name in ("sshfs", "ninep"):
+            for name in types:
                 add(f"read-{name}", timed_in_guest(env, name, f"dd if={ro}/big.bin of=/dev/null bs=1M"))
-                # 9p shows the host's owners: as root in the guest, as the host's root owns the directory here
+                # 9p and virtiofs show the host's owners: as root in the guest, as the host's root owns it here
                 add(f"write-{name}", timed_in_guest(env, name, f"sudo dd if=/dev/zero of={rw}/out.bin {write}"))
                 add(f"meta-{name}", timed_in_guest(env, name, stat.format(f"{ro}/tree")))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in rows.items()), flush=True)
@@ -132,25 +147,25 @@ def main() -> None:
             subprocess.run([*COMMAND, "--no-tty", "stop", "--force", name], env=env, capture_output=True, check=False)
         shutil.rmtree(home, ignore_errors=True)
 
-    report({k: statistics.median(v) for k, v in rows.items()}, args)
+    report({k: statistics.median(v) for k, v in rows.items()}, types, args)
 
 
-def report(med: dict[str, float], args: argparse.Namespace) -> None:
+TYPES = {"sshfs": "reverse-sshfs", "ninep": "9p", "virtiofs": "virtiofs"}  # instance name: mountType
+
+
+def report(med: dict[str, float], types: dict[str, str], args: argparse.Namespace) -> None:
     mib = args.mib
 
     def row(what: str, key: str, rate: bool = False) -> list[str]:
         cells = [what]
-        for name in ("sshfs", "ninep", "disk"):
+        for name in [*types, "disk"]:
             v = med[f"{key}-{name}"]
             cells.append(f"{v:.2f} s" + (f" ({mib / v:.0f} MiB/s)" if rate else ""))
-        cells += [
-            f"{med[f'{key}-sshfs'] / med[f'{key}-disk']:.1f}x",
-            f"{med[f'{key}-ninep'] / med[f'{key}-disk']:.1f}x",
-        ]
+        cells += [f"{med[f'{key}-{name}'] / med[f'{key}-disk']:.1f}x" for name in types]
         return cells
 
     table = results_md.table(
-        ["work", "reverse-sshfs", "9p", "guest's disk", "reverse-sshfs / disk", "9p / disk"],
+        ["work", *types.values(), "guest's disk", *(f"{kind} / disk" for kind in types.values())],
         [
             row(f"sequential read, {mib} MiB", "read", rate=True),
             row(f"sequential write + fsync, {mib} MiB", "write"),
@@ -161,8 +176,10 @@ def report(med: dict[str, float], args: argparse.Namespace) -> None:
     restore = results_md.table(
         ["instance", "restore (`torpor start` after `stop --save`)", "against no mounts"],
         [
-            ["two reverse-sshfs mounts", f"{med['restore-sshfs']:.2f} s", f"{med['restore-sshfs'] - without:+.2f} s"],
-            ["two 9p mounts", f"{med['restore-ninep']:.2f} s", f"{med['restore-ninep'] - without:+.2f} s"],
+            *(
+                [f"two {kind} mounts", f"{med[f'restore-{n}']:.2f} s", f"{med[f'restore-{n}'] - without:+.2f} s"]
+                for n, kind in types.items()
+            ),
             ["no mounts", f"{without:.2f} s", ""],
         ],
     )
@@ -174,6 +191,8 @@ def report(med: dict[str, float], args: argparse.Namespace) -> None:
                 ["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False
             ).stdout.splitlines()[0]
         }
+        if "virtiofs" in types:
+            versions["virtiofsd"] = virtiofsd.find()
         body = (
             results_md.label(versions, sys.argv)
             + f"\nThe default guest under TCG, medians of {args.rounds} rounds.\n\n"

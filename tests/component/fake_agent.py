@@ -17,6 +17,7 @@ from torpor.hostagent.mounts import MountSet
 
 if TYPE_CHECKING:
     from torpor.config.schema import Config
+    from torpor.driver.base import Shares
     from torpor.store.savedstate import Saved
 
 
@@ -110,6 +111,12 @@ class FakeDriver:
         state.write_bytes(b"fake snapshot")
         return "fake", {}
 
+    async def detach_shares(self) -> None:
+        pass
+
+    async def attach_shares(self) -> None:
+        pass
+
     async def delete_snapshot(self, tag: str) -> None:
         self._log(f"delete snapshot {tag}")
 
@@ -138,6 +145,7 @@ class FakeGuest:
         mount_type: str,
         saved: list[dict[str, Any]] | None,
         channels: tuple[socket.socket, ...],
+        shares: Shares | None = None,
     ) -> None:
         pass
 

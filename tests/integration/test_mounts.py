@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Torpor, wait_for, write_template
+from tests.integration.qemus import debian12_qemu
 
 pytestmark = pytest.mark.integration
 
@@ -141,18 +142,28 @@ def test_a_missing_host_directory_is_refused_before_anything_starts(torpor: Torp
     assert not (torpor.dir("x") / "qemu.pid").exists()
 
 
-def test_9p_mounts_are_unmounted_for_a_save_and_mounted_again_after(torpor: Torpor) -> None:
+@pytest.mark.parametrize("kind", ["9p", "virtiofs"])
+def test_9p_and_virtiofs_mounts_are_unmounted_for_a_save_and_mounted_again_after(
+    torpor: Torpor, image_cache: Path, kind: str
+) -> None:
+    if kind == "virtiofs":  # QEMU's C virtiofsd, from Debian 12's qemu-system-common
+        torpor.env["TORPOR_VIRTIOFSD"] = str(debian12_qemu(image_cache).parent / "usr/lib/qemu/virtiofsd")
     ro, rw = _dirs(torpor)
-    torpor.run("create", "--name", "p", str(write_template(torpor, "p", "mountType: 9p\n" + _body(ro, rw))))
+    inner = rw / "sub" / "inner"  # a mount inside another: unmounted first, mounted after it
+    nested = f"  - location: {json.dumps(str(ro))}\n    mountPoint: {json.dumps(str(inner))}\n"
+    torpor.run(
+        "create", "--name", "p", str(write_template(torpor, "p", f"mountType: {kind}\n" + _body(ro, rw) + nested))
+    )
     torpor.run("start", "p")
     gro, grw = str(ro), str(rw)
+    assert torpor.sh("p", f"cat {inner}/hello.txt") == "from the host\n"
     assert torpor.sh("p", f'cat "{gro}/hello.txt"') == "from the host\n"
     refused = torpor.run("shell", "p", "sh", "-c", f'echo x > "{gro}/new.txt"', check=False)
     assert refused.returncode != 0 and "Read-only file system" in refused.stderr, refused.stderr
-    # 9p shows the host's owners as they are (sshfs maps yours to the guest user's): the host's root owns them here.
+    # 9p and virtiofs show the host's owners as they are (sshfs maps yours to the guest user's): root's here.
     torpor.sh("p", f"echo from the guest | sudo tee {grw}/g.txt")
     assert (rw / "g.txt").read_text() == "from the guest\n"
-    assert [m["mountType"] for m in torpor.info("p")["mounts"]] == ["9p", "9p"]
+    assert [(m["mountType"], m["up"]) for m in torpor.info("p")["mounts"]] == [(kind, True)] * 3
 
     # Idle mounts: unmounted for the save, mounted again by the time start returns, the host's change seen.
     torpor.run("stop", "p")
@@ -160,6 +171,7 @@ def test_9p_mounts_are_unmounted_for_a_save_and_mounted_again_after(torpor: Torp
     started = torpor.run("start", "p")
     assert "restored in" in started.stderr and "could not keep" not in started.stderr, started.stderr
     assert torpor.sh("p", f'cat "{gro}/hello.txt"') == "changed while saved\n"
+    assert torpor.sh("p", f"cat {inner}/hello.txt") == "changed while saved\n"
     assert all(m["up"] for m in torpor.info("p")["mounts"])
 
     # A busy one: the process keeping it busy is stopped so that the VM can be saved, and start says so.
@@ -167,19 +179,19 @@ def test_9p_mounts_are_unmounted_for_a_save_and_mounted_again_after(torpor: Torp
     pid = torpor.sh("p", "cat /dev/shm/busy.pid").strip()
     torpor.run("stop", "p")
     started = torpor.run("start", "p")
-    assert f"process {pid} sleep (stopped at the save: it kept the 9p mount {grw} busy)" in started.stderr
+    assert f"process {pid} sleep (stopped at the save: it kept the {kind} mount {grw} busy)" in started.stderr
     assert torpor.sh("p", f"cat {grw}/g.txt") == "from the guest\n"
     assert torpor.sh("p", f"kill -0 {pid} 2>/dev/null || echo gone").strip() == "gone"
 
     # Snapshots unmount and mount again around their pause too; a busy mount refuses one (the VM goes on).
     torpor.sh("p", f"cd {grw} && setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > /dev/shm/busy.pid")
     refused = torpor.run("snapshot", "create", "p", "--tag", "s", check=False)
-    assert refused.returncode != 0 and "a 9p mount is in use" in refused.stderr, refused.stderr
+    assert refused.returncode != 0 and f"a {kind} mount is in use" in refused.stderr, refused.stderr
     assert torpor.sh("p", f"cat {grw}/g.txt") == "from the guest\n"
     torpor.sh("p", "kill $(cat /dev/shm/busy.pid); sleep 0.5")
     torpor.run("snapshot", "create", "p", "--tag", "s")
     assert torpor.sh("p", f"cat {grw}/g.txt") == "from the guest\n"
     applied = torpor.run("snapshot", "apply", "p", "--tag", "s", "--force")
-    assert "restored in" in applied.stderr, applied.stderr
-    assert torpor.sh("p", f"cat {grw}/g.txt") == "from the guest\n"
+    assert "restored in" in applied.stderr and "could not keep" not in applied.stderr, applied.stderr
+    assert torpor.sh("p", f"cat {grw}/g.txt {inner}/hello.txt") == "from the guest\nchanged while saved\n"
     torpor.run("stop", "--no-save", "p")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from torpor.driver.qemu import cmdline
+from torpor.driver.qemu import cmdline, driver
 
 D = Path("/inst")
 
@@ -116,6 +116,36 @@ def test_instant_mode_puts_guest_ram_in_a_shared_file() -> None:
 
 def test_plain_ram_has_no_backend() -> None:
     assert "memory-backend" not in " ".join(cmdline.machine(spec()) + cmdline.resources(spec()))
+
+
+SHARES = (
+    cmdline.VirtiofsShare(Path("/home/u/src"), D / "mount0.virtiofs.sock", D / "mount0.virtiofsd.log"),
+    cmdline.VirtiofsShare(Path("/tmp/x"), D / "mount1.virtiofs.sock", D / "mount1.virtiofsd.log"),
+)
+
+
+def test_virtiofs_puts_ram_in_shared_memory_and_each_device_on_a_root_port_of_its_own() -> None:
+    s = spec(virtiofs=SHARES, memory=512 * 1024**2)
+    argv = cmdline.build("qemu", s)
+    assert ("-machine", "q35,memory-backend=ram0") in pairs(argv)
+    assert ("-object", "memory-backend-memfd,id=ram0,size=512M,share=on") in pairs(argv)
+    assert ("-device", "pcie-root-port,id=vfsport0,chassis=16") in pairs(argv)
+    assert ("-device", "pcie-root-port,id=vfsport1,chassis=17") in pairs(argv)
+    device = "vhost-user-fs-pci,id=vfsdev1,chardev=vfs1,tag=torpor-vfs.1,bus=vfsport1"
+    assert ("-device", device) in pairs(argv)
+    assert ("-chardev", "socket,id=vfs1,path=/inst/mount1.virtiofs.sock") in pairs(argv)
+
+
+def test_the_virtiofs_devices_are_the_part_a_save_takes_out_and_qmp_plugs_back() -> None:
+    s = spec(virtiofs=SHARES)
+    argv = cmdline.build("qemu", s)
+    taken = driver._without(argv, cmdline.shares(s))
+    assert "vhost-user-fs-pci" not in " ".join(taken) and "socket,id=vfs0" not in " ".join(taken)
+    assert "pcie-root-port,id=vfsport0,chassis=16" in taken  # the ports stay: the saved state has them
+    assert len(taken) == len(argv) - 8
+    chardev, device = cmdline.share_plug(SHARES[0], 0)
+    assert chardev["id"] == "vfs0" and device["bus"] == "vfsport0" and device["tag"] == "torpor-vfs.0"
+    assert driver._without(argv, ["-no-such-arg"]) == argv
 
 
 def placed(p: cmdline.Placement) -> cmdline.VMSpec:

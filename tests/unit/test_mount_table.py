@@ -22,6 +22,11 @@ def test_the_table_has_one_line_per_mount_with_its_index_mode_options_and_mount_
         "0\t9p\tro\tversion=9p2000.L,msize=131072,cache=fscache\t/home/me",
         "1\t9p\trw\tversion=9p2000.L,msize=131072,cache=mmap\t/src/my app",
     ]
+    # Never an empty field: the guest's `read` would take two tabs for one and shift the mount point.
+    assert cidata.mount_table(mounts[:2], "virtiofs").splitlines() == [
+        "0\tvirtiofs\tro\tdefaults\t/home/me",
+        "1\tvirtiofs\trw\tdefaults\t/src/my app",
+    ]
 
 
 def test_the_seed_maps_the_host_user_to_the_guest_user_for_sshfs() -> None:

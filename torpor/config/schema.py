@@ -201,7 +201,8 @@ class Config(Model):
     provision: list[Provision] = Field(default_factory=list)
     mounts: list[Mount] = Field(default_factory=list)
     # Lima's mount types.  torpor's reverse-sshfs runs over a virtio-serial channel rather than SSH, and its mounts
-    # survive a save; 9p ones are unmounted for a save (QEMU refuses to save while one is mounted) and mounted again.
+    # survive a save; 9p and virtiofs ones are unmounted for a save (QEMU cannot save them mounted) and mounted
+    # again after.  virtiofs needs a virtiofsd on the host.
     mountType: Literal["reverse-sshfs", "9p", "virtiofs"] = "reverse-sshfs"
     saveOnStop: bool = Field(False, description="save the running state on stop and restore it on start")
     # copy: RAM is copied into the state file when saving (mapped-ram where QEMU has it, else a stream).
@@ -226,16 +227,6 @@ class Config(Model):
         if self.images and not any(img.arch == self.arch for img in self.images):
             raise ValueError(f"images: none is for arch {self.arch}; add one with arch: {self.arch}")
         return self
-
-    @field_validator("mountType")
-    @classmethod
-    def _available_mount_type(cls, v: str) -> str:
-        if v == "virtiofs":
-            raise ValueError(
-                "virtiofs mounts are not available in torpor yet; use mountType: reverse-sshfs (the default), "
-                "whose mounts survive save and restore, or 9p"
-            )
-        return v
 
     @field_validator("mounts")
     @classmethod

@@ -26,6 +26,7 @@ __all__ = [
     "Features",
     "Lifecycle",
     "SaveRestore",
+    "Shares",
     "Snapshots",
     "StopOutcome",
     "VMState",
@@ -106,6 +107,17 @@ class SaveRestore(Protocol):
         ...
 
 
+class Shares(Protocol):
+    async def detach_shares(self) -> None:
+        """Before a save or snapshot, once the guest has unmounted them: take out the host-directory devices that
+        a saved state cannot hold (virtiofs); the state and the command line recorded are then without them."""
+        ...
+
+    async def attach_shares(self) -> None:
+        """After a restore, a snapshot or a failed save: those devices back in, for the guest to mount."""
+        ...
+
+
 class Snapshots(Protocol):
     async def snapshot(
         self,
@@ -124,7 +136,7 @@ class Snapshots(Protocol):
         ...
 
 
-class Driver(Lifecycle, SaveRestore, Snapshots, Protocol):
+class Driver(Lifecycle, SaveRestore, Snapshots, Shares, Protocol):
     """A driver with every capability (whether each works is in ``features``)."""
 
 

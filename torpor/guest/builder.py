@@ -63,6 +63,7 @@ MODULES = (
     "fuse",
     "9p",  # mountType 9p
     "9pnet_virtio",
+    "virtiofs",  # mountType virtiofs
 )
 ROOTFS_FILES = {  # package data file -> path in the initramfs, mode
     "init": ("init", 0o755),

@@ -81,11 +81,18 @@ def ninep_options(m: Mount) -> str:
     return f"version={m.nineP.protocolVersion},msize={m.nineP.msize},cache={cache}"
 
 
+def mount_options(m: Mount, mount_type: str) -> str:
+    if mount_type == "9p":
+        return ninep_options(m)
+    if mount_type == "virtiofs":
+        return "defaults"  # (the table's fields are never empty: the guest's shell would merge two tabs)
+    return sshfs_options(m)
+
+
 def mount_table(mounts: list[Mount], mount_type: str = "reverse-sshfs") -> str:
     """The guests' table of mounts (read by the ``mounts`` script): index, type, ro/rw, options, mount point."""
     return "".join(
-        f"{i}\t{mount_type}\t{'rw' if m.writable else 'ro'}\t"
-        f"{ninep_options(m) if mount_type == '9p' else sshfs_options(m)}\t{m.mountPoint}\n"
+        f"{i}\t{mount_type}\t{'rw' if m.writable else 'ro'}\t{mount_options(m, mount_type)}\t{m.mountPoint}\n"
         for i, m in enumerate(mounts)
     )
 

@@ -112,7 +112,7 @@ async def _cold_boot(agent: HostAgent, effective: Effective) -> None:
 
     async def before_run() -> None:
         await agent.guest.connect_channels(default_guest)
-        await agent.guest.attach_mounts(config_json["mounts"], config_json["mountType"], None, ())
+        await agent.guest.attach_mounts(config_json["mounts"], config_json["mountType"], None, (), driver)
 
     await driver.start(before_run)
     record: BootFile = {**agent.boot_record, "argv": driver.machine_record()["argv"]}
@@ -147,7 +147,8 @@ async def _restore(agent: HostAgent, saved: savedstate.Saved, early: EarlyRestor
         await agent.guest.connect_channels(False)
         channels = early.launch.channels if early is not None else ()
         config = boot["config"]
-        await agent.guest.attach_mounts(config["mounts"], config["mountType"], saved.manifest["mounts"], channels)
+        mounts = config["mounts"]
+        await agent.guest.attach_mounts(mounts, config["mountType"], saved.manifest["mounts"], channels, driver)
 
     try:
         await driver.restore(
@@ -169,7 +170,7 @@ async def _restore(agent: HostAgent, saved: savedstate.Saved, early: EarlyRestor
     async def settle() -> None:  # beside the wait for SSH
         await agent.guest.set_clock()
         await agent.guest.mounts.ready()  # the mounts' sessions
-        await agent.guest.mounts.mount_again()  # 9p mounts, unmounted for the save
+        await agent.guest.mounts.mount_again()  # 9p and virtiofs mounts, unmounted for the save
         assert agent.discarded is not None
         await agent.discarded
 

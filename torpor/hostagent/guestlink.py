@@ -27,6 +27,7 @@ from torpor.store import atomic, filenames, snapshots
 
 if TYPE_CHECKING:
     from torpor.config.schema import Config
+    from torpor.driver.base import Shares
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,10 @@ class Guest(Protocol):
         mount_type: str,
         saved: list[dict[str, Any]] | None,
         channels: tuple[socket.socket, ...],
+        shares: Shares | None = None,
     ) -> None:
         """While the VM has not run: the mounts' channels (``channels``: connected already), their sessions as a
-        save left them (``saved``) or new ones."""
+        save left them (``saved``) or new ones; ``shares``: the driver's devices for virtiofs mounts."""
         ...
 
     async def mount_points(self) -> set[str] | None:
@@ -127,8 +129,9 @@ class GuestLink:
         mount_type: str,
         saved: list[dict[str, Any]] | None,
         channels: tuple[socket.socket, ...],
+        shares: Shares | None = None,
     ) -> None:
-        await self._mounts.attach(self.dir, mounts, saved, channels, mount_type)
+        await self._mounts.attach(self.dir, mounts, saved, channels, mount_type=mount_type, shares=shares)
 
     async def mount_points(self) -> set[str] | None:
         if not self._mounts.config:

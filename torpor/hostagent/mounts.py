@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from torpor.errors import ConfigError, TorporError
 
 if TYPE_CHECKING:
+    from torpor.driver.base import Shares
     from torpor.guest.agent import GuestAgent
 
 log = logging.getLogger(__name__)
@@ -483,16 +484,22 @@ class Relay:
 GUEST_SCRIPT = 'for s in /lib/torpor/mounts /run/torpor/mount.sh; do [ -f "$s" ] && exec sh "$s" "$@"; done'
 
 
+# The mount types a save cannot carry: the guest unmounts them before and mounts them again after.
+REMOUNTED = ("9p", "virtiofs")
+
+
 class MountSet:
     """The instance's mounts in the order of the configuration's ``mounts``: a relay each (reverse-sshfs), or
-    QEMU's 9p exports, which the guest unmounts for a save and mounts again after (through ``agent``)."""
+    QEMU's 9p exports or virtiofs devices, which the guest unmounts for a save and mounts again after (through
+    ``agent``); the driver takes virtiofs devices out of the VM meanwhile (``shares``)."""
 
     def __init__(self, agent: GuestAgent | None = None) -> None:
         self.agent = agent
         self.relays: list[Relay] = []
         self.config: list[dict[str, Any]] = []
         self.mount_type = "reverse-sshfs"
-        self._stopped: dict[str, list[str]] = {}  # 9p: the processes stopped to unmount, by mount point
+        self.shares: Shares | None = None
+        self._stopped: dict[str, list[str]] = {}  # 9p, virtiofs: the processes stopped to unmount, by mount point
         self._lost: list[str] = []
         self._resuming: asyncio.Future[list[None]] | None = None
 
@@ -502,18 +509,22 @@ class MountSet:
         mounts: list[dict[str, Any]],
         saved: list[dict[str, Any]] | None,
         channels: tuple[socket.socket, ...] = (),
+        *,
         mount_type: str = "reverse-sshfs",
+        shares: Shares | None = None,
     ) -> None:
         """While the VM has not run: each mount's channel and server; ``saved``: the sessions a save left;
-        ``channels``: connected already (the early restore path)."""
+        ``channels``: connected already (the early restore path); ``shares``: the driver, for virtiofs."""
         from torpor.store import filenames
 
-        self.config, self.mount_type = mounts, mount_type
-        if mount_type == "9p":
+        self.config, self.mount_type, self.shares = mounts, mount_type, shares
+        if mount_type in REMOUNTED:
             for m, rec in zip(mounts, saved or [], strict=False):
                 for proc in rec["stopped"]:
                     point = m["mountPoint"]
-                    self._lost.append(f"process {proc} (stopped at the save: it kept the 9p mount {point} busy)")
+                    self._lost.append(
+                        f"process {proc} (stopped at the save: it kept the {mount_type} mount {point} busy)"
+                    )
             return
         for i, m in enumerate(mounts):
             relay = Relay(i, Path(m["location"]), bool(m["writable"]), inst_dir / filenames.mount_sock(i))
@@ -538,36 +549,50 @@ class MountSet:
         return self._lost + [item for r in self.relays for item in r.lost]
 
     async def hold(self, stop_processes: bool = True) -> None:
-        """Before the VM is paused for a save.  9p mounts are unmounted; a busy one is freed by stopping the
-        processes that use it if ``stop_processes`` (a save), else it is an error (a snapshot, after which the VM
-        goes on: nothing is stopped, the other mounts are mounted again)."""
-        if self.mount_type == "9p":
-            self._stopped = await self._release_9p(stop_processes) if self.config else {}
+        """Before the VM is paused for a save.  9p and virtiofs mounts are unmounted (and virtiofs devices
+        unplugged); a busy one is freed by stopping the processes that use it if ``stop_processes`` (a save), else
+        it is an error (a snapshot, after which the VM goes on: nothing is stopped, the mounts are mounted again)."""
+        if self.mount_type in REMOUNTED:
+            if self.config:
+                self._stopped = await self._release(stop_processes)
+                if self.shares is not None:
+                    try:
+                        await self.shares.detach_shares()
+                    except TorporError as e:
+                        log.warning("taking the %s devices out for the save failed: %s", self.mount_type, e)
+                        await self.mount_again()
+                        raise
             return
         await self.ready()
         await asyncio.gather(*(r.hold() for r in self.relays))
 
     async def release(self) -> None:
         """After a save that did not stop the VM (a snapshot, or a save that failed)."""
-        if self.mount_type == "9p":
+        if self.mount_type in REMOUNTED:
             await self.mount_again()
             return
         await asyncio.gather(*(r.release() for r in self.relays))
 
     async def export(self, final: bool) -> list[dict[str, Any]]:
-        if self.mount_type == "9p":
+        if self.mount_type in REMOUNTED:
             return [{"stopped": self._stopped.get(m["mountPoint"], [])} for m in self.config]
         return list(await asyncio.gather(*(r.export(final) for r in self.relays)))
 
     async def mount_again(self) -> None:
-        """Once a restored VM runs (or after a snapshot): its 9p mounts are mounted again."""
-        if self.mount_type != "9p" or not self.config or self.agent is None:
+        """Once a restored VM runs (or after a snapshot): its 9p and virtiofs mounts are mounted again."""
+        if self.mount_type not in REMOUNTED or not self.config or self.agent is None:
             return
+        if self.shares is not None:
+            try:
+                await self.shares.attach_shares()
+            except TorporError as e:
+                self._lost.append(f"the {self.mount_type} mounts (their devices could not be plugged in: {e})")
+                return
         code, out = await self.agent.run(["/bin/sh", "-c", GUEST_SCRIPT, "mounts"], timeout=60)
         if code != 0:
-            self._lost.append(f"the 9p mounts (mounting them again failed: {out.strip()})")
+            self._lost.append(f"the {self.mount_type} mounts (mounting them again failed: {out.strip()})")
 
-    async def _release_9p(self, stop_processes: bool) -> dict[str, list[str]]:
+    async def _release(self, stop_processes: bool) -> dict[str, list[str]]:
         assert self.agent is not None
         how = "--release" if stop_processes else "--release-idle"
         code, out = await self.agent.run(["/bin/sh", "-c", GUEST_SCRIPT, "mounts", how], timeout=60)
@@ -576,17 +601,19 @@ class MountSet:
             point, sep, proc = line.partition("\t")
             if sep:
                 stopped.setdefault(point, []).append(proc)
+        kind = self.mount_type
         if code == 3:
             await self.mount_again()
             busy = "; ".join(f"{point} by {', '.join(procs)}" for point, procs in stopped.items())
             raise TorporError(
-                f"a 9p mount is in use ({busy}), and QEMU cannot take a snapshot while one is mounted",
+                f"a {kind} mount is in use ({busy}), and QEMU cannot take a snapshot while one is mounted",
                 hint="end what uses it, or use mountType: reverse-sshfs, whose mounts snapshots keep",
             )
-        if code != 0:
-            log.warning("unmounting the 9p mounts for the save: %s", out.strip())
+        if code != 0:  # (a mount left in place would die with its device, or refuse the save)
+            await self.mount_again()
+            raise TorporError(f"the guest could not unmount its {kind} mounts: {out.strip() or f'exit code {code}'}")
         for point, procs in stopped.items():
-            log.warning("9p mount %s was busy; stopped %s so that the VM could be saved", point, ", ".join(procs))
+            log.warning("%s mount %s was busy; stopped %s so that the VM could be saved", kind, point, ", ".join(procs))
         return stopped
 
     async def close(self) -> None:
@@ -616,10 +643,10 @@ class MountSet:
 
 
 def guest_mount_points(proc_mounts: str) -> set[str]:
-    """The mount points of sshfs and 9p mounts in the guest's /proc/mounts (its octal escapes undone)."""
+    """The mount points of sshfs, 9p and virtiofs mounts in the guest's /proc/mounts (its octal escapes undone)."""
     out = set()
     for line in proc_mounts.splitlines():
         fields = line.split()
-        if len(fields) >= 3 and fields[2] in ("fuse.sshfs", "9p"):
+        if len(fields) >= 3 and fields[2] in ("fuse.sshfs", *REMOUNTED):
             out.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1]))
     return out

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torpor.errors import TorporError
 from torpor.store import atomic, filenames, savedstate
 
 if TYPE_CHECKING:
@@ -42,7 +43,10 @@ async def save(
 ) -> Manifest:
     """Save the VM into ``saved/``; return the manifest.  Raises :class:`SaveFailed`."""
     t0 = time.monotonic()
-    await mounts.hold()  # between two SFTP packets
+    try:
+        await mounts.hold()  # between two SFTP packets, or unmounted
+    except TorporError as e:
+        raise SaveFailed(f"the mounts could not be made ready for the save: {e}", vm_alive=True) from e
     try:
         state, mechanism, stats, digest = await _write_state(inst_dir, driver, progress)
     except SaveFailed as e:
@@ -67,7 +71,10 @@ async def save(
         raise SaveFailed(
             f"reading the state file back failed after QEMU stopped ({e}); the next start cold boots", False
         ) from e
-    record = state_record(inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state, mounts=sessions)
+    machine = driver.machine_record()
+    record = state_record(
+        inst_dir, machine, boot_record, mechanism=mechanism, stats=stats, state=state, mounts=sessions
+    )
     record["state"]["digest"] = state_sha
     record["state"]["identity"] = savedstate.written_identity(state)
     manifest: Manifest = {
@@ -132,7 +139,7 @@ def _prepare_saved_dir(inst_dir: Path) -> Path:
 
 def state_record(
     inst_dir: Path,
-    driver: Driver,
+    machine: dict[str, Any],
     boot_record: BootRecord,
     *,
     mechanism: str,
@@ -140,11 +147,11 @@ def state_record(
     state: Path,
     mounts: list[dict[str, Any]],
 ) -> MachineState:
-    """What a restore of ``state`` needs to know: the machine it came from and how it was written (its digest
-    is the caller's to add).  A saved state's manifest and a snapshot's record both start from this.
+    """What a restore of ``state`` needs to know: the machine it came from (the driver's ``machine_record()``
+    as it was when the state was written) and how it was written (its digest is the caller's to add).  A saved
+    state's manifest and a snapshot's record both start from this.
     """
     st = state.stat()
-    machine = driver.machine_record()
     return {
         "createdAt": time.time(),
         "qemu": machine["qemu"],

@@ -42,19 +42,21 @@ async def create(
     try:
         t0 = time.monotonic()
         sessions: list[dict[str, Any]] = []
+        machine: dict[str, Any] = {}
 
-        async def export_mounts() -> None:  # the mounts' sessions as the paused VM has them
+        async def while_paused() -> None:  # the mounts' sessions and the machine as the paused VM has them
             sessions.extend(await mounts.export(final=False))
+            machine.update(driver.machine_record())  # (its devices can change once mounts are released)
 
         await mounts.hold(stop_processes=False)
         try:
-            mechanism, stats = await driver.snapshot(tag, state, ram, progress, while_paused=export_mounts)
+            mechanism, stats = await driver.snapshot(tag, state, ram, progress, while_paused=while_paused)
         finally:
             await mounts.release()
         paused = time.monotonic() - t0
         # The guest runs again: the rest is file work, done off the event loop.
         record = state_record(
-            inst_dir, driver, boot_record, mechanism=mechanism, stats=stats, state=state, mounts=sessions
+            inst_dir, machine, boot_record, mechanism=mechanism, stats=stats, state=state, mounts=sessions
         )
         meta = cast("MemorySnapshotRecord", {**record, "tag": tag, "memory": True, "pausedSeconds": paused})
         await asyncio.to_thread(_complete, inst_dir, work, final, meta)

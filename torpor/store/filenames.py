@@ -24,7 +24,7 @@ QEMU_PID = "qemu.pid"
 QMP_SOCK = "qmp.sock"
 READY_SOCK = "ready.sock"  # virtio-serial channel on which the default guest reports that it is up
 QGA_SOCK = "qga.sock"  # the QEMU guest agent's virtio-serial channel
-MOUNT_SOCK_GLOB = "mount*.sock"  # mount N's virtio-serial channel: mount_sock(N)
+MOUNT_SOCK_GLOB = "mount*.sock"  # mount N's virtio-serial channel (mount_sock) or virtiofsd's (virtiofs_sock)
 MIGRATION_SOCK = "mig.sock"  # the multifd mechanism's channels between QEMU and the host agent's relay
 INSTANCE_ID = "instance-id"  # the guest's cloud-init instance-id, made once, never changed
 CIDATA = "cidata.iso"  # the NoCloud seed for the current boot
@@ -51,3 +51,12 @@ RUNTIME_FILES = (HA_PID, HA_SOCK, QEMU_PID, QMP_SOCK, READY_SOCK, QGA_SOCK, SSH_
 
 def mount_sock(index: int) -> str:
     return f"mount{index}.sock"
+
+
+def virtiofs_sock(index: int) -> str:
+    """Where virtiofsd serves mount N (mountType virtiofs) to QEMU; what it prints goes to virtiofs_log(N)."""
+    return f"mount{index}.virtiofs.sock"
+
+
+def virtiofs_log(index: int) -> str:
+    return f"mount{index}.virtiofsd.log"

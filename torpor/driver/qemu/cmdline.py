@@ -35,6 +35,16 @@ class NinePExport:
 
 
 @dataclass(frozen=True)
+class VirtiofsShare:
+    """A host directory served by virtiofsd on ``socket`` (mountType virtiofs).  Its device sits on a PCIe root
+    port of its own so that it can be unplugged before a save and plugged in again after."""
+
+    path: Path
+    socket: Path
+    log: Path
+
+
+@dataclass(frozen=True)
 class VMSpec:
     """Everything QEMU's command line depends on."""
 
@@ -57,6 +67,7 @@ class VMSpec:
     memory_file: Path | None = None  # guest RAM in a shared file (saveMode: instant)
     mount_sockets: tuple[Path, ...] = ()  # one virtio-serial channel per mount, in the order of ``mounts``
     ninep: tuple[NinePExport, ...] = ()  # mountType 9p: one export per mount, tagged torpor9p.N
+    virtiofs: tuple[VirtiofsShare, ...] = ()  # mountType virtiofs: one device per mount, tagged torpor-vfs.N
 
 
 def machine(spec: VMSpec) -> list[str]:
@@ -65,7 +76,7 @@ def machine(spec: VMSpec) -> list[str]:
     # -cpu host fails under nested KVM ("failed to set MSR"), and TCG has no host CPU to pass through.
     cpu = "host" if spec.accel == "kvm" else "max"
     accel = "kvm" if spec.accel == "kvm" else "tcg,thread=multi"
-    machine = "q35,memory-backend=ram0" if spec.memory_file is not None else "q35"
+    machine = "q35,memory-backend=ram0" if _ram_backend(spec) else "q35"
     return ["-machine", machine, "-accel", accel, "-cpu", cpu]
 
 
@@ -75,7 +86,14 @@ def resources(spec: VMSpec) -> list[str]:
     if spec.memory_file is not None:
         # share=on: the guest's writes land in the file itself, which a save then only has to flush.
         args += ["-object", f"memory-backend-file,id=ram0,size={mib}M,mem-path={opt(spec.memory_file)},share=on"]
+    elif spec.virtiofs:
+        # virtiofsd reads and writes the guest's buffers itself: the RAM must be shared memory it can map.
+        args += ["-object", f"memory-backend-memfd,id=ram0,size={mib}M,share=on"]
     return args
+
+
+def _ram_backend(spec: VMSpec) -> bool:
+    return spec.memory_file is not None or bool(spec.virtiofs)
 
 
 def boot(spec: VMSpec) -> list[str]:
@@ -150,7 +168,48 @@ def devices(spec: VMSpec) -> list[str]:
         fsdev = f"local,id=fs{i},path={opt(e.path)},security_model={e.security_model}"
         args += ["-fsdev", fsdev + (",readonly=on" if e.readonly else ""), "-device"]
         args.append(f"virtio-9p-pci,fsdev=fs{i},mount_tag=torpor9p.{i}")
+    for i in range(len(spec.virtiofs)):
+        # Root ports stay through a save (the saved state has them); the devices on them come and go.
+        args += ["-device", f"pcie-root-port,id={VIRTIOFS_PORT}{i},chassis={VIRTIOFS_CHASSIS + i}"]
+    return args + shares(spec)
+
+
+VIRTIOFS_PORT = "vfsport"
+VIRTIOFS_CHASSIS = 16  # the root ports' chassis numbers, distinct from any other device's
+
+
+def shares(spec: VMSpec) -> list[str]:
+    """The virtiofs devices and their chardevs: what a save takes out of the command line (see share_plug)."""
+    args: list[str] = []
+    for i, share in enumerate(spec.virtiofs):
+        chardev, device = share_plug(share, i)
+        args += ["-chardev", f"socket,id={chardev['id']},path={opt(share.socket)}", "-device"]
+        args.append(",".join([device["driver"], *(f"{k}={v}" for k, v in device.items() if k != "driver")]))
     return args
+
+
+def share_plug(share: VirtiofsShare, index: int) -> tuple[dict[str, object], dict[str, str]]:
+    """QMP's chardev-add and device_add arguments for virtiofs share ``index`` (the device's as key=value pairs
+    in the order the command line writes them)."""
+    chardev: dict[str, object] = {
+        "id": f"vfs{index}",
+        "backend": {
+            "type": "socket",
+            "data": {"addr": {"type": "unix", "data": {"path": str(share.socket)}}, "server": False},
+        },
+    }
+    device = {
+        "driver": "vhost-user-fs-pci",
+        "id": share_device(index),
+        "chardev": f"vfs{index}",
+        "tag": f"torpor-vfs.{index}",
+        "bus": f"{VIRTIOFS_PORT}{index}",
+    }
+    return chardev, device
+
+
+def share_device(index: int) -> str:
+    return f"vfsdev{index}"
 
 
 def console(spec: VMSpec) -> list[str]:

@@ -16,16 +16,18 @@ from typing import Any
 from torpor import subp
 from torpor.config.machine import Machine
 from torpor.driver.base import Accel, BeforeRun, Driver, Features, StopOutcome, VMState
-from torpor.driver.qemu import cmdline, mechanisms, migration, process
+from torpor.driver.qemu import cmdline, mechanisms, migration, process, virtiofsd
 from torpor.driver.qemu.host import Qemu
 from torpor.driver.qemu.qmp import QMPSession
-from torpor.errors import DriverError
+from torpor.errors import DriverError, QMPCommandError
 from torpor.store import filenames, savedstate
 
 log = logging.getLogger(__name__)
 
 QMP_CONNECT_TIMEOUT = 30.0
 QUIT_TIMEOUT = 10.0
+UNPLUG_TIMEOUT = 10.0  # for the guest to let a device go (tens of milliseconds under TCG here)
+PERIPHERALS = "/machine/peripheral"  # where QOM keeps the devices that have an id
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class QemuDriver:
         self._proc: process.QemuProcess | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._stderr_task: asyncio.Task[None] | None = None
+        self._shares_in = argv is None  # a restore's command line has no virtiofs devices: they are plugged after
+        self._virtiofsd: list[virtiofsd.Virtiofsd] = []
 
     # -- host agent side ------------------------------------------------------------------------------------
     @property
@@ -108,6 +112,7 @@ class QemuDriver:
         return "\n".join(self._stderr_tail)
 
     async def start(self, before_run: BeforeRun) -> None:
+        await self._start_virtiofsd()
         await self._launch(self.argv)
         await before_run()
         await self.qmp.execute("cont")
@@ -232,6 +237,65 @@ class QemuDriver:
         """Where the multifd mechanism's relay and QEMU meet: beside QMP's socket, in the instance directory."""
         return self.spec.qmp_socket.parent / filenames.MIGRATION_SOCK
 
+    async def detach_shares(self) -> None:
+        """Unplug the virtiofs devices, which the guest has unmounted: QEMU cannot save a vhost-user-fs device
+        (its daemon keeps the file system's state), so a save's state and command line are without them."""
+        if not self.spec.virtiofs or not self._shares_in:
+            return
+        argv = self.argv
+        count = len(self.spec.virtiofs)
+        devices = {cmdline.share_device(i) for i in range(count)}
+        for dev in sorted(devices):
+            await self.qmp.execute("device_del", {"id": dev})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + UNPLUG_TIMEOUT
+        while left := devices & {p["name"] for p in await self.qmp.execute("qom-list", {"path": PERIPHERALS})}:
+            if loop.time() > deadline:
+                raise DriverError(f"the guest did not let the virtiofs device{'s' * (len(left) > 1)} go")
+            await asyncio.sleep(0.01)
+        self._argv = _without(argv, cmdline.shares(self.spec))
+        self._shares_in = False
+        for i in range(count):
+            # A device plugged in after a restore holds its chardev a little longer than it takes to go.
+            chardev = cmdline.share_plug(self.spec.virtiofs[i], i)[0]["id"]
+            while True:
+                try:
+                    await self.qmp.execute("chardev-remove", {"id": chardev})
+                    break
+                except QMPCommandError:
+                    if loop.time() > deadline:
+                        raise
+                    await asyncio.sleep(0.01)
+        await self._stop_virtiofsd()
+        log.info("virtiofs devices unplugged")
+
+    async def attach_shares(self) -> None:
+        """Plug the virtiofs devices in again (after a restore, a snapshot or a failed save), each with a new
+        virtiofsd; the guest mounts them after."""
+        if not self.spec.virtiofs or self._shares_in:
+            return
+        await self._start_virtiofsd()
+        for i, share in enumerate(self.spec.virtiofs):
+            chardev, device = cmdline.share_plug(share, i)
+            await self.qmp.execute("chardev-add", chardev)
+            await self.qmp.execute("device_add", device)
+        self._argv = [*self.argv, *cmdline.shares(self.spec)]
+        self._shares_in = True
+        log.info("virtiofs devices plugged in")
+
+    async def _start_virtiofsd(self) -> None:
+        if not self.spec.virtiofs:
+            return
+        binary = virtiofsd.find()
+        for share in self.spec.virtiofs:
+            daemon = virtiofsd.Virtiofsd(binary, share.path, share.socket, share.log)
+            await daemon.start()
+            self._virtiofsd.append(daemon)
+
+    async def _stop_virtiofsd(self) -> None:
+        daemons, self._virtiofsd = self._virtiofsd, []
+        await asyncio.gather(*(d.stop() for d in daemons))
+
     async def resume(self) -> None:
         """Let a paused VM run again (after a failed save)."""
         await self.qmp.execute("cont")
@@ -331,6 +395,15 @@ class QemuDriver:
 
     async def close(self) -> None:
         await self.qmp.close()
+        await self._stop_virtiofsd()
+
+
+def _without(argv: list[str], part: list[str]) -> list[str]:
+    """``argv`` with the arguments ``part`` taken out where they appear together."""
+    for i in range(len(argv) - len(part) + 1):
+        if argv[i : i + len(part)] == part:
+            return argv[:i] + argv[i + len(part) :]
+    return argv
 
 
 def _implements_driver(d: QemuDriver) -> Driver:

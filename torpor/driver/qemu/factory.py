@@ -20,7 +20,7 @@ from torpor.store import filenames, savedstate
 from torpor.store.cache import cache_root
 
 if TYPE_CHECKING:
-    from torpor.driver.qemu.cmdline import NinePExport
+    from torpor.driver.qemu.cmdline import NinePExport, VirtiofsShare
     from torpor.driver.qemu.driver import QemuDriver
 
 __all__ = ["EarlyLaunch", "QemuFactory", "create_disk", "early_restore", "find_qemu"]
@@ -52,10 +52,13 @@ class QemuFactory:
             forwards=(cmdline.HostForward("127.0.0.1", plan.ssh_port, 22),),
             mount_sockets=_mount_sockets(inst_dir, plan.config),
             ninep=_ninep_exports(plan.config),
+            virtiofs=_virtiofs_shares(inst_dir, plan.config),
         )
         return QemuDriver(qemu, spec, accel)
 
     def restore(self, inst_dir: Path, name: str, saved: savedstate.Saved, early: object | None) -> QemuDriver:
+        from dataclasses import replace
+
         from torpor.driver.qemu.driver import Incoming, Launched, QemuDriver, vm_spec
 
         boot = saved.manifest["boot"]
@@ -66,7 +69,7 @@ class QemuFactory:
         if isinstance(early, EarlyLaunch):
             launched = Launched(early.popen, early.state_fd, early.running, early.position)
         incoming = Incoming(saved.state, saved.mechanism, launched)
-        spec = vm_spec(inst_dir, name, machine, accel, "")
+        spec = replace(vm_spec(inst_dir, name, machine, accel, ""), virtiofs=_virtiofs_shares(inst_dir, boot["config"]))
         return QemuDriver(qemu, spec, accel, argv=saved.manifest["argv"], incoming=incoming)
 
     def restore_problems(self, saved: savedstate.Saved, inst_dir: Path) -> list[str]:
@@ -87,6 +90,17 @@ def _ninep_exports(config: dict[str, Any]) -> tuple[NinePExport, ...]:
         return ()
     return tuple(
         NinePExport(Path(m["location"]), not m["writable"], m["nineP"]["securityModel"]) for m in config["mounts"]
+    )
+
+
+def _virtiofs_shares(inst_dir: Path, config: dict[str, Any]) -> tuple[VirtiofsShare, ...]:
+    from torpor.driver.qemu.cmdline import VirtiofsShare
+
+    if config["mountType"] != "virtiofs":
+        return ()
+    return tuple(
+        VirtiofsShare(Path(m["location"]), inst_dir / filenames.virtiofs_sock(i), inst_dir / filenames.virtiofs_log(i))
+        for i, m in enumerate(config["mounts"])
     )
 
 
