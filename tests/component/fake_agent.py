@@ -18,6 +18,7 @@ from torpor.hostagent.mounts import MountSet
 if TYPE_CHECKING:
     from torpor.config.schema import Config
     from torpor.driver.base import Shares
+    from torpor.hostagent.sockets import SocketForward
     from torpor.store.savedstate import Saved
 
 
@@ -178,6 +179,9 @@ class FakeGuest:
         return ""
 
     def forward_ports(self, rules: list[dict[str, Any]], emit: Callable[..., None]) -> None:
+        pass
+
+    async def forward_sockets(self, forwards: list[SocketForward], emit: Callable[..., None]) -> None:
         pass
 
     def end(self) -> None:

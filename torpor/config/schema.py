@@ -109,6 +109,26 @@ class PortForward(Model):
     hostPort: int | None = Field(None, ge=0, le=65535)
     proto: Literal["tcp"] = "tcp"
     ignore: bool = False
+    # A unix socket in the guest, forwarded to hostSocket on the host (relative: under the instance directory).
+    guestSocket: str | None = None
+    hostSocket: str | None = None
+
+    @field_validator("hostSocket")
+    @classmethod
+    def _expand_host_socket(cls, v: str | None) -> str | None:
+        return expand_host_path(v) if v is not None else None
+
+    @model_validator(mode="after")
+    def _socket_or_ports(self) -> PortForward:
+        if self.guestSocket is None and self.hostSocket is None:
+            return self
+        if self.guestSocket is None or self.hostSocket is None:
+            raise ValueError("guestSocket and hostSocket go together: a socket forward needs both")
+        if not self.guestSocket.startswith("/"):
+            raise ValueError(f"guestSocket {self.guestSocket!r} must be an absolute path in the guest")
+        if self.guestPort is not None or self.guestPortRange is not None or self.hostPort is not None:
+            raise ValueError("a socket forward (guestSocket, hostSocket) has no guestPort, guestPortRange, hostPort")
+        return self
 
 
 def expand_host_path(path: str) -> str:

@@ -99,7 +99,12 @@ def ssh_argv(inst_dir: Path, name: str, options: list[str], command: list[str] |
     return ["ssh", "-F", str(inst_dir / filenames.SSH_CONFIG), *options, host_alias(name), *(command or [])]
 
 
-MASTER_OPTIONS = ("-M", "-N", "-o", "ControlPersist=no", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5")
+MASTER_OPTIONS = (
+    *("-M", "-N", "-o", "ControlPersist=no", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"),
+    # The unix sockets it forwards (hostagent/sockets.py): the user's alone (ssh's default, said so here), in
+    # place of one left behind.
+    *("-o", "StreamLocalBindMask=0177", "-o", "StreamLocalBindUnlink=yes"),
+)
 
 
 def nodelay_options() -> list[str]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from torpor.config import sources
 from torpor.driver.values import BootPlan
 from torpor.errors import ConfigError, DriverError
-from torpor.hostagent import events, mounts
+from torpor.hostagent import events, mounts, sockets
 from torpor.hostagent.state import State, StopDuringBoot
 from torpor.store import atomic, filenames, savedstate
 from torpor.store.instance import read_instance_yaml
@@ -87,6 +87,7 @@ async def _cold_boot(agent: HostAgent, effective: Effective) -> None:
     agent.save_on_stop = config.saveOnStop
     config_json = config.model_dump(mode="json")
     await asyncio.to_thread(mounts.check_locations, config_json)  # before anything starts (a stat each)
+    await asyncio.to_thread(sockets.check, sockets.from_config(agent.dir, config_json))
     image = config.image_for_arch()
     default_guest = image.location == images.DEFAULT_GUEST
     ssh_port, user = await asyncio.to_thread(agent.guest.prepare_boot, config)
@@ -269,6 +270,16 @@ async def _guest_up(
             degraded = await agent.until(agent.guest.cloud_init(), deadline, "finish cloud-init")
     if lost := agent.guest.mounts.lost:
         agent.events.emit(events.NOTICE, "the restore could not keep: " + "; ".join(lost))
+    config = agent.boot_record["config"]
+    if forwards := sockets.from_config(agent.dir, config):
+        if agent.boot_record["defaultGuest"]:
+            agent.events.emit(
+                events.NOTICE,
+                "not forwarding unix sockets: the default guest's SSH server (dropbear) cannot forward them "
+                "(template:debian's OpenSSH does)",
+            )
+        else:
+            await agent.guest.forward_sockets(forwards, agent.events.emit)
     agent.state = State.READY
     agent.boot_seconds = time.monotonic() - t0  # the whole wait, cloud-init's included
     agent.degraded = degraded
@@ -282,4 +293,4 @@ async def _guest_up(
         restored=agent.restored,
         sshPort=agent.boot_record["sshPort"],
     )
-    agent.guest.forward_ports(agent.boot_record["config"]["portForwards"], agent.events.emit)
+    agent.guest.forward_ports(config["portForwards"], agent.events.emit)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from torpor.guest import ssh as guest_ssh
 from torpor.guest.agent import GuestAgent, GuestAgentError
-from torpor.hostagent import ports
+from torpor.hostagent import ports, sockets
 from torpor.hostagent.forwarder import PortForwarder
 from torpor.hostagent.mounts import MountSet, guest_mount_points
 from torpor.hostagent.sshaccess import SSHAccess
@@ -99,6 +99,10 @@ class Guest(Protocol):
         """Keep host port forwards in step with the guest's listening ports under these portForwards rules."""
         ...
 
+    async def forward_sockets(self, forwards: list[sockets.SocketForward], emit: Emit) -> None:
+        """Forward each host socket to its guest socket (before the guest is reported ready)."""
+        ...
+
     def end(self) -> None:
         """Stop forwarding and end SSH at once (a stop goes on meanwhile)."""
         ...
@@ -118,6 +122,7 @@ class GuestLink:
         self._channels: list[asyncio.StreamWriter] = []
         self._ready: asyncio.Future[str] | None = None
         self._mounts = MountSet(self.agent)
+        self._sockets: list[sockets.SocketForward] = []
 
     @property
     def mounts(self) -> MountSet:
@@ -143,7 +148,8 @@ class GuestLink:
 
     @property
     def forwards(self) -> list[str]:
-        return sorted(str(f) for f in self.forwarder.active) if self.forwarder else []
+        tcp = sorted(str(f) for f in self.forwarder.active) if self.forwarder else []
+        return tcp + [str(f) for f in self._sockets]
 
     def prepare_boot(self, config: Config) -> tuple[int, str]:
         from torpor.guest import cidata
@@ -221,8 +227,20 @@ class GuestLink:
         return f"cloud-init finished with status {status or f'unknown (exit code {code})'}:\n{out}"
 
     def forward_ports(self, rules: list[dict[str, Any]], emit: Emit) -> None:
-        self.forwarder = PortForwarder(self.agent, self.ssh, [ports.Rule.from_record(r) for r in rules], emit)
+        port_rules = [ports.Rule.from_record(r) for r in rules if r.get("guestSocket") is None]
+        self.forwarder = PortForwarder(self.agent, self.ssh, port_rules, emit)
         self._spawn(self.forwarder.run())
+
+    async def forward_sockets(self, forwards: list[sockets.SocketForward], emit: Emit) -> None:
+        for fwd in forwards:
+            if (why := await asyncio.to_thread(sockets.problem, fwd)) is None:
+                await asyncio.to_thread(sockets.prepare, fwd)
+                why = await self.ssh.forward(fwd.spec())
+            if why is None:
+                self._sockets.append(fwd)
+                emit("port-forward", f"forwarding {fwd}")
+            else:
+                emit("notice", f"cannot forward {fwd}: {why}")
 
     def end(self) -> None:
         for task in self._tasks:
@@ -231,6 +249,9 @@ class GuestLink:
         # first ran ssh once per forward, on a stop's critical path).
         self.forwarder = None
         self.ssh.end_master()
+        for fwd in self._sockets:  # (the master leaves its sockets behind)
+            sockets.remove(fwd)
+        self._sockets.clear()
 
     async def close(self) -> None:
         self.end()

@@ -87,12 +87,14 @@ def _prepare(inst_dir: Path, root: Path, report: Report, tty: bool, ask: Ask | N
     """Before a cold boot (or a restore whose configuration changed): validate the configuration, ask about its
     changes since the save where someone can answer, make the disk at the first start; return the boot timeout."""
     from torpor.config.layering import load_effective
-    from torpor.hostagent import mounts
+    from torpor.hostagent import mounts, sockets
 
     effective = load_effective(root, read_instance_yaml(inst_dir), str(inst_dir / filenames.INSTANCE_YAML))
     for w in effective.warnings:
         report(f"warning: {w}")
-    mounts.check_locations(effective.config.model_dump(mode="json"))
+    config_json = effective.config.model_dump(mode="json")
+    mounts.check_locations(config_json)
+    sockets.check(sockets.from_config(inst_dir, config_json))
     if ask is not None:
         _ask_about_config_changes(inst_dir, effective, report, ask)
     if not (inst_dir / filenames.DISK).exists():

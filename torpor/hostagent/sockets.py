@@ -1,0 +1,87 @@
+"""Unix socket forwards: Lima's ``portForwards`` entries with ``guestSocket`` and ``hostSocket``, a socket in the
+guest reached through one on the host, over the SSH control master (``ssh -O forward -L HOST:GUEST``) as in Lima.
+
+The host socket is the master's: made 0600 (the master's StreamLocalBindMask) in a directory made 0700, in place
+of a socket left at its path (never of another file), and removed when the instance stops or is saved.  A save
+ends the master, so a client connected through a forward sees its connection closed rather than waiting; the
+restore forwards again before it reports ready.  The guest's SSH server must forward unix sockets (OpenSSH
+does; the default guest's dropbear does not).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torpor.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MAX_PATH = 107  # a unix socket's path: sun_path's 108 bytes, less the terminating NUL
+
+
+@dataclass(frozen=True)
+class SocketForward:
+    guest: str
+    host: Path
+
+    def spec(self) -> str:
+        """The ``-L`` argument of ssh for this forward."""
+        return f"{self.host}:{self.guest}"
+
+    def __str__(self) -> str:
+        return f"{self.host} -> guest {self.guest}"
+
+
+def from_config(inst_dir: Path, config: dict[str, Any]) -> list[SocketForward]:
+    """The socket forwards of a configuration's JSON; a relative ``hostSocket`` is under the instance directory."""
+    return [
+        SocketForward(r["guestSocket"], inst_dir / r["hostSocket"])  # (an absolute hostSocket stays as it is)
+        for r in config["portForwards"]
+        if r.get("guestSocket") is not None and not r["ignore"]
+    ]
+
+
+def problem(fwd: SocketForward) -> str | None:
+    """Why ``fwd``'s host socket cannot be made, or None."""
+    size = len(os.fsencode(fwd.host))
+    if size > MAX_PATH:
+        return (
+            f"hostSocket {fwd.host} is {size} bytes long, more than a unix socket's path can hold ({MAX_PATH}); "
+            "use a shorter path (a relative one is under the instance directory)"
+        )
+    if ":" in str(fwd.host):
+        return f"hostSocket {fwd.host} has a ':' in it, which ssh's -L cannot take; use another path"
+    try:
+        mode = fwd.host.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISSOCK(mode):
+        return f"hostSocket {fwd.host} exists and is not a socket; move it away or choose another path"
+    return None
+
+
+def check(forwards: list[SocketForward]) -> None:
+    """Before anything starts: every host socket can be made."""
+    problems = [f"portForwards: {p}" for fwd in forwards if (p := problem(fwd)) is not None]
+    if problems:
+        raise ConfigError("a socket forward cannot be set up", problems, hint="fix the portForwards listed above")
+
+
+def prepare(fwd: SocketForward) -> None:
+    """Make the host socket's directory (0700) and remove a socket left at its path."""
+    fwd.host.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    remove(fwd)
+
+
+def remove(fwd: SocketForward) -> None:
+    """Remove the host socket (a socket only: another file that took its place is the user's)."""
+    try:
+        if stat.S_ISSOCK(fwd.host.lstat().st_mode):
+            fwd.host.unlink()
+    except FileNotFoundError:
+        pass
