@@ -178,6 +178,9 @@ class FakeGuest:
     async def cloud_init(self) -> str:
         return ""
 
+    async def service_ready(self, command: str) -> str:
+        return ""
+
     def forward_ports(self, rules: list[dict[str, Any]], emit: Callable[..., None]) -> None:
         pass
 

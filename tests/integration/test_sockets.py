@@ -1,5 +1,5 @@
 """Unix socket forwards that cannot be set up: refused by `start` before anything starts, the user's files kept.
-(The forward itself, across a save and a restore, is in test_debian.py: it needs the guest's OpenSSH.)"""
+(The forward itself, across a save and a restore, is in test_docker.py: it needs the guest's OpenSSH.)"""
 
 from __future__ import annotations
 

@@ -144,3 +144,22 @@ def test_apt_state_follows_the_package_lists(monkeypatch: pytest.MonkeyPatch, tm
     assert debs.apt_state() == before
     (lists / "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages").write_text("Package: a\nVersion: 2\n")
     assert debs.apt_state() != before  # an `apt-get update` that changed a list
+
+
+def test_the_docker_guest_is_the_debian_recipe_with_docker_and_waits_for_dockerd() -> None:
+    import yaml
+
+    from torpor.config.layering import load_template_text
+    from torpor.config.schema import Config
+    from torpor.guest import cidata, debian, images
+
+    assert debian.DOCKER.packages[: len(debian.PACKAGES)] == debian.PACKAGES
+    assert "docker.io" in debian.DOCKER.packages and "docker.io" not in debian.DEBIAN.packages
+    assert debian.recipe_key(debian.DOCKER) != debian.recipe_key(debian.DEBIAN)
+    docker = Config.model_validate(yaml.safe_load(load_template_text("template:docker")[0])).model_dump(mode="json")
+    debian_cfg = Config.model_validate(yaml.safe_load(load_template_text("template:debian")[0])).model_dump(mode="json")
+    assert "docker info" in (images.ready_command(docker) or "")
+    assert images.ready_command(debian_cfg) is None
+    user = cidata.GuestUser("u", 1000, images.USER_GROUPS["build:docker"])
+    seed = cidata.files("d", "iid", user, ["ssh-ed25519 AAAA k"], provision=[], mounts=[])
+    assert b"groups:\n  - docker" in seed["user-data"] or b"groups: [docker]" in seed["user-data"]

@@ -11,17 +11,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument(
         "guest",
         nargs="?",
-        choices=["default", "debian"],
+        choices=["default", "debian", "docker"],
         default="default",
-        help="default: torpor's small guest (seconds); debian: Debian 12 with systemd and cloud-init (minutes)",
+        help="default: torpor's small guest (seconds); debian: Debian 12 with systemd and cloud-init (minutes); "
+        "docker: debian with Docker",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.guest == "debian":
+    if args.guest in ("debian", "docker"):
         from torpor.guest import debian
 
-        print(debian.build(report=report).disk.parent)
+        recipe = debian.DOCKER if args.guest == "docker" else debian.DEBIAN
+        print(debian.build(report=report, recipe=recipe).disk.parent)
         return 0
     from torpor.guest import builder
 

@@ -27,6 +27,7 @@ from torpor.store import atomic, filenames
 class GuestUser:
     name: str
     uid: int
+    groups: tuple[str, ...] = ()  # beyond the distribution's defaults (template:docker's: docker)
 
     @classmethod
     def from_host(cls) -> GuestUser:
@@ -147,6 +148,7 @@ def files(
         "sudo": "ALL=(ALL) NOPASSWD:ALL",
         "lock_passwd": True,
         "ssh_authorized_keys": [k.strip() for k in pubkeys],
+        **({"groups": list(user.groups)} if user.groups else {}),
     }
     user_data: dict[str, object] = {"hostname": hostname, "users": [cloud_user]}
     # cloud-init runs "runcmd" once per instance: the system and user scripts map onto it; boot scripts

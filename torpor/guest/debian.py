@@ -1,4 +1,5 @@
-"""template:debian: a normal Debian 12 system (systemd, OpenSSH, cloud-init, qemu-guest-agent) built offline.
+"""template:debian: a normal Debian 12 system (systemd, OpenSSH, cloud-init, qemu-guest-agent) built offline;
+template:docker: the same with Debian's Docker (docker.io, containerd) and dockerd started at boot.
 
 ``mmdebstrap`` installs the packages from the distribution's mirror (the package registry is all the network
 torpor needs) and, in a customize hook that runs where the tree's ownership is right (as root, or inside
@@ -48,6 +49,9 @@ PACKAGES = (
     "procps",
     "less",
 )
+# template:docker's: Debian's Docker engine and CLI (with containerd, runc and iptables), and a static busybox,
+# the root filesystem of the small images the tests and the bench make with `docker import` (no registry here).
+DOCKER_PACKAGES = ("docker.io", "apparmor", "busybox-static")  # (dockerd loads its AppArmor profile)
 FS_SIZE = "3G"  # the image's filesystem; cloud-init grows it to the instance's disk at the first boot
 CMDLINE = "console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1"
 
@@ -81,8 +85,18 @@ class DiskImage:
     initrd: Path
 
 
-def recipe_key() -> str:
-    inputs = {"suite": SUITE, "mirror": MIRROR, "packages": PACKAGES, "fs": FS_SIZE, "configure": CONFIGURE}
+@dataclass(frozen=True)
+class Recipe:
+    name: str  # the cache's directory: guests/NAME/KEY
+    packages: tuple[str, ...]
+
+
+DEBIAN = Recipe("debian", PACKAGES)
+DOCKER = Recipe("docker", PACKAGES + DOCKER_PACKAGES)
+
+
+def recipe_key(recipe: Recipe = DEBIAN) -> str:
+    inputs = {"suite": SUITE, "mirror": MIRROR, "packages": recipe.packages, "fs": FS_SIZE, "configure": CONFIGURE}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -90,17 +104,17 @@ def _load(d: Path) -> DiskImage:
     return DiskImage(d / "disk.qcow2", d / "vmlinuz", d / "initrd.img")
 
 
-def build(cache: Path | None = None, report: Callable[[str], None] = log.info) -> DiskImage:
-    """Build the Debian image into the cache unless this recipe is built already."""
+def build(cache: Path | None = None, report: Callable[[str], None] = log.info, recipe: Recipe = DEBIAN) -> DiskImage:
+    """Build the image of ``recipe`` into the cache unless it is built already."""
     cache = cache or cache_root()
-    out = cache / "guests" / "debian" / recipe_key()
+    out = cache / "guests" / recipe.name / recipe_key(recipe)
     if (out / "manifest.json").exists():
         return _load(out)
     if shutil.which("mmdebstrap") is None:
         raise ImageError(
             "building template:debian needs mmdebstrap", hint="install it: `sudo apt-get install mmdebstrap`"
         )
-    report(f"building the Debian {SUITE} image with mmdebstrap (a few minutes, once)")
+    report(f"building the {recipe.name} image (Debian {SUITE}) with mmdebstrap (a few minutes, once)")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
         stage = Path(tmp) / "out"
@@ -121,7 +135,7 @@ def build(cache: Path | None = None, report: Callable[[str], None] = log.info) -
             "--mode=auto",
             "--format=null",
             "--variant=apt",
-            f"--include={','.join(PACKAGES)}",
+            f"--include={','.join(recipe.packages)}",
             *(f"--customize-hook={h}" for h in hooks),
             SUITE,
             "/dev/null",
@@ -133,10 +147,10 @@ def build(cache: Path | None = None, report: Callable[[str], None] = log.info) -
             raise ImageError(f"mmdebstrap failed: {e}") from None
         subp.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, stage / "disk.qcow2"])
         raw.unlink()
-        manifest = {"suite": SUITE, "packages": PACKAGES, "key": recipe_key(), "cmdline": CMDLINE}
+        manifest = {"suite": SUITE, "packages": recipe.packages, "key": recipe_key(recipe), "cmdline": CMDLINE}
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
         stage.rename(out)
-    report(f"built the Debian image in {out}")
+    report(f"built the {recipe.name} image in {out}")
     return _load(out)

@@ -11,7 +11,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torpor.config.schema import Config, Image
@@ -23,13 +23,25 @@ from torpor.store import filenames
 BUILD_SCHEME = "build:"
 DEFAULT_GUEST = "build:default"  # torpor's own small guest, which reports ready and provisioning itself
 DEBIAN_GUEST = "build:debian"
+DOCKER_GUEST = "build:docker"  # template:debian's image with Docker
+RECIPES = {DEBIAN_GUEST: debian.DEBIAN, DOCKER_GUEST: debian.DOCKER}
+# What a built guest's user belongs to beyond the defaults, and the command (run as that user) whose success
+# means the guest is ready: cloud-init done is not enough where a service is what the guest is for.
+USER_GROUPS = {DOCKER_GUEST: ("docker",)}
+READY_COMMAND = {DOCKER_GUEST: "until docker info >/dev/null 2>&1; do sleep 0.2; done"}
 DEFAULT_CMDLINE = "console=ttyS0 quiet panic=-1"
+
+
+def ready_command(config: dict[str, Any]) -> str | None:
+    """The command that waits for the service of the built guest a configuration's JSON boots, if it has one."""
+    location = next((i["location"] for i in config["images"] if i["arch"] == config["arch"]), None)
+    return READY_COMMAND.get(location or "")
 
 
 def kernel_cmdline(image: Image) -> str:
     if image.location == DEFAULT_GUEST:
         return DEFAULT_CMDLINE
-    if image.location == DEBIAN_GUEST:
+    if image.location in RECIPES:
         return debian.CMDLINE
     return image.kernel.cmdline if image.kernel else ""
 
@@ -44,8 +56,8 @@ def prepare(
         _link_or_copy(pvh.boot_kernel(built.kernel), inst_dir / filenames.KERNEL)
         _link_or_copy(built.initrd, inst_dir / filenames.INITRD)
         return None
-    if image.location == DEBIAN_GUEST:
-        deb = debian.build(cache, report)
+    if image.location in RECIPES:
+        deb = debian.build(cache, report, RECIPES[image.location])
         _link_or_copy(pvh.boot_kernel(deb.kernel), inst_dir / filenames.KERNEL)
         _link_or_copy(deb.initrd, inst_dir / filenames.INITRD)
         base = inst_dir / filenames.BASE_DISK
@@ -53,7 +65,8 @@ def prepare(
         return base
     if image.location and image.location.startswith(BUILD_SCHEME):
         raise ImageError(
-            f"unknown built guest {image.location!r}", hint=f"torpor builds {DEFAULT_GUEST} and {DEBIAN_GUEST}"
+            f"unknown built guest {image.location!r}",
+            hint=f"torpor builds {DEFAULT_GUEST}, {DEBIAN_GUEST} and {DOCKER_GUEST}",
         )
     if image.kernel is not None:
         _copy(_get(image.kernel.location, image.kernel.digest, cache, show_progress), inst_dir / filenames.KERNEL)

@@ -267,7 +267,11 @@ async def _guest_up(
         if agent.boot_record["defaultGuest"]:
             degraded = await agent.guest.provisioning(agent.reported.get("provision", "none"))
         else:
+            from torpor.guest import images  # (a cold boot's: imported already)
+
             degraded = await agent.until(agent.guest.cloud_init(), deadline, "finish cloud-init")
+            if not degraded and (command := images.ready_command(agent.boot_record["config"])):
+                degraded = await agent.until(agent.guest.service_ready(command), deadline, "start its service")
     if lost := agent.guest.mounts.lost:
         agent.events.emit(events.NOTICE, "the restore could not keep: " + "; ".join(lost))
     config = agent.boot_record["config"]

@@ -14,6 +14,7 @@ import shlex
 import socket
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -95,6 +96,10 @@ class Guest(Protocol):
         """In a cloud-init guest, wait until cloud-init has finished; return what failed, or ""."""
         ...
 
+    async def service_ready(self, command: str) -> str:
+        """Run ``command`` (the image's wait for its service) as the user; return what failed, or ""."""
+        ...
+
     def forward_ports(self, rules: list[dict[str, Any]], emit: Emit) -> None:
         """Keep host port forwards in step with the guest's listening ports under these portForwards rules."""
         ...
@@ -155,7 +160,10 @@ class GuestLink:
         from torpor.guest import cidata
 
         key, pubkey = guest_ssh.ensure_keypair(self.home)
+        from torpor.guest import images
+
         user = cidata.GuestUser.from_host()
+        user = replace(user, groups=images.USER_GROUPS.get(config.image_for_arch().location or "", ()))
         keys = [pubkey, *(guest_ssh.user_public_keys() if config.ssh.loadDotSSHPubKeys else [])]
         cidata.write(
             self.dir,
@@ -214,6 +222,10 @@ class GuestLink:
         tail = "\n".join(text.rstrip().splitlines()[-10:])
         return f"{script} exited with code {code}:\n{tail}"
 
+    async def service_ready(self, command: str) -> str:
+        code, out = await self.ssh.run(["sh", "-c", shlex.quote(command)], timeout=CLOUD_INIT_TIMEOUT)
+        return "" if code == 0 else f"`{command}` failed (exit code {code}): {out}"
+
     async def cloud_init(self) -> str:
         script = (
             "command -v cloud-init >/dev/null || { echo status: none; exit 0; }; "
@@ -238,7 +250,8 @@ class GuestLink:
                 why = await self.ssh.forward(fwd.spec())
             if why is None:
                 self._sockets.append(fwd)
-                emit("port-forward", f"forwarding {fwd}")
+                docker = f"; for docker on the host: export DOCKER_HOST=unix://{fwd.host}" if fwd.is_docker else ""
+                emit("port-forward", f"forwarding {fwd}{docker}")
             else:
                 emit("notice", f"cannot forward {fwd}: {why}")
 

@@ -36,6 +36,14 @@ class SocketForward:
     def __str__(self) -> str:
         return f"{self.host} -> guest {self.guest}"
 
+    @property
+    def is_docker(self) -> bool:
+        """Whether it is the guest's Docker engine (whose clients on the host need DOCKER_HOST)."""
+        return self.guest in DOCKER_SOCKETS
+
+
+DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+
 
 def from_config(inst_dir: Path, config: dict[str, Any]) -> list[SocketForward]:
     """The socket forwards of a configuration's JSON; a relative ``hostSocket`` is under the instance directory."""

@@ -106,10 +106,13 @@ def _create_if_missing(name: str, root: Path, report: Report) -> None:
     try:
         inspect(name, root)
     except InstanceNotFound:
+        from torpor.config.layering import template_names
         from torpor.instance.create import DEFAULT_TEMPLATE, create
 
-        report(f"creating instance {name!r} from {DEFAULT_TEMPLATE}")
-        _, warnings = create(DEFAULT_TEMPLATE, name, root)
+        # `start docker` makes "docker" from template:docker; a name no template has, from the default one.
+        template = f"template:{name}" if name in template_names() else DEFAULT_TEMPLATE
+        report(f"creating instance {name!r} from {template}")
+        _, warnings = create(template, name, root)
         for w in warnings:
             report(f"warning: {w}")
 
