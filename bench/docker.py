@@ -7,11 +7,12 @@ One instance of template:docker (2 GiB, 2 CPUs).  Before the rounds it boots onc
 with `docker import` (no registry here): a web server on a published port, a container appending fsynced lines
 to a volume, both `--restart always`, so that a cold boot starts them again as dockerd comes up.  Each round:
 
-- `torpor stop` and a cold `torpor start` (until `docker info` answers in the guest), then a `docker exec`
-  counter in the web container;
+- a cold `torpor start` (until `docker info` answers in the guest), then a `docker exec` counter in the web
+  container;
 - `torpor stop --save`, the raw QEMU save and load of a copy of the same state (bench/rawqemu.py);
 - `torpor start` (the restore, until ready: the forwarded docker.sock is up by then), and at once, from the host,
-  `GET /containers/json` through the forwarded socket (what `docker ps` sends), timed from `start`'s return.
+  `GET /containers/json` through the forwarded socket (what `docker ps` sends), timed from `start`'s return;
+  then `torpor stop`.
 
 Times are wall-clock times of the CLI commands; medians of the rounds.
 """
@@ -91,8 +92,8 @@ def main() -> None:
     try:
         torpor(env, "start", NAME)  # made from template:docker; the first boot installs the guest
         torpor(env, "shell", "--workdir", "/", NAME, "sh", "-c", f"{IMAGE} && {CONTAINERS}")
+        torpor(env, "stop", NAME)
         for r in range(args.rounds):
-            torpor(env, "stop", NAME)
             cold, _, _ = torpor(env, "start", NAME)
             torpor(env, "shell", "--workdir", "/", NAME, "sh", "-c", COUNTER)
             if docker_ps(sock) != 2:
