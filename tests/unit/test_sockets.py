@@ -73,3 +73,28 @@ def test_a_socket_left_behind_is_replaced_and_removed_with_the_forward(tmp_path:
         s.bind(str(fwd.host))
     sockets.remove(fwd)
     assert not fwd.host.exists()
+
+
+def test_start_waits_until_docker_answers_through_the_forward(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    fwd = sockets.SocketForward("/var/run/docker.sock", tmp_path / "docker.sock")
+    answers = [b"HTTP/1.0 503 Service Unavailable\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nOK"]
+    asked: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.append(await reader.readline())
+        writer.write(answers.pop(0) if answers else b"HTTP/1.0 200 OK\r\n\r\nOK")
+        await writer.drain()
+        writer.close()
+
+    async def run() -> tuple[str | None, str | None]:
+        server = await asyncio.start_unix_server(serve, str(fwd.host))
+        async with server:
+            answered = await sockets.docker_answers(fwd)
+        monkeypatch.setattr(sockets, "DOCKER_TIMEOUT", 0.3)
+        return answered, await sockets.docker_answers(fwd)  # nothing listens any more
+
+    answered, gone = asyncio.run(run())
+    assert answered is None and asked == [b"GET /_ping HTTP/1.0\r\n"] * 2
+    assert gone is not None and "did not answer" in gone

@@ -252,6 +252,8 @@ class GuestLink:
                 self._sockets.append(fwd)
                 docker = f"; for docker on the host: export DOCKER_HOST=unix://{fwd.host}" if fwd.is_docker else ""
                 emit("port-forward", f"forwarding {fwd}{docker}")
+                if fwd.is_docker and (late := await sockets.docker_answers(fwd)) is not None:
+                    emit("notice", late)
             else:
                 emit("notice", f"cannot forward {fwd}: {why}")
 

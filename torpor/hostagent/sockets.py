@@ -10,6 +10,7 @@ does; the default guest's dropbear does not).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import stat
@@ -71,6 +72,33 @@ def problem(fwd: SocketForward) -> str | None:
     if not stat.S_ISSOCK(mode):
         return f"hostSocket {fwd.host} exists and is not a socket; move it away or choose another path"
     return None
+
+
+DOCKER_TIMEOUT = 30.0
+
+
+async def docker_answers(fwd: SocketForward) -> str | None:
+    """Ask Docker's API on the forward's host socket for ``/_ping`` until it answers 200 (None), or say why not
+    after DOCKER_TIMEOUT: what `start` waits for, so that `docker ps` works the moment it returns (the first
+    request through a new forward, into a guest just restored, is the slow one)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DOCKER_TIMEOUT
+    why = ""
+    while loop.time() < deadline:
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(fwd.host))
+            try:
+                writer.write(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+                status = await asyncio.wait_for(reader.readline(), deadline - loop.time())
+            finally:
+                writer.close()
+            if status.split(b" ")[1:2] == [b"200"]:
+                return None
+            why = f"it answered {status.decode(errors='replace').strip()!r}"
+        except (OSError, TimeoutError) as e:
+            why = str(e) or type(e).__name__
+        await asyncio.sleep(0.05)
+    return f"Docker did not answer on {fwd.host} within {DOCKER_TIMEOUT:.0f} s ({why})"
 
 
 def check(forwards: list[SocketForward]) -> None:
