@@ -156,10 +156,10 @@ def test_the_docker_guest_is_the_debian_recipe_with_docker_and_waits_for_dockerd
     assert debian.DOCKER.packages[: len(debian.PACKAGES)] == debian.PACKAGES
     assert "docker.io" in debian.DOCKER.packages and "docker.io" not in debian.DEBIAN.packages
     assert debian.recipe_key(debian.DOCKER) != debian.recipe_key(debian.DEBIAN)
-    docker = Config.model_validate(yaml.safe_load(load_template_text("template:docker")[0])).model_dump(mode="json")
-    debian_cfg = Config.model_validate(yaml.safe_load(load_template_text("template:debian")[0])).model_dump(mode="json")
-    assert "docker info" in (images.ready_command(docker) or "")
-    assert images.ready_command(debian_cfg) is None
+    docker = Config.model_validate(yaml.safe_load(load_template_text("template:docker")[0])).image_for_arch()
+    debian_image = Config.model_validate(yaml.safe_load(load_template_text("template:debian")[0])).image_for_arch()
+    assert "docker info" in images.READY_COMMAND.get(docker.location or "", "")
+    assert images.READY_COMMAND.get(debian_image.location or "") is None
     user = cidata.GuestUser("u", 1000, images.USER_GROUPS["build:docker"])
     seed = cidata.files("d", "iid", user, ["ssh-ed25519 AAAA k"], provision=[], mounts=[])
     assert b"groups:\n  - docker" in seed["user-data"] or b"groups: [docker]" in seed["user-data"]

@@ -11,7 +11,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from torpor.config.schema import Config, Image
@@ -30,12 +30,6 @@ RECIPES = {DEBIAN_GUEST: debian.DEBIAN, DOCKER_GUEST: debian.DOCKER}
 USER_GROUPS = {DOCKER_GUEST: ("docker",)}
 READY_COMMAND = {DOCKER_GUEST: "until docker info >/dev/null 2>&1; do sleep 0.2; done"}
 DEFAULT_CMDLINE = "console=ttyS0 quiet panic=-1"
-
-
-def ready_command(config: dict[str, Any]) -> str | None:
-    """The command that waits for the service of the built guest a configuration's JSON boots, if it has one."""
-    location = next((i["location"] for i in config["images"] if i["arch"] == config["arch"]), None)
-    return READY_COMMAND.get(location or "")
 
 
 def kernel_cmdline(image: Image) -> str:

@@ -121,7 +121,7 @@ async def _cold_boot(agent: HostAgent, effective: Effective) -> None:
     deadline = t0 + config.bootTimeout
     if default_guest:
         agent.reported = await agent.until(agent.guest.ready_report(), deadline, "report ready")
-    await _guest_up(agent, t0, deadline, "ready")
+    await _guest_up(agent, t0, deadline, "ready", service=images.READY_COMMAND.get(image.location or ""))
 
 
 def _what(agent: HostAgent) -> str:
@@ -148,8 +148,8 @@ async def _restore(agent: HostAgent, saved: savedstate.Saved, early: EarlyRestor
         await agent.guest.connect_channels(False)
         channels = early.launch.channels if early is not None else ()
         config = boot["config"]
-        mounts = config["mounts"]
-        await agent.guest.attach_mounts(mounts, config["mountType"], saved.manifest["mounts"], channels, driver)
+        kept = saved.manifest["mounts"]
+        await agent.guest.attach_mounts(config["mounts"], config["mountType"], kept, channels, driver)
 
     try:
         await driver.restore(
@@ -253,9 +253,10 @@ async def _guest_up(
     *,
     before_ready: Awaitable[None] | None = None,
     ssh_master: subprocess.Popen[bytes] | None = None,
+    service: str | None = None,
 ) -> None:
-    """Wait for SSH (through ``ssh_master`` if one was started) and ``before_ready``, check provisioning,
-    report ready and start the port forwards."""
+    """Wait for SSH (through ``ssh_master`` if one was started) and ``before_ready``, check provisioning (and
+    at a cold boot, the image's ``service`` command), report ready and start the port forwards."""
     assert agent.boot_record is not None
     await agent.until(agent.guest.ssh_up(ssh_master), deadline, "answer on SSH")
     log.info("the guest answers on SSH")
@@ -267,11 +268,9 @@ async def _guest_up(
         if agent.boot_record["defaultGuest"]:
             degraded = await agent.guest.provisioning(agent.reported.get("provision", "none"))
         else:
-            from torpor.guest import images  # (a cold boot's: imported already)
-
             degraded = await agent.until(agent.guest.cloud_init(), deadline, "finish cloud-init")
-            if not degraded and (command := images.ready_command(agent.boot_record["config"])):
-                degraded = await agent.until(agent.guest.service_ready(command), deadline, "start its service")
+            if not degraded and service is not None:
+                degraded = await agent.until(agent.guest.service_ready(service), deadline, "start its service")
     if lost := agent.guest.mounts.lost:
         agent.events.emit(events.NOTICE, "the restore could not keep: " + "; ".join(lost))
     config = agent.boot_record["config"]

@@ -157,13 +157,11 @@ class GuestLink:
         return tcp + [str(f) for f in self._sockets]
 
     def prepare_boot(self, config: Config) -> tuple[int, str]:
-        from torpor.guest import cidata
+        from torpor.guest import cidata, images
 
         key, pubkey = guest_ssh.ensure_keypair(self.home)
-        from torpor.guest import images
-
-        user = cidata.GuestUser.from_host()
-        user = replace(user, groups=images.USER_GROUPS.get(config.image_for_arch().location or "", ()))
+        groups = images.USER_GROUPS.get(config.image_for_arch().location or "", ())
+        user = replace(cidata.GuestUser.from_host(), groups=groups)
         keys = [pubkey, *(guest_ssh.user_public_keys() if config.ssh.loadDotSSHPubKeys else [])]
         cidata.write(
             self.dir,

@@ -554,14 +554,7 @@ class MountSet:
         it is an error (a snapshot, after which the VM goes on: nothing is stopped, the mounts are mounted again)."""
         if self.mount_type in REMOUNTED:
             if self.config:
-                self._stopped = await self._release(stop_processes)
-                if self.shares is not None:
-                    try:
-                        await self.shares.detach_shares()
-                    except TorporError as e:
-                        log.warning("taking the %s devices out for the save failed: %s", self.mount_type, e)
-                        await self.mount_again()
-                        raise
+                await self._unmount(stop_processes)
             return
         await self.ready()
         await asyncio.gather(*(r.hold() for r in self.relays))
@@ -591,6 +584,17 @@ class MountSet:
         code, out = await self.agent.run(["/bin/sh", "-c", GUEST_SCRIPT, "mounts"], timeout=60)
         if code != 0:
             self._lost.append(f"the {self.mount_type} mounts (mounting them again failed: {out.strip()})")
+
+    async def _unmount(self, stop_processes: bool) -> None:
+        self._stopped = await self._release(stop_processes)
+        if self.shares is None:
+            return
+        try:
+            await self.shares.detach_shares()
+        except TorporError as e:
+            log.warning("taking the %s devices out for the save failed: %s", self.mount_type, e)
+            await self.mount_again()
+            raise
 
     async def _release(self, stop_processes: bool) -> dict[str, list[str]]:
         assert self.agent is not None

@@ -192,7 +192,7 @@ def share_plug(share: VirtiofsShare, index: int) -> tuple[dict[str, object], dic
     """QMP's chardev-add and device_add arguments for virtiofs share ``index`` (the device's as key=value pairs
     in the order the command line writes them)."""
     chardev: dict[str, object] = {
-        "id": f"vfs{index}",
+        "id": share_chardev(index),
         "backend": {
             "type": "socket",
             "data": {"addr": {"type": "unix", "data": {"path": str(share.socket)}}, "server": False},
@@ -201,7 +201,7 @@ def share_plug(share: VirtiofsShare, index: int) -> tuple[dict[str, object], dic
     device = {
         "driver": "vhost-user-fs-pci",
         "id": share_device(index),
-        "chardev": f"vfs{index}",
+        "chardev": share_chardev(index),
         "tag": f"torpor-vfs.{index}",
         "bus": f"{VIRTIOFS_PORT}{index}",
     }
@@ -210,6 +210,10 @@ def share_plug(share: VirtiofsShare, index: int) -> tuple[dict[str, object], dic
 
 def share_device(index: int) -> str:
     return f"vfsdev{index}"
+
+
+def share_chardev(index: int) -> str:
+    return f"vfs{index}"
 
 
 def console(spec: VMSpec) -> list[str]:

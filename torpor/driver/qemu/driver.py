@@ -93,7 +93,6 @@ class QemuDriver:
         self._proc: process.QemuProcess | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._stderr_task: asyncio.Task[None] | None = None
-        self._shares_in = argv is None  # a restore's command line has no virtiofs devices: they are plugged after
         self._virtiofsd: list[virtiofsd.Virtiofsd] = []
 
     # -- host agent side ------------------------------------------------------------------------------------
@@ -237,12 +236,18 @@ class QemuDriver:
         """Where the multifd mechanism's relay and QEMU meet: beside QMP's socket, in the instance directory."""
         return self.spec.qmp_socket.parent / filenames.MIGRATION_SOCK
 
+    @property
+    def _shares_in(self) -> bool:
+        """Whether the virtiofs devices are plugged in: whether the command line has them (a restore's has not:
+        they are plugged after)."""
+        shares = cmdline.shares(self.spec)
+        return bool(shares) and _without(self.argv, shares) != self.argv
+
     async def detach_shares(self) -> None:
         """Unplug the virtiofs devices, which the guest has unmounted: QEMU cannot save a vhost-user-fs device
         (its daemon keeps the file system's state), so a save's state and command line are without them."""
-        if not self.spec.virtiofs or not self._shares_in:
+        if not self._shares_in:
             return
-        argv = self.argv
         count = len(self.spec.virtiofs)
         devices = {cmdline.share_device(i) for i in range(count)}
         for dev in sorted(devices):
@@ -253,21 +258,24 @@ class QemuDriver:
             if loop.time() > deadline:
                 raise DriverError(f"the guest did not let the virtiofs device{'s' * (len(left) > 1)} go")
             await asyncio.sleep(0.01)
-        self._argv = _without(argv, cmdline.shares(self.spec))
-        self._shares_in = False
+        self._argv = _without(self.argv, cmdline.shares(self.spec))
         for i in range(count):
-            # A device plugged in after a restore holds its chardev a little longer than it takes to go.
-            chardev = cmdline.share_plug(self.spec.virtiofs[i], i)[0]["id"]
-            while True:
-                try:
-                    await self.qmp.execute("chardev-remove", {"id": chardev})
-                    break
-                except QMPCommandError:
-                    if loop.time() > deadline:
-                        raise
-                    await asyncio.sleep(0.01)
+            await self._remove_chardev(cmdline.share_chardev(i), deadline)
         await self._stop_virtiofsd()
         log.info("virtiofs devices unplugged")
+
+    async def _remove_chardev(self, chardev: str, deadline: float) -> None:
+        """Remove ``chardev``, retrying until ``deadline``: a device plugged in after a restore holds its chardev
+        a little longer than it takes to go."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self.qmp.execute("chardev-remove", {"id": chardev})
+                return
+            except QMPCommandError:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.01)
 
     async def attach_shares(self) -> None:
         """Plug the virtiofs devices in again (after a restore, a snapshot or a failed save), each with a new
@@ -280,7 +288,6 @@ class QemuDriver:
             await self.qmp.execute("chardev-add", chardev)
             await self.qmp.execute("device_add", device)
         self._argv = [*self.argv, *cmdline.shares(self.spec)]
-        self._shares_in = True
         log.info("virtiofs devices plugged in")
 
     async def _start_virtiofsd(self) -> None:
