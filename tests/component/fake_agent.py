@@ -178,6 +178,12 @@ class FakeGuest:
     async def cloud_init(self) -> str:
         return ""
 
+    async def probes(self, probes: list[dict[str, Any]], param: dict[str, str]) -> str:
+        return ""
+
+    async def copy_to_host(self, entries: list[dict[str, Any]], emit: Any) -> None:
+        return None
+
     async def service_ready(self, command: str) -> str:
         return ""
 

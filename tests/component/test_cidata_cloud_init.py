@@ -52,11 +52,18 @@ def test_cloud_init_reads_the_seed(tmp_path: Path) -> None:
         "from cloudinit import util\n"
         "md, ud, vd, *_ = util.read_seeded(base='file://' + sys.argv[1] + '/')\n"
         "cfg = util.load_yaml(ud)\n"
-        "print(json.dumps({'md': md, 'users': cfg['users'], 'runcmd': cfg.get('runcmd')}))\n"
+        "print(json.dumps({'md': md, 'users': cfg['users'], 'runcmd': cfg.get('runcmd'), 'bootcmd': cfg['bootcmd']}))\n"
     )
     out = subprocess.run([CLOUD_INIT_PYTHON, "-c", code, str(seed)], capture_output=True, text=True, check=True)
     seen = json.loads(out.stdout)
     assert seen["md"] == {"instance-id": "torpor-1234", "local-hostname": "torpor-web"}
     (u,) = seen["users"]
     assert u["name"] == "dev" and u["ssh_authorized_keys"] == [key] and u["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
-    assert seen["runcmd"] == [["/bin/sh", "-c", "echo sys"], ["su", "-", "dev", "-c", "echo user"]]
+    # system and user entries are run by torpor's provision script from a per-boot script (every boot, as Lima)
+    assert seen["runcmd"] is None
+    assert seen["bootcmd"][0][-1] == cidata.CLOUD_SCRIPT
+    assert (seed / "torpor/provision/3-00-system").read_text() == "echo sys"
+    assert (seed / "torpor/provision/4-01-user").read_text() == "echo user"
+    assert (seed / "torpor/lib/provision").read_bytes() == (
+        Path(cidata.__file__).parent / "rootfs/provision"
+    ).read_bytes()

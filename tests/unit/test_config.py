@@ -63,13 +63,13 @@ def test_null_in_higher_layer_keeps_lower_value() -> None:
 
 
 def test_validation_reports_every_problem_with_its_path(tmp_path: Path) -> None:
-    text = "cpus: 0\nmemory: lots\nnetworks: []\nimages: [{arch: x86_64}]\nssh: {localPort: 70000}\n"
+    text = "cpus: 0\nmemory: lots\nnetwroks: []\nimages: [{arch: x86_64}]\nssh: {localPort: 70000}\n"
     with pytest.raises(ConfigError) as exc:
         load_effective(tmp_path, text, "bad.yaml")
     problems = exc.value.problems
     assert any(p.startswith("cpus:") for p in problems)
     assert any(p.startswith("memory:") and "not a size" in p for p in problems)
-    assert any(p.startswith("networks:") and "unknown field" in p for p in problems)
+    assert any(p.startswith("netwroks:") and "did you mean 'networks'" in p for p in problems)
     assert any(p.startswith("images[0]:") for p in problems)
     assert any(p.startswith("ssh.localPort:") for p in problems)
     assert len(problems) == 5

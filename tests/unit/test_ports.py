@@ -50,3 +50,19 @@ def test_catch_all_ignore_forwards_nothing() -> None:
 
 def test_forward_spec_for_ssh() -> None:
     assert Forward("127.0.0.1", 18080, 8080).spec() == "127.0.0.1:18080:127.0.0.1:8080"
+
+
+def test_host_port_range_and_wildcard_only_rules() -> None:
+    from torpor.hostagent.ports import listeners
+
+    tcp = (
+        "  sl  local_address rem_address   st\n"
+        "   0: 0100007F:1F90 00000000:0000 0A\n"  # 127.0.0.1:8080
+        "   1: 00000000:1F91 00000000:0000 0A\n"  # 0.0.0.0:8081
+    )
+    found = listeners(tcp)
+    assert found == {8080: False, 8081: True}
+    ranged = Rule(None, (8080, 8081), "127.0.0.1", None, False, host_port_range=(9080, 9081))
+    assert plan(set(found), [ranged]) == {Forward("127.0.0.1", 9080, 8080), Forward("127.0.0.1", 9081, 8081)}
+    zero = Rule(None, None, "127.0.0.1", None, True, wildcard_only=True)  # ignore what listens on 0.0.0.0 only
+    assert plan(set(found), [zero], {8081}) == {Forward("127.0.0.1", 8080, 8080)}

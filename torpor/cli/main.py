@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str | None]] = {
     "start": ("torpor.cli.start", "start an instance (creating it from the default template if needed)"),
     "stop": ("torpor.cli.stop", "stop an instance (saving its state with --save or saveOnStop: true)"),
     "restart": ("torpor.cli.restart", "shut an instance down and cold boot it (never restores)"),
+    "validate": ("torpor.cli.validate", "check YAML files (torpor's or Lima's) without creating anything"),
     "list": ("torpor.cli.list", "list instances"),
     "delete": ("torpor.cli.delete", "delete an instance and its disk"),
     "clone": ("torpor.cli.clone", "clone a stopped or saved instance (a saved one's clone resumes its running state)"),

@@ -21,7 +21,9 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
     # With no one to answer, the agent restores and says what changed.
     ready = start(args.name, bar.report, args.tty, cold=args.cold, ask=asker(args), progress=bar.line)
     bar.end()
+    if message := ready.fields.get("startMessage"):
+        report(str(message).rstrip("\n"))
     if ready.fields.get("degraded"):
-        report(f"torpor: error: instance {args.name!r} is running but degraded: provisioning failed")
+        report(f"torpor: error: instance {args.name!r} is running but degraded: provisioning failed (see above)")
         return 2
     return 0

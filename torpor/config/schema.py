@@ -59,16 +59,17 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
+def check_digest(v: str | None) -> str | None:
+    if v is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}", v):
+        raise ValueError("digest must be sha256: followed by 64 lowercase hex digits, or sha512: and 128")
+    return v
+
+
 class File(Model):
     location: str
     digest: str | None = None
 
-    @field_validator("digest")
-    @classmethod
-    def _digest(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", v):
-            raise ValueError("digest must be sha256: followed by 64 lowercase hex digits")
-        return v
+    _digest = field_validator("digest")(check_digest)
 
 
 class Kernel(File):
@@ -87,6 +88,11 @@ class Image(Model):
     digest: str | None = None
     kernel: Kernel | None = None
     initrd: File | None = None
+    # Lima's labels of an image (a distribution's variant, an architecture's variant): shown, not acted on.
+    variant: str = ""
+    archVariant: str = ""
+
+    _digest = field_validator("digest")(check_digest)
 
     @model_validator(mode="after")
     def _something_to_boot(self) -> Image:
@@ -100,6 +106,10 @@ class Image(Model):
 class SSH(Model):
     localPort: int = Field(0, ge=0, le=65535)
     loadDotSSHPubKeys: bool = False
+    # `torpor shell`'s ssh: -A, -X, -Y (Lima's meanings)
+    forwardAgent: bool = False
+    forwardX11: bool = False
+    forwardX11Trusted: bool = False
 
 
 class PortForward(Model):
@@ -107,8 +117,14 @@ class PortForward(Model):
     guestPortRange: tuple[int, int] | None = None
     hostIP: str = "127.0.0.1"
     hostPort: int | None = Field(None, ge=0, le=65535)
+    hostPortRange: tuple[int, int] | None = None
+    # The guest address a listening socket must be on: 127.0.0.1 (the default) matches loopback and wildcard
+    # listeners, 0.0.0.0 only wildcard ones (as Lima; guestIPMustBeZero: true is the same as guestIP 0.0.0.0).
+    guestIP: str = "127.0.0.1"
+    guestIPMustBeZero: bool = False
     proto: Literal["tcp"] = "tcp"
     ignore: bool = False
+    static: bool = False  # Lima's: forwarded in plain mode too
     # A unix socket in the guest, forwarded to hostSocket on the host (relative: under the instance directory).
     guestSocket: str | None = None
     hostSocket: str | None = None
@@ -128,6 +144,25 @@ class PortForward(Model):
             raise ValueError(f"guestSocket {self.guestSocket!r} must be an absolute path in the guest")
         if self.guestPort is not None or self.guestPortRange is not None or self.hostPort is not None:
             raise ValueError("a socket forward (guestSocket, hostSocket) has no guestPort, guestPortRange, hostPort")
+        return self
+
+    @model_validator(mode="after")
+    def _ranges(self) -> PortForward:
+        for name in ("guestPortRange", "hostPortRange"):
+            r = getattr(self, name)
+            if r is not None and not 0 <= r[0] <= r[1] <= 65535:
+                raise ValueError(f"{name} {list(r)} must be [low, high] with 0 <= low <= high <= 65535")
+        if self.hostPortRange is not None:
+            guest = self.guestPortRange or (self.guestPort or 0, self.guestPort or 0)
+            if self.guestPort is None and self.guestPortRange is None:
+                raise ValueError("hostPortRange needs guestPortRange (or guestPort)")
+            if guest[1] - guest[0] != self.hostPortRange[1] - self.hostPortRange[0]:
+                raise ValueError("hostPortRange must be as wide as guestPortRange (or guestPort)")
+        if self.guestIP not in ("127.0.0.1", "0.0.0.0"):
+            raise ValueError(
+                f"guestIP {self.guestIP}: torpor forwards ports on the guest's loopback (127.0.0.1) or wildcard "
+                "(0.0.0.0) address"
+            )
         return self
 
 
@@ -203,8 +238,96 @@ def _plain_path(v: str) -> str:
 
 
 class Provision(Model):
-    mode: Literal["system", "user", "boot"] = "system"
+    """One ``provision`` entry, with Lima's modes.  Every boot runs them, in Lima's order: ``boot`` early (before
+    the network), then ``dependency``, ``data`` (a file written), ``system`` (as root), ``user`` (as the user).
+    ``file`` (a path relative to the template) is read into ``script`` (``content`` for data) when the instance
+    is created."""
+
+    mode: Literal["system", "user", "boot", "dependency", "data"] = "system"
+    script: str | None = None
+    skipDefaultDependencyResolution: bool = False  # (torpor's guests come with what torpor needs)
+    # mode: data
+    path: str | None = None
+    content: str | None = None
+    owner: str = "root:root"
+    permissions: str = "644"
+    overwrite: bool = True
+
+    @field_validator("permissions", mode="before")
+    @classmethod
+    def _octal(cls, v: object) -> object:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v)  # YAML reads 644 as a number; Lima means the octal digits
+        return v
+
+    @model_validator(mode="after")
+    def _what(self) -> Provision:
+        if self.mode == "data":
+            if self.path is None or self.content is None:
+                raise ValueError("mode: data needs path and content")
+            if not self.path.startswith(("/", "{{")):
+                raise ValueError(f"path {self.path!r} must be an absolute path in the guest")
+            if not re.fullmatch(r"[0-7]{3,4}", self.permissions):
+                raise ValueError(f"permissions {self.permissions!r} must be octal digits such as 644")
+        elif self.script is None:
+            raise ValueError(f"mode: {self.mode} needs a script")
+        return self
+
+
+class Probe(Model):
+    """Lima's readiness probe: a script run as the user once the guest is up; start waits for it to succeed."""
+
+    mode: Literal["readiness"] = "readiness"
+    description: str = ""
     script: str
+    hint: str = ""
+
+
+class User(Model):
+    """The guest user (Lima's ``user``); unset fields follow the host user as Lima does."""
+
+    name: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_-]{0,30}$")
+    comment: str | None = None
+    uid: int | None = Field(None, ge=1, le=2**31)
+    home: str | None = None
+    shell: str = "/bin/bash"
+    passwordlessSudo: bool = True
+
+
+class HostResolver(Model):
+    # QEMU's user network always answers DNS with the host's resolver; `enabled`/`ipv6` are Lima's switches for
+    # its own resolver and change nothing here.
+    enabled: bool = True
+    ipv6: bool = False
+    hosts: dict[str, str] = Field(default_factory=dict)  # name -> IP, or another name defined here
+
+
+class CACerts(Model):
+    removeDefaults: bool = False
+    files: list[str] = Field(default_factory=list)  # host paths, read when the seed is written
+    certs: list[str] = Field(default_factory=list)  # PEM text
+
+
+class Containerd(Model):
+    system: bool = False
+    user: bool = False
+    archives: list[File] = Field(default_factory=list)
+
+
+class CopyToHost(Model):
+    guest: str
+    host: str
+    skipIfMissing: bool = False
+    deleteOnStop: bool = False
+
+
+class QemuOpts(Model):
+    minimumVersion: str | None = Field(None, pattern=r"^\d+(\.\d+){0,2}$")
+    cpuType: dict[str, str] = Field(default_factory=dict)  # arch -> QEMU -cpu model
+
+
+class VMOpts(Model):
+    qemu: QemuOpts = QemuOpts()
 
 
 class Config(Model):
@@ -219,7 +342,22 @@ class Config(Model):
     ssh: SSH = SSH()
     portForwards: list[PortForward] = Field(default_factory=list)
     provision: list[Provision] = Field(default_factory=list)
+    probes: list[Probe] = Field(default_factory=list)
     mounts: list[Mount] = Field(default_factory=list)
+    user: User = User()
+    env: dict[str, str] = Field(default_factory=dict)
+    param: dict[str, str] = Field(default_factory=dict)
+    timezone: str | None = None  # default: the host's
+    dns: list[str] = Field(default_factory=list)
+    hostResolver: HostResolver = HostResolver()
+    propagateProxyEnv: bool = True
+    caCerts: CACerts = CACerts()
+    upgradePackages: bool = False
+    containerd: Containerd = Containerd()
+    copyToHost: list[CopyToHost] = Field(default_factory=list)
+    message: str = ""
+    vmOpts: VMOpts = VMOpts()
+    minimumLimaVersion: str | None = None  # accepted: torpor reads the fields of the Lima version in torpor.config.lima
     # Lima's mount types.  torpor's reverse-sshfs runs over a virtio-serial channel rather than SSH, and its mounts
     # survive a save; 9p and virtiofs ones are unmounted for a save (QEMU cannot save them mounted) and mounted
     # again after.  virtiofs needs a virtiofsd on the host.
@@ -231,6 +369,49 @@ class Config(Model):
     saveMode: Literal["copy", "instant"] = "copy"
     bootTimeout: int = Field(300, ge=1, description="seconds to wait for the guest to report ready")
     shutdownTimeout: int = Field(60, ge=1, description="seconds to wait for a clean guest shutdown")
+
+    @field_validator("env", "param", mode="before")
+    @classmethod
+    def _strings(cls, v: object) -> object:
+        # YAML reads `true` and `8` as a bool and a number; Lima's maps hold strings
+        if isinstance(v, dict):
+            return {k: _scalar_text(x) for k, x in v.items()}
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+                raise ValueError(f"{k!r} is not an environment variable name")
+        return v
+
+    @field_validator("param")
+    @classmethod
+    def _param_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+                raise ValueError(f"param {k!r}: a name of letters, digits and _, not starting with a digit")
+        return v
+
+    @field_validator("dns")
+    @classmethod
+    def _dns(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for addr in v:
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                raise ValueError(f"dns: {addr!r} is not an IP address") from None
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*", v):
+            raise ValueError(f"timezone {v!r} is not a zone name such as Europe/Berlin or UTC")
+        return v
 
     @field_validator("images")
     @classmethod
@@ -265,5 +446,36 @@ class Config(Model):
         raise ValueError(f"no image for arch {self.arch}")
 
 
-# Fields accepted by the schema whose behaviour arrives in a later torpor version: warn instead of pretending.
-NOT_YET_IMPLEMENTED: tuple[str, ...] = ()
+def _scalar_text(v: object) -> object:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return v
+
+
+def known_fields() -> list[str]:
+    """The name of every field of every part of the schema (for "did you mean")."""
+    names: set[str] = set()
+    for model in (
+        Config,
+        Image,
+        Kernel,
+        SSH,
+        PortForward,
+        SSHFS,
+        NineP,
+        Mount,
+        Provision,
+        Probe,
+        User,
+        HostResolver,
+        CACerts,
+        Containerd,
+        CopyToHost,
+        QemuOpts,
+        VMOpts,
+    ):
+        for name, info in model.model_fields.items():
+            names.add(info.alias or name)
+    return sorted(names)

@@ -75,6 +75,7 @@ ROOTFS_FILES = {  # package data file -> path in the initramfs, mode
     "service": ("lib/torpor/service", 0o755),
     "cidata": ("lib/torpor/cidata", 0o755),
     "provision": ("lib/torpor/provision", 0o755),
+    "setup": ("lib/torpor/setup", 0o755),
     "mounts": ("lib/torpor/mounts", 0o755),
 }
 ETC_FILES = {
@@ -88,7 +89,10 @@ ETC_FILES = {
     "etc/group": "root:x:0:\n",
     "etc/hostname": "torpor\n",
     "etc/hosts": "127.0.0.1 localhost\n",
-    "etc/profile": "export PATH=/bin:/sbin\nexport PS1='\\u@\\h:\\w\\$ '\n",
+    "etc/profile": (
+        "export PATH=/bin:/sbin\nexport PS1='\\u@\\h:\\w\\$ '\n"
+        'for f in /etc/profile.d/*.sh; do [ -r "$f" ] && . "$f"; done\n'
+    ),
 }
 
 

@@ -13,12 +13,12 @@ import os
 import re
 import shlex
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from torpor.config.schema import Mount, Provision
+    from torpor.config.schema import Config, Mount, Provision
 
 from torpor.store import atomic, filenames
 
@@ -28,6 +28,10 @@ class GuestUser:
     name: str
     uid: int
     groups: tuple[str, ...] = ()  # beyond the distribution's defaults (template:docker's: docker)
+    comment: str = ""
+    home_dir: str = ""  # default: /home/NAME.linux
+    shell: str = "/bin/bash"
+    sudo: bool = True  # passwordless sudo
 
     @classmethod
     def from_host(cls) -> GuestUser:
@@ -39,12 +43,41 @@ class GuestUser:
         if name == "root" or not re.fullmatch(r"[a-z_][a-z0-9_-]{0,30}", name):
             name = "torpor"
         uid = os.getuid()
-        return cls(name, uid if uid >= 1000 else 1000)
+        return cls(name, uid if uid >= 1000 else 1000, comment=_host_full_name())
+
+    @classmethod
+    def of(cls, user: dict[str, object]) -> GuestUser:
+        """The guest user of a configuration's ``user`` (its JSON record, or the YAML's mapping): the host user's
+        name, uid and full name where a field is unset, as in Lima."""
+        default = cls.from_host()
+
+        def text(key: str, fallback: str) -> str:
+            v = user.get(key)
+            return v if isinstance(v, str) and v else fallback
+
+        uid = user.get("uid")
+        return cls(
+            text("name", default.name),
+            uid if isinstance(uid, int) and not isinstance(uid, bool) else default.uid,
+            comment=text("comment", default.comment),
+            home_dir=text("home", ""),
+            shell=text("shell", "/bin/bash"),
+            sudo=user.get("passwordlessSudo") is not False,
+        )
 
     @property
     def home(self) -> str:
         # Not /home/NAME: that is where the host's home, mounted at the same path, goes (Lima's choice too).
-        return f"/home/{self.name}.linux"
+        return self.home_dir or f"/home/{self.name}.linux"
+
+
+def _host_full_name() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_gecos.split(",")[0]
+    except (KeyError, ImportError):
+        return ""
 
 
 def instance_id(inst_dir: Path) -> str:
@@ -125,6 +158,177 @@ def _mount_bootcmd(mounts: list[Mount], mount_type: str, user: GuestUser) -> lis
     return ["sh", "-c", setup, PER_BOOT_SCRIPT, mount_table(mounts, mount_type), maps["uidmap"], maps["gidmap"], script]
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What the guest is set up with at every boot beyond its user and mounts (Lima's fields of those names)."""
+
+    env: dict[str, str] = field(default_factory=dict)  # env, and the host's proxy variables (propagateProxyEnv)
+    hosts: dict[str, str] = field(default_factory=dict)  # name -> IP (hostResolver.hosts, resolved)
+    dns: tuple[str, ...] = ()
+    timezone: str | None = None  # a zone name; its zoneinfo file is copied from the host
+    ca_certs: tuple[str, ...] = ()  # PEM texts
+    remove_default_cas: bool = False
+    upgrade_packages: bool = False
+    param: dict[str, str] = field(default_factory=dict)  # PARAM_<key> in provisioning scripts' environment
+
+    @classmethod
+    def of(cls, config: Config) -> Setup:
+        """The setup a configuration asks for (host files read now: the time zone's, the CA certificates')."""
+        env = dict(proxy_env() if config.propagateProxyEnv else {})
+        env.update(config.env)
+        certs = [*config.caCerts.certs]
+        for path in config.caCerts.files:
+            from torpor.config.schema import expand_host_path
+
+            try:
+                certs.append(Path(expand_host_path(path)).read_text())
+            except OSError as e:
+                from torpor.errors import ConfigError
+
+                raise ConfigError(f"caCerts.files: cannot read {path}: {e.strerror}") from None
+        return cls(
+            env=env,
+            hosts=resolve_hosts(config.hostResolver.hosts),
+            dns=tuple(config.dns),
+            timezone=config.timezone or host_timezone(),
+            ca_certs=tuple(certs),
+            remove_default_cas=config.caCerts.removeDefaults,
+            upgrade_packages=config.upgradePackages,
+            param=dict(config.param),
+        )
+
+
+# The host as QEMU's user network shows it to the guest, and the names Lima gives it.
+HOST_IP = "10.0.2.2"
+HOST_NAMES = ("host.lima.internal", "host.torpor.internal")
+PROXY_VARS = ("http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy")
+
+
+def proxy_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The host's proxy variables (either case) for the guest, localhost rewritten to the host's address."""
+    environ = dict(os.environ) if environ is None else environ
+    out = {}
+    for var in PROXY_VARS:
+        for name in (var, var.upper()):
+            if environ.get(name):
+                value = environ[name]
+                if var != "no_proxy":
+                    value = re.sub(r"(?<=//)(localhost|127\.0\.0\.1)(?=[:/]|$)", HOST_IP, value)
+                out[name] = value
+    return out
+
+
+def resolve_hosts(hosts: dict[str, str]) -> dict[str, str]:
+    """hostResolver.hosts with names that point at other names (host.lima.internal included) resolved."""
+    import ipaddress
+
+    known = {n: HOST_IP for n in HOST_NAMES}
+    out: dict[str, str] = {}
+    for name, given in hosts.items():
+        target, seen = given, {name}
+        while target not in known and target in hosts and target not in seen:
+            seen.add(target)
+            target = hosts[target]
+        target = known.get(target, target)
+        try:
+            ipaddress.ip_address(target)
+        except ValueError:
+            from torpor.errors import ConfigError
+
+            raise ConfigError(
+                f"hostResolver.hosts.{name}: {target!r} is neither an IP address nor a name defined there",
+                hint="give an IP address, or host.lima.internal for the host",
+            ) from None
+        out[name] = target
+    return {**known, **out}
+
+
+def host_timezone() -> str | None:
+    """The host's time zone name (Lima's default for ``timezone``), or None if it has none by name."""
+    if os.environ.get("TZ", "").strip(":") and "/" in os.environ["TZ"]:
+        return os.environ["TZ"].strip(":")
+    try:
+        link = os.readlink("/etc/localtime")
+        if "zoneinfo/" in link:
+            return link.split("zoneinfo/", 1)[1]
+    except OSError:
+        pass
+    try:
+        return Path("/etc/timezone").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _zoneinfo(zone: str) -> bytes | None:
+    try:
+        return (Path("/usr/share/zoneinfo") / zone).read_bytes()
+    except OSError:
+        return None
+
+
+def setup_files(setup: Setup) -> dict[str, bytes]:
+    """The seed's files the guests' ``setup`` script reads at every boot."""
+    out: dict[str, bytes] = {}
+    if setup.env:
+        out["torpor/environment"] = "".join(f'{k}="{_pam_quote(v)}"\n' for k, v in setup.env.items()).encode()
+        out["torpor/environment.sh"] = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in setup.env.items()).encode()
+    if setup.hosts:
+        out["torpor/hosts"] = "".join(f"{ip} {name}\n" for name, ip in setup.hosts.items()).encode()
+    if setup.dns:
+        out["torpor/resolv.conf"] = "".join(f"nameserver {ip}\n" for ip in setup.dns).encode()
+    if setup.timezone and (tz := _zoneinfo(setup.timezone)) is not None:
+        out["torpor/timezone"] = (setup.timezone + "\n").encode()
+        out["torpor/localtime"] = tz
+    for i, pem in enumerate(setup.ca_certs):
+        out[f"torpor/ca/{i:02d}.crt"] = pem.encode()
+    if setup.remove_default_cas:
+        out["torpor/ca-remove-defaults"] = b""
+    if setup.param:
+        out["torpor/param.env"] = "".join(
+            f"export PARAM_{k}={shlex.quote(v)}\n" for k, v in setup.param.items()
+        ).encode()
+    return out
+
+
+def _pam_quote(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"')
+
+
+# Lima's order within a boot, after the boot scripts: dependency, data, then system and user.
+MODE_ORDER = ("boot", "dependency", "data", "system", "user")
+
+
+def provision_files(provision: list[Provision]) -> dict[str, bytes]:
+    """``torpor/provision/R-NN-mode`` (R: the mode's place in Lima's order), with a data entry's file beside
+    its ``.meta`` (path, owner, permissions, overwrite: one per line)."""
+    out: dict[str, bytes] = {}
+    for i, p in enumerate(provision):
+        name = f"torpor/provision/{MODE_ORDER.index(p.mode)}-{i:02d}-{p.mode}"
+        if p.mode == "data":
+            out[name] = (p.content or "").encode()
+            meta = f"{p.path}\n{p.owner}\n{p.permissions}\n{'true' if p.overwrite else 'false'}\n"
+            out[name + ".meta"] = meta.encode()
+        else:
+            out[name] = (p.script or "").encode()
+    return out
+
+
+CLOUD_SCRIPT = "/var/lib/cloud/scripts/per-boot/torpor-setup"
+
+
+def _setup_bootcmd() -> list[str]:
+    """cloud-init's boot command that mounts the seed at /run/cidata and writes a per-boot script that runs
+    torpor's ``setup`` and ``provision`` scripts from it (the default guest's, carried in the seed)."""
+    script = (
+        'mkdir -p /run/cidata "${0%/*}" && { mountpoint -q /run/cidata || '
+        "mount -o ro /dev/disk/by-label/cidata /run/cidata; } && "
+        "printf '#!/bin/sh\\nsh /run/cidata/torpor/lib/setup || exit 1\\n"
+        'r=$(sh /run/cidata/torpor/lib/provision)\\necho "torpor provisioning: $r"\\n'
+        'case "$r" in failed:*) exit 1;; esac\\n\' > "$0" && chmod 755 "$0"'
+    )
+    return ["sh", "-c", script, CLOUD_SCRIPT]
+
+
 def files(
     name: str,
     iid: str,
@@ -134,49 +338,58 @@ def files(
     provision: list[Provision],
     mounts: list[Mount],
     mount_type: str = "reverse-sshfs",
+    setup: Setup | None = None,
 ) -> dict[str, bytes]:
     """The seed's files by path; ``pubkeys`` are the SSH public keys the user may log in with."""
+    from importlib import resources
+
     import yaml
 
+    setup = setup or Setup()
     hostname = f"torpor-{name}"
     meta = {"instance-id": iid, "local-hostname": hostname}
-    cloud_user = {
+    cloud_user: dict[str, object] = {
         "name": user.name,
         "uid": user.uid,
         "homedir": user.home,
-        "shell": "/bin/bash",
-        "sudo": "ALL=(ALL) NOPASSWD:ALL",
+        "shell": user.shell,
+        **({"gecos": user.comment} if user.comment else {}),
+        **({"sudo": "ALL=(ALL) NOPASSWD:ALL"} if user.sudo else {}),
         "lock_passwd": True,
         "ssh_authorized_keys": [k.strip() for k in pubkeys],
         **({"groups": list(user.groups)} if user.groups else {}),
     }
     user_data: dict[str, object] = {"hostname": hostname, "users": [cloud_user]}
-    # cloud-init runs "runcmd" once per instance: the system and user scripts map onto it; boot scripts
-    # go to "bootcmd", which runs on every boot.
-    runcmd = [["/bin/sh", "-c", p.script] for p in provision if p.mode == "system"]
-    runcmd += [["su", "-", user.name, "-c", p.script] for p in provision if p.mode == "user"]
-    bootcmd = [["/bin/sh", "-c", p.script] for p in provision if p.mode == "boot"]
+    if setup.upgrade_packages:
+        user_data["package_upgrade"] = True
+    # cloud-init's "bootcmd" runs on every boot, early: the boot scripts, and the per-boot script that runs
+    # the other provisioning modes in Lima's order (torpor/lib/provision, as in the default guest).
+    bootcmd: list[list[str]] = [["/bin/sh", "-c", p.script or ""] for p in provision if p.mode == "boot"]
+    bootcmd.insert(0, _setup_bootcmd())
     if mounts:
         bootcmd.insert(0, _mount_bootcmd(mounts, mount_type, user))
-    if runcmd:
-        user_data["runcmd"] = runcmd
-    if bootcmd:
-        user_data["bootcmd"] = bootcmd
+    user_data["bootcmd"] = bootcmd
     env = {
         "TORPOR_INSTANCE_ID": iid,
         "TORPOR_HOSTNAME": hostname,
         "TORPOR_USER": user.name,
         "TORPOR_UID": str(user.uid),
         "TORPOR_HOME": user.home,
+        "TORPOR_SHELL": user.shell,
+        "TORPOR_COMMENT": user.comment,
+        "TORPOR_SUDO": "true" if user.sudo else "false",
     }
+    rootfs = resources.files("torpor.guest") / "rootfs"
     out = {
         "meta-data": yaml.safe_dump(meta, sort_keys=False).encode(),
         "user-data": b"#cloud-config\n" + yaml.safe_dump(user_data, sort_keys=False).encode(),
         "torpor/env": "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()).encode(),
         "torpor/authorized_keys": "".join(k.strip() + "\n" for k in pubkeys).encode(),
+        "torpor/lib/setup": (rootfs / "setup").read_bytes(),
+        "torpor/lib/provision": (rootfs / "provision").read_bytes(),
+        **setup_files(setup),
+        **provision_files(provision),
     }
-    for i, p in enumerate(provision):
-        out[f"torpor/provision/{i:02d}-{p.mode}"] = p.script.encode()
     if mounts:
         out["torpor/mounts"] = mount_table(mounts, mount_type).encode()
         out.update({f"torpor/{k}": v.encode() for k, v in id_maps(user).items()})
@@ -220,9 +433,19 @@ def write(
     provision: list[Provision],
     mounts: list[Mount],
     mount_type: str,
+    setup: Setup | None = None,
 ) -> Path:
     path = inst_dir / filenames.CIDATA
-    seed = files(name, instance_id(inst_dir), user, pubkeys, provision=provision, mounts=mounts, mount_type=mount_type)
+    seed = files(
+        name,
+        instance_id(inst_dir),
+        user,
+        pubkeys,
+        provision=provision,
+        mounts=mounts,
+        mount_type=mount_type,
+        setup=setup,
+    )
     iso = build_iso(seed)
     atomic.write_bytes(path, iso, 0o600)
     return path

@@ -264,6 +264,7 @@ async def _guest_up(
         await agent.until(before_ready, deadline, "answer its guest agent")
         log.info("the guest agent answers")
     degraded = ""
+    config = agent.boot_record["config"]
     if verb == "ready":
         if agent.boot_record["defaultGuest"]:
             degraded = await agent.guest.provisioning(agent.reported.get("provision", "none"))
@@ -271,9 +272,14 @@ async def _guest_up(
             degraded = await agent.until(agent.guest.cloud_init(), deadline, "finish cloud-init")
             if not degraded and service is not None:
                 degraded = await agent.until(agent.guest.service_ready(service), deadline, "start its service")
+        # (a restored guest is as it was when its probes passed)
+        if not degraded and config.get("probes"):
+            probes = agent.guest.probes(config["probes"], config.get("param", {}))
+            degraded = await agent.until(probes, deadline, "pass its readiness probes")
     if lost := agent.guest.mounts.lost:
         agent.events.emit(events.NOTICE, "the restore could not keep: " + "; ".join(lost))
-    config = agent.boot_record["config"]
+    if config.get("copyToHost"):
+        await agent.until(agent.guest.copy_to_host(config["copyToHost"], agent.events.emit), deadline, "copy files")
     if forwards := sockets.from_config(agent.dir, config):
         if agent.boot_record["defaultGuest"]:
             agent.events.emit(
@@ -287,6 +293,7 @@ async def _guest_up(
     agent.boot_seconds = time.monotonic() - t0  # the whole wait, cloud-init's included
     agent.degraded = degraded
     message = f"{verb} in {agent.boot_seconds:.1f} s" + (f", but provisioning failed: {degraded}" if degraded else "")
+    # (Lima's `message`, expanded when the configuration was read, is shown by start once ready)
     agent.events.emit(
         events.READY,
         message,
@@ -295,5 +302,6 @@ async def _guest_up(
         degraded=degraded,
         restored=agent.restored,
         sshPort=agent.boot_record["sshPort"],
+        startMessage=config.get("message", ""),
     )
     agent.guest.forward_ports(config["portForwards"], agent.events.emit)

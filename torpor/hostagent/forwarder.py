@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 
 from torpor.guest.agent import GuestAgent, GuestAgentError
-from torpor.hostagent.ports import Forward, Rule, listening_ports, plan
+from torpor.hostagent.ports import Forward, Rule, listeners, plan
 from torpor.hostagent.sshaccess import SSHAccess
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,8 @@ class PortForwarder:
         self.active: set[Forward] = set()
         self.failed: set[Forward] = set()  # not retried until the guest port closes and opens again
 
-    async def guest_ports(self) -> set[int]:
+    async def guest_ports(self) -> dict[int, bool]:
+        """The ports the guest listens on (loopback or wildcard), each with whether it is on the wildcard."""
         text = ""
         for path in ("/proc/net/tcp", "/proc/net/tcp6"):
             try:
@@ -35,10 +36,11 @@ class PortForwarder:
                 if path.endswith("tcp"):
                     raise
                 log.debug("reading %s: %s", path, e)
-        return listening_ports(text)
+        return listeners(text)
 
     async def sync_once(self) -> None:
-        wanted = plan(await self.guest_ports(), self.rules)
+        found = await self.guest_ports()
+        wanted = plan(set(found), self.rules, {port for port, wildcard in found.items() if wildcard})
         self.failed &= wanted
         for fwd in sorted(self.active - wanted):
             await self.access.cancel(fwd.spec())

@@ -92,6 +92,14 @@ class Guest(Protocol):
         """The default guest's provisioning outcome (its ready report's ``status``): what failed, or ""."""
         ...
 
+    async def probes(self, probes: list[dict[str, Any]], param: dict[str, str]) -> str:
+        """Run Lima's readiness probes as the user, in order; what failed (with the probe's hint), or ""."""
+        ...
+
+    async def copy_to_host(self, entries: list[dict[str, Any]], emit: Emit) -> None:
+        """Lima's copyToHost: each guest file to its host path."""
+        ...
+
     async def cloud_init(self) -> str:
         """In a cloud-init guest, wait until cloud-init has finished; return what failed, or ""."""
         ...
@@ -128,6 +136,7 @@ class GuestLink:
         self._ready: asyncio.Future[str] | None = None
         self._mounts = MountSet(self.agent)
         self._sockets: list[sockets.SocketForward] = []
+        self._copied: list[Path] = []  # copyToHost files removed when the instance stops (deleteOnStop)
 
     @property
     def mounts(self) -> MountSet:
@@ -161,7 +170,7 @@ class GuestLink:
 
         key, pubkey = guest_ssh.ensure_keypair(self.home)
         groups = images.USER_GROUPS.get(config.image_for_arch().location or "", ())
-        user = replace(cidata.GuestUser.from_host(), groups=groups)
+        user = replace(cidata.GuestUser.of(config.user.model_dump()), groups=groups)
         keys = [pubkey, *(guest_ssh.user_public_keys() if config.ssh.loadDotSSHPubKeys else [])]
         cidata.write(
             self.dir,
@@ -171,6 +180,7 @@ class GuestLink:
             provision=config.provision,
             mounts=config.mounts,
             mount_type=config.mountType,
+            setup=cidata.Setup.of(config),
         )
         port = config.ssh.localPort or guest_ssh.free_port(avoid=snapshots.held_ssh_ports(self.home))
         guest_ssh.write_config(self.dir, self.name, port, user.name, key)
@@ -224,6 +234,45 @@ class GuestLink:
         code, out = await self.ssh.run(["sh", "-c", shlex.quote(command)], timeout=CLOUD_INIT_TIMEOUT)
         return "" if code == 0 else f"`{command}` failed (exit code {code}): {out}"
 
+    async def probes(self, probes: list[dict[str, Any]], param: dict[str, str]) -> str:
+        """Run Lima's readiness probes as the user, in order; what failed (with the probe's hint), or ""."""
+        env = "".join(f"export PARAM_{k}={shlex.quote(v)}; " for k, v in param.items())
+        for i, probe in enumerate(probes):
+            # (a script with #! runs with its interpreter, as Lima requires of probes)
+            runner = f'{env}f=$(mktemp) && printf %s "$0" > "$f" && chmod +x "$f" && "$f"; rc=$?; rm -f "$f"; exit $rc'
+            code, out = await self.ssh.run(
+                ["sh", "-c", shlex.quote(runner), shlex.quote(probe["script"])], timeout=CLOUD_INIT_TIMEOUT
+            )
+            name = probe.get("description") or f"probes[{i}]"
+            log.info("probe %s: exit code %s", name, code)
+            if code != 0:
+                tail = "\n".join(out.rstrip().splitlines()[-10:])
+                hint = f"\nhint: {probe['hint'].strip()}" if probe.get("hint") else ""
+                return f"readiness probe {name!r} failed (exit code {code}):\n{tail}{hint}"
+        return ""
+
+    async def copy_to_host(self, entries: list[dict[str, Any]], emit: Emit) -> None:
+        """Lima's copyToHost: each guest file to its host path (made 0600 in a directory of the user's)."""
+        for e in entries:
+            host = Path(e["host"])
+            if not host.is_absolute():
+                host = self.dir / host
+            try:
+                data = await self.agent.read_file(e["guest"], limit=64 * 1024 * 1024)
+            except GuestAgentError as err:
+                if not e.get("skipIfMissing"):
+                    emit("notice", f"copyToHost: cannot read {e['guest']} in the guest: {err}")
+                continue
+            try:
+                host.parent.mkdir(parents=True, exist_ok=True)
+                atomic.write_bytes(host, data, 0o600)
+            except OSError as err:
+                emit("notice", f"copyToHost: cannot write {host}: {err.strerror}")
+                continue
+            if e.get("deleteOnStop"):
+                self._copied.append(host)
+            log.info("copied %s from the guest to %s", e["guest"], host)
+
     async def cloud_init(self) -> str:
         script = (
             "command -v cloud-init >/dev/null || { echo status: none; exit 0; }; "
@@ -265,6 +314,9 @@ class GuestLink:
         for fwd in self._sockets:  # (the master leaves its sockets behind)
             sockets.remove(fwd)
         self._sockets.clear()
+        for path in self._copied:
+            path.unlink(missing_ok=True)
+        self._copied.clear()
 
     async def close(self) -> None:
         self.end()

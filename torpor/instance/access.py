@@ -30,6 +30,16 @@ def ssh_command(name: str, tty: bool, script: str) -> list[str]:
     """ssh into ``name``, running ``script`` with the user's shell (a login shell when empty)."""
     d = _running_dir(name)
     options = ["-t"] if tty else ["-T"]
+    try:
+        wanted = json.loads((d / filenames.BOOT_RECORD).read_text())["config"].get("ssh", {})
+    except (OSError, ValueError, KeyError):
+        wanted = {}
+    # ssh.forwardAgent, forwardX11, forwardX11Trusted: as Lima's `limactl shell`
+    options += [
+        flag
+        for key, flag in (("forwardAgent", "-A"), ("forwardX11", "-X"), ("forwardX11Trusted", "-Y"))
+        if wanted.get(key)
+    ]
     return ssh.ssh_argv(d, name, options, [script] if script else None)
 
 

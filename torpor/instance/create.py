@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from torpor.config.layering import load_effective, load_template_text
+from torpor.config.layering import load_effective, load_template
 from torpor.errors import InstanceExists, TorporError
 from torpor.store import atomic, filenames
 from torpor.store.instance import home, instance_dir, validate_name
@@ -19,12 +19,12 @@ def create(
 ) -> tuple[str, list[str]]:
     """Create the instance; return its name and the configuration warnings."""
     root = root or home()
-    text, suggested = load_template_text(template)
+    text, suggested = load_template(template)
     name = validate_name(name or suggested)
     d = instance_dir(name, root)
     if d.exists():
         raise InstanceExists(f"instance {name!r} already exists", hint=f"use `torpor start {name}`, or another --name")
-    effective = load_effective(root, text, template)
+    effective = load_effective(root, text, template, instance=(name, d))
     root.mkdir(parents=True, exist_ok=True)
     # Build the directory under a temporary name and rename it into place: a failure leaves no half instance.
     tmp = root / f".{name}.creating.{os.getpid()}"

@@ -25,6 +25,7 @@ echo "$boots" > /var/lib/torpor/boots
 
 provision=none
 if /lib/torpor/cidata; then
+    /lib/torpor/setup
     /lib/torpor/mounts
     provision=$(/lib/torpor/provision)
 fi
