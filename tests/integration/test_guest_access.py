@@ -69,7 +69,7 @@ provision:
     assert torpor.run("shell", "--workdir", "/tmp", "acc", "pwd").stdout.strip() == "/tmp"
 
     # provisioning: system and user scripts ran, as root and as the user
-    assert torpor.run("shell", "acc", "sudo", "cat", "/root/system-count").stdout == "system-ran\n"
+    assert torpor.run("shell", "acc", "sudo", "cat", "/root/system-count").stdout == "system-ran\nsystem-ran\n"
     user = torpor.run("shell", "acc", "id", "-un").stdout.strip()
     assert torpor.run("shell", "acc", "sh", "-c", 'cat "$HOME/user-ran"').stdout.strip() == user
     assert (d / "provision.log").exists()
@@ -124,14 +124,14 @@ provision:
     )
     assert host_listeners(ssh_port) == {"0100007F"}
 
-    # second boot: same instance-id, provisioning once, boot scripts every boot
+    # second boot: same instance-id; provisioning runs at every boot, as in Lima
     iid1 = torpor.run("shell", "acc", "cat", "/run/cidata/meta-data").stdout
     torpor.run("stop", "acc")
     assert not host_listeners(static_host), "a forward outlived the stop"
     torpor.run("start", "acc")
     iid2 = torpor.run("shell", "acc", "cat", "/run/cidata/meta-data").stdout
     assert "instance-id:" in iid1 and iid1 == iid2
-    assert torpor.run("shell", "acc", "sudo", "cat", "/root/system-count").stdout == "system-ran\n"
+    assert torpor.run("shell", "acc", "sudo", "cat", "/root/system-count").stdout == "system-ran\nsystem-ran\n"
     assert torpor.run("shell", "acc", "sudo", "cat", "/root/boot-count").stdout == "boot\nboot\n"
     torpor.run("stop", "acc")
 
