@@ -88,7 +88,9 @@ def test_lima_template_on_the_default_guest(torpor: Torpor, tmp_path: Path) -> N
     copied = d / "copied" / "greeting.conf"
     assert copied.read_text() == "greeting=hello\n"
 
-    sh = lambda script: torpor.sh("lf", script)  # noqa: E731
+    def sh(script: str) -> str:
+        return torpor.sh("lf", script)
+
     # user
     assert sh("id -un; id -u; echo $HOME").split() == ["lima", "1500", "/home/lima-home"]
     assert sh("grep ^lima: /etc/passwd").split(":")[4] == "Lima User"

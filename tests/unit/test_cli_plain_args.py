@@ -29,7 +29,8 @@ def test_plain_forms_read_as_the_parser_reads_them(argv: list[str]) -> None:
     fast = plain_args(argv)
     full = build_parser(argv).parse_args(argv)
     assert fast is not None
-    for field in ("verb", "module", "name", "tty", "debug", "log_level", *FIELDS[full.verb]):
+    named = "names" if full.verb == "stop" else "name"
+    for field in ("verb", "module", named, "tty", "debug", "log_level", *FIELDS[full.verb]):
         assert getattr(fast, field) == getattr(full, field), field
     assert set(vars(fast)) == set(vars(full))
 
@@ -48,7 +49,10 @@ OTHERS = [
     ["stop", "--cold", "vm1"],  # start's flag: the parser's error
     ["start", "--save", "vm1"],  # stop's flag: the parser's error
     ["start", "--cold", "--cold", "vm1"],
-    ["stop", "vm1", "vm2"],  # the parser's error
+    ["stop", "vm1", "vm2"],  # several names
+    ["start", "./vm.yaml"],  # a file: the instance is created first
+    ["start", "template:docker"],
+    ["start", "--cpus", "4", "vm.yaml"],
     ["stop", "--sav", "vm1"],  # an abbreviation the parser accepts
     ["start", "--", "vm1"],
     ["vm1", "stop"],

@@ -88,4 +88,38 @@ def test_stop_fails_when_the_stop_was_not_what_was_asked(
     monkeypatch: pytest.MonkeyPatch, fields: dict[str, Any], code: int
 ) -> None:
     monkeypatch.setattr(stop_lib, "stop", lambda *a, **kw: events.Event(events.EXITING, "stopped", 0.0, fields))
-    assert stop_cli.run(SimpleNamespace(name="vm", tty=False, force=False, save=None)) == code
+    assert stop_cli.run(SimpleNamespace(names=["vm"], tty=False, force=False, save=None)) == code
+
+
+def test_edit_flags_edit_the_yaml() -> None:
+    from types import SimpleNamespace
+
+    from torpor.config import edits
+    from torpor.config.layering import parse_yaml
+
+    args = SimpleNamespace(
+        cpus=4,
+        memory=1.5,
+        disk=None,
+        mount=["/src:w", "/data"],
+        mount_type="9p",
+        mount_none=True,
+        param=["Ver=3"],
+        set_expr=['.env.FOO = "bar" | .portForwards += [{guestPort: 80, hostPort: 8080}]', ".ssh.localPort = 2222"],
+    )
+    text = edits.apply("# my template\nimages: [{location: build:default}]\nmounts: [{location: /old}]\n", args, "t")
+    data = parse_yaml(text, "t")
+    assert data["cpus"] == 4 and data["memory"] == "1.5GiB" and data["mountType"] == "9p"
+    assert data["mounts"] == [{"location": "/src", "writable": True}, {"location": "/data", "writable": False}]
+    assert data["param"] == {"Ver": "3"} and data["env"] == {"FOO": "bar"} and data["ssh"] == {"localPort": 2222}
+    assert data["portForwards"] == [{"guestPort": 80, "hostPort": 8080}]
+    assert edits.apply("cpus: 1\n", SimpleNamespace(), "t") == "cpus: 1\n"  # no flags: the text as it was
+
+
+@pytest.mark.parametrize("expr", [".cpus", "cpus = 4", ".a | .b", ".mounts[3].x = 1", '.cpus += "x"'])
+def test_set_expressions_torpor_does_not_read_are_refused(expr: str) -> None:
+    from torpor.config import edits
+    from torpor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--set"):
+        edits.set_expression({"cpus": 1, "mounts": []}, expr)

@@ -33,7 +33,7 @@ def test_stop_imports_little(tmp_path: Path) -> None:
 def test_start_imports_neither_argparse_nor_logging(tmp_path: Path) -> None:
     """A plain `torpor start` through main, before it spawns the host agent (the restore is timed from the
     command on); here one that fails in the start code (a name no instance can have)."""
-    modules = plain_run(["start", "Bad/Name"], tmp_path)
+    modules = plain_run(["start", "Bad_Name"], tmp_path)
     assert "torpor.instance.start" in modules
     assert not modules & {"argparse", "logging", "pydantic", "asyncio"}
 

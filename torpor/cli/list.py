@@ -7,16 +7,28 @@ import sys
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", metavar="NAME", help="only these instances")
-    p.add_argument("--format", choices=["table", "json"], default="table", help="json: one object per line")
+    p.add_argument("--format", choices=["table", "json", "yaml"], default="table", help="json: one object per line")
+    p.add_argument("-q", "--quiet", action="store_true", help="only the names")
 
 
 def run(args: argparse.Namespace) -> int:
     from torpor.instance.listing import describe_all
 
+    if args.quiet:
+        from torpor.store.instance import home, list_names
+
+        for name in args.names or list_names(home()):
+            print(name)
+        return 0
     rows = describe_all(args.names or None)
     if args.format == "json":
         for row in rows:
             print(json.dumps(row))
+        return 0
+    if args.format == "yaml":
+        import yaml
+
+        print(yaml.safe_dump_all(rows, sort_keys=False), end="")
         return 0
     if not rows:
         print("no instances; `torpor start` creates and starts one", file=sys.stderr)
@@ -41,4 +53,10 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         if r.get("reason"):
             print(f"{r['name']}: {r['status'].lower()}: {r['reason']}", file=sys.stderr)
+        if aside := r.get("setAside"):
+            print(
+                f"{r['name']}: {aside['count']} saved state(s) set aside by refused restores, "
+                f"{format_size(aside['bytes'])}; `torpor prune` removes them",
+                file=sys.stderr,
+            )
     return 0

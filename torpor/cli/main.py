@@ -23,6 +23,11 @@ VERBS: dict[str, tuple[str, str | None]] = {
     "stop": ("torpor.cli.stop", "stop an instance (saving its state with --save or saveOnStop: true)"),
     "restart": ("torpor.cli.restart", "shut an instance down and cold boot it (never restores)"),
     "validate": ("torpor.cli.validate", "check YAML files (torpor's or Lima's) without creating anything"),
+    "edit": ("torpor.cli.edit", "change a stopped or saved instance's YAML ($EDITOR, or the edit flags)"),
+    "protect": ("torpor.cli.protect", "refuse to delete an instance until unprotect"),
+    "unprotect": ("torpor.cli.protect", "allow deleting a protected instance again"),
+    "prune": ("torpor.cli.prune", "remove the image cache and the set-aside states of refused restores"),
+    "generate-jsonschema": ("torpor.cli.jsonschema", "print the JSON schema of torpor's YAML (for editors)"),
     "list": ("torpor.cli.list", "list instances"),
     "delete": ("torpor.cli.delete", "delete an instance and its disk"),
     "clone": ("torpor.cli.clone", "clone a stopped or saved instance (a saved one's clone resumes its running state)"),
@@ -105,8 +110,20 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 # The verbs whose common forms skip argparse and logging: their flags (flag -> (field, value)) and the fields'
 # defaults.  A restore is timed from the command on, a stop --save against QEMU's own save.
+# start's edit flags (for a new instance from a file) are unset in a plain start.
+_NO_EDITS: dict[str, object] = {
+    "new_name": None,
+    "cpus": None,
+    "memory": None,
+    "disk": None,
+    "mount": [],
+    "mount_type": None,
+    "mount_none": False,
+    "param": [],
+    "set_expr": [],
+}
 PLAIN: dict[str, tuple[dict[str, tuple[str, object]], dict[str, object]]] = {
-    "start": ({"--cold": ("cold", True)}, {"cold": False}),
+    "start": ({"--cold": ("cold", True)}, {"cold": False, **_NO_EDITS}),
     "stop": ({"--save": ("save", True), "--no-save": ("save", False)}, {"save": None, "force": False}),
 }
 
@@ -132,14 +149,16 @@ def plain_args(argv: list[str]) -> SimpleNamespace | None:
         if arg in flags and flags[arg][0] not in fields:
             field, value = flags[arg]
             fields[field] = value
-        elif not arg.startswith("-") and not names:
-            names.append(arg)
+        elif not arg.startswith("-") and not names and "/" not in arg and ":" not in arg and "." not in arg:
+            names.append(arg)  # (a file or a template: is for the parser)
         else:
             return None
+    # (stop takes several names; a plain stop one)
+    named = {"names": names} if verb == "stop" else {"name": names[0] if names else "default"}
     return SimpleNamespace(
         verb=verb,
         module=VERBS[verb][0],
-        name=names[0] if names else "default",
+        **named,
         tty=tty,
         debug=False,
         log_level="warning",

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", nargs="?", default="default", help="instance name (default: default)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="instance names (default: default)")
     p.add_argument("-f", "--force", action="store_true", help="kill the VM at once (never saves)")
     save = p.add_mutually_exclusive_group()
     save.add_argument(
@@ -30,7 +30,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace | SimpleNamespace) -> int:
-    """``args`` from the parser, or for a plain stop from main.plain_args."""
+    """``args`` from the parser, or for a plain stop from main.plain_args (one name)."""
+    names = args.names or ["default"]
+    code = 0
+    for name in names:
+        args.name = name
+        code = max(code, _stop_one(args))
+    return code
+
+
+def _stop_one(args: argparse.Namespace | SimpleNamespace) -> int:
     from torpor.instance import stop
 
     if args.force and args.save:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from torpor.config.layering import load_effective, load_template
@@ -15,11 +16,17 @@ DEFAULT_TEMPLATE = "template:default"
 
 
 def create(
-    template: str = DEFAULT_TEMPLATE, name: str | None = None, root: Path | None = None
+    template: str = DEFAULT_TEMPLATE,
+    name: str | None = None,
+    root: Path | None = None,
+    edit: Callable[[str], str] | None = None,
 ) -> tuple[str, list[str]]:
-    """Create the instance; return its name and the configuration warnings."""
+    """Create the instance (its YAML changed by ``edit`` first, the edit flags); return its name and the
+    configuration warnings."""
     root = root or home()
     text, suggested = load_template(template)
+    if edit is not None:
+        text = edit(text)
     name = validate_name(name or suggested)
     d = instance_dir(name, root)
     if d.exists():

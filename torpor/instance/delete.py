@@ -16,6 +16,10 @@ def delete(name: str, force: bool, report: Callable[[str], None], root: Path | N
     """Remove the instance directory: disk, saved state and all."""
     root = root or home()
     inst = inspect(name, root)
+    if (inst.dir / filenames.PROTECTED).exists():
+        raise InstanceStateError(
+            f"instance {name!r} is protected", hint=f"`torpor unprotect {name}` first, if you mean to delete it"
+        )
     if inst.status not in (Status.STOPPED, Status.SAVED):
         if not force:
             raise InstanceStateError(

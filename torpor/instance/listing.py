@@ -53,11 +53,28 @@ def describe(name: str, root: Path) -> dict[str, Any]:
         # The running boot's mounts, each with whether it is up, as its host agent sees them.
         with contextlib.suppress(HostAgentError, KeyError, TypeError):
             row["mounts"] = HostAgentClient(inst.dir / filenames.HA_SOCK, timeout=5).get("/v1/info")["mounts"]
+    if aside := set_aside(inst.dir):
+        row["setAside"] = {"count": len(aside), "bytes": sum(du(p) for p in aside)}
+    row["protected"] = (inst.dir / filenames.PROTECTED).exists()
     if inst.agent_pid is not None:
         row["hostAgentPID"] = inst.agent_pid
     if inst.qemu_pid is not None:
         row["qemuPID"] = inst.qemu_pid
     return row
+
+
+def set_aside(inst_dir: Path) -> list[Path]:
+    """The saved states a refused restore set aside (kept for diagnosis until `torpor prune`)."""
+    return sorted(inst_dir.glob(filenames.SAVED_ASIDE_PREFIX + "*"))
+
+
+def du(path: Path) -> int:
+    """The bytes a file or directory tree takes on disk."""
+    if not path.is_dir():
+        with contextlib.suppress(OSError):
+            return path.lstat().st_blocks * 512
+        return 0
+    return sum(du(p) for p in path.iterdir())
 
 
 def _mount_row(location: str, mount_point: str, writable: bool, mount_type: str) -> dict[str, Any]:
