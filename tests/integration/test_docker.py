@@ -121,7 +121,42 @@ def _create(torpor: Torpor, ro: Path, rw: Path) -> None:
     config["mounts"] = [{"location": str(ro)}, {"location": str(rw), "writable": True}]
     config["memory"] = "1GiB"  # (less to save and load than the template's 2 GiB)
     config["portForwards"].append({"guestSocket": "/run/echo.sock", "hostSocket": "sock/echo.sock"})
+    # Lima's fields through cloud-init's per-boot script (torpor's setup and provision scripts from the seed)
+    config.update(
+        env={"LIMA_STYLE": "yes"},
+        timezone="Asia/Tokyo",
+        hostResolver={"hosts": {"db.internal": "10.0.2.15"}},
+        user={"comment": "Docker User"},
+        param={"Word": "bash"},
+        provision=[
+            {
+                "mode": "data",
+                "path": "/etc/torpor-test/data.conf",
+                "content": "x={{.Param.Word}}\n",
+                "owner": "{{.User}}",
+            },
+            {
+                "mode": "system",
+                "script": '#!/bin/bash\nset -euo pipefail\necho "$BASH_VERSION $PARAM_Word" >> /root/sys.log\n',
+            },
+        ],
+        probes=[{"script": "#!/bin/sh\ntest -f /etc/torpor-test/data.conf\n", "hint": "see provision.log"}],
+        copyToHost=[{"guest": "/etc/torpor-test/data.conf", "host": "{{.Dir}}/data.conf"}],
+    )
     path.write_text(yaml.safe_dump(config))
+
+
+def _lima_fields_applied(torpor: Torpor, name: str) -> None:
+    """The Lima fields _create set, on the cloud-init guest."""
+    assert (
+        torpor.sh(name, ". /etc/environment; echo $LIMA_STYLE; cat /etc/timezone; date +%Z") == "yes\nAsia/Tokyo\nJST\n"
+    )
+    assert "10.0.2.15 db.internal" in torpor.sh(name, "cat /etc/hosts")
+    user = torpor.sh(name, "id -un").strip()
+    assert torpor.sh(name, f"getent passwd {user} | cut -d: -f5") == "Docker User\n"
+    assert torpor.sh(name, "stat -c %U /etc/torpor-test/data.conf").strip() == user
+    assert torpor.sh(name, "sudo cat /root/sys.log").split()[-1] == "bash"  # run by bash, with PARAM_Word
+    assert (torpor.dir(name) / "data.conf").read_text() == "x=bash\n"
 
 
 def _mounts_work(torpor: Torpor, ro: Path, rw: Path) -> None:
@@ -185,6 +220,7 @@ def test_docker_vm_keeps_its_containers_across_save_restore_and_snapshots(torpor
     assert api(sock, "/_ping") == (200, b"OK")
     assert sock.stat().st_mode & 0o777 == 0o600
     _configured_by_cloud_init(torpor, "docker")
+    _lima_fields_applied(torpor, "docker")
     _mounts_work(torpor, ro, rw)
     held = _echo_forwarded(torpor, echo_sock)
     before = _containers_up(torpor, sock)
