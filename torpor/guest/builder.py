@@ -35,7 +35,7 @@ USERLAND = ("busybox-static",)
 # packages' library dependencies): an SSH server with SFTP, the QEMU guest agent, sudo with PAM, sshfs.
 PROGRAMS: dict[str, tuple[str, ...]] = {
     "dropbear-bin": ("usr/sbin/dropbear", "usr/bin/dropbearkey"),
-    "e2fsprogs": ("sbin/mke2fs",),  # ext4 with a journal: busybox's mke2fs only makes ext2
+    "e2fsprogs": ("sbin/mke2fs", "sbin/resize2fs"),  # ext4 with a journal (busybox's makes ext2); disk growth
     "openssh-sftp-server": ("usr/lib/openssh/sftp-server",),
     "qemu-guest-agent": ("usr/sbin/qemu-ga",),
     "sshfs": ("usr/bin/sshfs",),  # the guest's side of mounts

@@ -91,6 +91,13 @@ async def _cold_boot(agent: HostAgent, effective: Effective) -> None:
     image = config.image_for_arch()
     default_guest = image.location == images.DEFAULT_GUEST
     ssh_port, user = await asyncio.to_thread(agent.guest.prepare_boot, config)
+    from torpor.driver.qemu.factory import grow_disk
+    from torpor.config.schema import format_size
+
+    if (was := await asyncio.to_thread(grow_disk, agent.dir, config.disk)) is not None:
+        agent.events.emit(
+            events.NOTICE, f"disk grown from {format_size(was)} to {format_size(config.disk)}; the guest grows its root"
+        )
     # A cold boot starts from fresh RAM; a RAM file left by an earlier (instant mode) run goes.
     (agent.dir / filenames.MEMORY_FILE).unlink(missing_ok=True)
     plan = BootPlan(config_json, images.kernel_cmdline(image), ssh_port, ready_channel=default_guest)

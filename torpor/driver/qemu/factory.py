@@ -126,6 +126,31 @@ def early_restore(
     return early.launch(inst_dir, saved, qemu, meanwhile=meanwhile, progress=progress, stop_asked=stop_asked)
 
 
+def grow_disk(inst_dir: Path, size: int) -> int | None:
+    """Grow the instance's disk to ``size`` bytes if it is smaller (the guest grows its root filesystem at boot);
+    the size it had, or None if unchanged.  A smaller ``size`` is refused: the guest's filesystem fills the disk.
+    Only between boots: a saved state holds the disk as it was saved."""
+    import json
+
+    from torpor.config.schema import format_size
+    from torpor.errors import ConfigError
+
+    disk = inst_dir / filenames.DISK
+    if not disk.exists():
+        return None
+    current = int(json.loads(subp.run(["qemu-img", "info", "-U", "--output=json", disk]).stdout)["virtual-size"])
+    if size == current:
+        return None
+    if size < current:
+        raise ConfigError(
+            f"disk: {format_size(size)} is smaller than the instance's disk ({format_size(current)}); a disk is "
+            "never shrunk (the guest's filesystem spans it)",
+            hint=f"set disk: back to {format_size(current)} or more (`torpor edit {inst_dir.name}`)",
+        )
+    subp.run(["qemu-img", "resize", "-q", disk, str(size)])
+    return current
+
+
 def create_disk(inst_dir: Path, size: int, base: Path | None) -> None:
     """Create the instance's disk (qcow2, over ``base`` when given) unless it exists."""
     disk = inst_dir / filenames.DISK
