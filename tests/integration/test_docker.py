@@ -21,6 +21,27 @@ from tests.integration.conftest import Torpor, serves, wait_for
 pytestmark = pytest.mark.integration
 
 PORT = 18473  # the web container's published port (on the guest, forwarded to the host's 127.0.0.1)
+UDP_PORT = 18474  # a UDP echo service's port in the guest, forwarded (proto: udp) to the host's 18475
+UDP_HOST_PORT = 18475
+UDP_ECHO = (
+    "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    f"s.bind(('0.0.0.0', {UDP_PORT}))\n"
+    "while True:\n    data, peer = s.recvfrom(100)\n    s.sendto(data.upper(), peer)\n"
+)
+
+
+def _udp_echo(data: bytes) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1)
+        for _ in range(20):  # (a datagram sent before the service binds is lost)
+            s.sendto(data, ("127.0.0.1", UDP_HOST_PORT))
+            try:
+                return s.recv(100)
+            except TimeoutError:
+                continue
+    return b""
+
+
 IMAGE = (
     "set -e; t=$(mktemp -d); mkdir -p $t/bin $t/www $t/tmp; cp /bin/busybox $t/bin/; "
     "for a in sh httpd cat echo sleep date sync; do ln -s busybox $t/bin/$a; done; "
@@ -121,6 +142,7 @@ def _create(torpor: Torpor, ro: Path, rw: Path) -> None:
     config["mounts"] = [{"location": str(ro)}, {"location": str(rw), "writable": True}]
     config["memory"] = "1GiB"  # (less to save and load than the template's 2 GiB)
     config["portForwards"].append({"guestSocket": "/run/echo.sock", "hostSocket": "sock/echo.sock"})
+    config["portForwards"].append({"guestPort": UDP_PORT, "hostPort": UDP_HOST_PORT, "proto": "udp"})
     # Lima's fields through cloud-init's per-boot script (torpor's setup and provision scripts from the seed)
     config.update(
         env={"LIMA_STYLE": "yes"},
@@ -223,6 +245,8 @@ def test_docker_vm_keeps_its_containers_across_save_restore_and_snapshots(torpor
     _lima_fields_applied(torpor, "docker")
     _mounts_work(torpor, ro, rw)
     held = _echo_forwarded(torpor, echo_sock)
+    torpor.sh("docker", f"sudo systemd-run --unit=udpecho python3 -c {shlex.quote(UDP_ECHO)}")
+    assert _udp_echo(b"udp") == b"UDP"
     before = _containers_up(torpor, sock)
     # A client of the forwarded Docker socket with a request open (an event stream) when the save comes.
     events = socket.socket(socket.AF_UNIX)
@@ -241,6 +265,7 @@ def test_docker_vm_keeps_its_containers_across_save_restore_and_snapshots(torpor
     assert "restored in" in started.stderr and "could not keep" not in started.stderr, started.stderr
     assert api(sock, "/_ping") == (200, b"OK")  # as soon as start returns
     assert _echo(echo_sock, b"again") == b"AGAIN"
+    assert _udp_echo(b"udp again") == b"UDP AGAIN"
     assert f"{echo_sock} -> guest /run/echo.sock" in torpor.info("docker")["forwards"]
     assert torpor.sh("docker", "cat $HOME/file").strip() == "kept"
     n = len((rw / "count.log").read_text().split())

@@ -95,12 +95,12 @@ def test_ignored_fields_warn_only_when_they_would_do_something(tmp_path: Path) -
 
 def test_refused_fields_name_what_to_use_instead(tmp_path: Path) -> None:
     text = (
-        "images: [{location: build:default}]\narch: aarch64\nadditionalDisks: [data]\n"
+        "images: [{location: build:default}]\narch: aarch64\nportForwards: [{guestPort: 53, proto: sctp}]\n"
         "provision: [{mode: ansible, playbook: p.yml}]\n"
     )
     with pytest.raises(ConfigError) as e:
         load_effective(tmp_path, text, "i.yaml")
-    assert [p.split(":")[0] for p in e.value.problems] == ["arch", "additionalDisks", "provision[0].mode"]
+    assert [p.split(":")[0] for p in e.value.problems] == ["arch", "portForwards[0].proto", "provision[0].mode"]
     assert "ansible-playbook" in e.value.problems[2]
 
 
@@ -181,3 +181,18 @@ def test_cpu_type_moves_to_vm_opts(tmp_path: Path) -> None:
 
 def test_strip_nulls() -> None:
     assert lima.strip_nulls({"a": None, "b": {"c": None, "d": [None, 1]}}) == {"b": {"d": [1]}}
+
+
+def test_additional_disks_and_udp_forwards(tmp_path: Path) -> None:
+    text = (
+        "images: [{location: build:default}]\nadditionalDisks: [data, {name: scratch, format: false}]\n"
+        "portForwards: [{guestPort: 5353, hostPort: 15353, proto: udp}]\n"
+    )
+    cfg = load_effective(tmp_path, text, "i").config
+    assert [(d.name, d.format, d.fsType) for d in cfg.additionalDisks] == [
+        ("data", True, "ext4"),
+        ("scratch", False, "ext4"),
+    ]
+    assert cfg.portForwards[0].proto == "udp"
+    with pytest.raises(ConfigError, match="a UDP forward names its guestPort"):
+        load_effective(tmp_path, "images: [{location: build:default}]\nportForwards: [{proto: udp}]\n", "i")

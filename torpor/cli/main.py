@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str | None]] = {
     "restart": ("torpor.cli.restart", "shut an instance down and cold boot it (never restores)"),
     "validate": ("torpor.cli.validate", "check YAML files (torpor's or Lima's) without creating anything"),
     "edit": ("torpor.cli.edit", "change a stopped or saved instance's YAML ($EDITOR, or the edit flags)"),
+    "disk": ("torpor.cli.disk", "create, list, resize and delete additional disks (additionalDisks)"),
     "protect": ("torpor.cli.protect", "refuse to delete an instance until unprotect"),
     "unprotect": ("torpor.cli.protect", "allow deleting a protected instance again"),
     "prune": ("torpor.cli.prune", "remove the image cache and the set-aside states of refused restores"),

@@ -238,11 +238,6 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "os": (lambda v: str(v).lower() != "linux", "torpor runs Linux guests (os: Linux)"),
     "osOpts": (_non_empty, "osOpts are for non-Linux guests; torpor runs Linux guests"),
     "arch": (lambda v: v not in ("x86_64", "default"), "torpor runs x86_64 guests (arch: x86_64)"),
-    "additionalDisks": (
-        _non_empty,
-        "additional disks are not supported by torpor yet; remove additionalDisks "
-        "and use a directory on the instance's disk, or a mount",
-    ),
     "provision[].mode": (
         lambda v: v in ("ansible", "yq"),
         "write the file with `mode: data`, or edit it in a "
@@ -251,7 +246,7 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "provision[].playbook": (_non_empty, "run ansible-playbook from the host (`torpor show-ssh NAME`)"),
     "mountType": (lambda v: v == "wsl2", "wsl2 mounts are Windows-only; use reverse-sshfs, 9p or virtiofs"),
-    "portForwards[].proto": (lambda v: v not in ("tcp", "any"), "torpor forwards TCP ports (proto: tcp)"),
+    "portForwards[].proto": (lambda v: v not in ("tcp", "udp", "any"), "proto is tcp, udp or any"),
     "portForwards[].reverse": (_on, "torpor forwards guest sockets to the host only; remove reverse"),
 }
 
@@ -356,7 +351,9 @@ def _translate(data: dict[str, Any], reading: Reading) -> None:
     for i, pf in enumerate(data.get("portForwards") or []):
         if isinstance(pf, dict) and pf.get("proto") == "any":
             data["portForwards"][i] = {**pf, "proto": "tcp"}
-            reading.warnings.append(f"portForwards[{i}]: proto any forwards TCP only")
+            reading.warnings.append(
+                f"portForwards[{i}]: proto any forwards TCP (add a rule with proto: udp and its ports for UDP)"
+            )
     version = data.get("minimumLimaVersion")
     if version is not None and _version_key(str(version)) > _version_key(LIMA_VERSION):
         reading.warnings.append(

@@ -122,7 +122,7 @@ class PortForward(Model):
     # listeners, 0.0.0.0 only wildcard ones (as Lima; guestIPMustBeZero: true is the same as guestIP 0.0.0.0).
     guestIP: str = "127.0.0.1"
     guestIPMustBeZero: bool = False
-    proto: Literal["tcp"] = "tcp"
+    proto: Literal["tcp", "udp"] = "tcp"  # udp: forwarded by QEMU from the boot on (guestPort or a range)
     ignore: bool = False
     static: bool = False  # Lima's: forwarded in plain mode too
     # A unix socket in the guest, forwarded to hostSocket on the host (relative: under the instance directory).
@@ -144,6 +144,18 @@ class PortForward(Model):
             raise ValueError(f"guestSocket {self.guestSocket!r} must be an absolute path in the guest")
         if self.guestPort is not None or self.guestPortRange is not None or self.hostPort is not None:
             raise ValueError("a socket forward (guestSocket, hostSocket) has no guestPort, guestPortRange, hostPort")
+        return self
+
+    @model_validator(mode="after")
+    def _udp(self) -> PortForward:
+        if self.proto == "udp":
+            if self.guestSocket is not None:
+                raise ValueError("a socket forward has no proto: udp")
+            if self.guestPort is None and self.guestPortRange is None:
+                raise ValueError("a UDP forward names its guestPort (or guestPortRange)")
+            low, high = self.guestPortRange or (self.guestPort or 0, self.guestPort or 0)
+            if high - low >= 256:
+                raise ValueError("a UDP forward covers at most 256 ports")
         return self
 
     @model_validator(mode="after")
@@ -321,6 +333,21 @@ class CopyToHost(Model):
     deleteOnStop: bool = False
 
 
+class AdditionalDisk(Model):
+    """Lima's ``additionalDisks`` entry: a disk made with ``torpor disk create NAME``, mounted at
+    /mnt/lima-NAME in the guest (formatted first if it holds no filesystem and ``format`` is true)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,30}$")
+    format: bool = True
+    fsType: str = Field("ext4", pattern=r"^[a-z0-9]+$")
+    fsArgs: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_only(cls, v: object) -> object:
+        return {"name": v} if isinstance(v, str) else v
+
+
 class QemuOpts(Model):
     minimumVersion: str | None = Field(None, pattern=r"^\d+(\.\d+){0,2}$")
     cpuType: dict[str, str] = Field(default_factory=dict)  # arch -> QEMU -cpu model
@@ -355,6 +382,7 @@ class Config(Model):
     upgradePackages: bool = False
     containerd: Containerd = Containerd()
     copyToHost: list[CopyToHost] = Field(default_factory=list)
+    additionalDisks: list[AdditionalDisk] = Field(default_factory=list)
     message: str = ""
     vmOpts: VMOpts = VMOpts()
     minimumLimaVersion: str | None = None  # accepted: torpor reads the fields of the Lima version in torpor.config.lima
@@ -428,6 +456,14 @@ class Config(Model):
         if self.images and not any(img.arch == self.arch for img in self.images):
             raise ValueError(f"images: none is for arch {self.arch}; add one with arch: {self.arch}")
         return self
+
+    @field_validator("additionalDisks")
+    @classmethod
+    def _distinct_disks(cls, v: list[AdditionalDisk]) -> list[AdditionalDisk]:
+        names = [d.name for d in v]
+        if len(set(names)) != len(names):
+            raise ValueError("a disk is listed twice")
+        return v
 
     @field_validator("mounts")
     @classmethod

@@ -7,6 +7,7 @@ path uses them before anything heavy is imported, and building the protocol clas
 from __future__ import annotations
 
 import enum
+from pathlib import Path
 from typing import Any, NamedTuple
 
 
@@ -42,3 +43,4 @@ class BootPlan(NamedTuple):
     kernel_cmdline: str
     ssh_port: int  # the host port forwarded to the guest's SSH
     ready_channel: bool  # the guest reports ready on torpor's own channel (torpor's default guest)
+    data_disks: tuple[Path, ...] = ()  # additionalDisks' files, in order

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from torpor.config.schema import Config, Mount, Provision
+    from torpor.config.schema import AdditionalDisk, Config, Mount, Provision
 
 from torpor.store import atomic, filenames
 
@@ -170,6 +170,7 @@ class Setup:
     remove_default_cas: bool = False
     upgrade_packages: bool = False
     param: dict[str, str] = field(default_factory=dict)  # PARAM_<key> in provisioning scripts' environment
+    disks: tuple[AdditionalDisk, ...] = ()  # serial dataN in the guest, mounted at /mnt/lima-NAME
 
     @classmethod
     def of(cls, config: Config) -> Setup:
@@ -283,6 +284,12 @@ def setup_files(setup: Setup) -> dict[str, bytes]:
         out[f"torpor/ca/{i:02d}.crt"] = pem.encode()
     if setup.remove_default_cas:
         out["torpor/ca-remove-defaults"] = b""
+    if setup.disks:
+        # index, name, format (true/false), fsType, fsArgs (space separated)
+        out["torpor/disks"] = "".join(
+            f"{i}\t{d.name}\t{'true' if d.format else 'false'}\t{d.fsType}\t{' '.join(d.fsArgs) or '-'}\n"
+            for i, d in enumerate(setup.disks)
+        ).encode()
     if setup.param:
         out["torpor/param.env"] = "".join(
             f"export PARAM_{k}={shlex.quote(v)}\n" for k, v in setup.param.items()

@@ -91,8 +91,8 @@ async def _cold_boot(agent: HostAgent, effective: Effective) -> None:
     image = config.image_for_arch()
     default_guest = image.location == images.DEFAULT_GUEST
     ssh_port, user = await asyncio.to_thread(agent.guest.prepare_boot, config)
-    from torpor.driver.qemu.factory import grow_disk
     from torpor.config.schema import format_size
+    from torpor.driver.qemu.factory import grow_disk
 
     if (was := await asyncio.to_thread(grow_disk, agent.dir, config.disk)) is not None:
         agent.events.emit(
@@ -100,7 +100,11 @@ async def _cold_boot(agent: HostAgent, effective: Effective) -> None:
         )
     # A cold boot starts from fresh RAM; a RAM file left by an earlier (instant mode) run goes.
     (agent.dir / filenames.MEMORY_FILE).unlink(missing_ok=True)
-    plan = BootPlan(config_json, images.kernel_cmdline(image), ssh_port, ready_channel=default_guest)
+    from torpor.store import disks
+
+    names = [d.name for d in config.additionalDisks]
+    data_disks = tuple(await asyncio.to_thread(disks.check_for_boot, agent.home, agent.name, names))
+    plan = BootPlan(config_json, images.kernel_cmdline(image), ssh_port, default_guest, data_disks)
     driver = agent.driver = await asyncio.to_thread(agent.factory.boot, agent.dir, agent.name, plan)
     if driver.accel.name != "kvm":
         agent.events.emit(events.NOTICE, f"using TCG software emulation (slower): {driver.accel.reason}")

@@ -180,7 +180,7 @@ class GuestLink:
             provision=config.provision,
             mounts=config.mounts,
             mount_type=config.mountType,
-            setup=cidata.Setup.of(config),
+            setup=replace(cidata.Setup.of(config), disks=tuple(config.additionalDisks)),
         )
         port = config.ssh.localPort or guest_ssh.free_port(avoid=snapshots.held_ssh_ports(self.home))
         guest_ssh.write_config(self.dir, self.name, port, user.name, key)
@@ -286,7 +286,9 @@ class GuestLink:
         return f"cloud-init finished with status {status or f'unknown (exit code {code})'}:\n{out}"
 
     def forward_ports(self, rules: list[dict[str, Any]], emit: Emit) -> None:
-        port_rules = [ports.Rule.from_record(r) for r in rules if r.get("guestSocket") is None]
+        port_rules = [
+            ports.Rule.from_record(r) for r in rules if r.get("guestSocket") is None and r.get("proto") != "udp"
+        ]
         self.forwarder = PortForwarder(self.agent, self.ssh, port_rules, emit)
         self._spawn(self.forwarder.run())
 

@@ -45,6 +45,14 @@ def clone(src: str, dst: str, report: Report, root: Path | None = None, dst_root
                 f"instance {src!r} is {source.status.value.lower()}; only a stopped or saved instance can be cloned",
                 hint=f"`torpor stop {src}` (or `torpor stop --save {src}`, to clone its running state), then again",
             )
+        from torpor.store import disks
+
+        if held := disks.held_by(source.dir):
+            raise InstanceStateError(
+                f"instance {src!r} is saved with additional disks ({', '.join(sorted(held))}), which belong to one "
+                "machine at a time: its clone could not resume",
+                hint=f"`torpor start {src}` and `torpor stop --no-save {src}`, then clone the stopped instance",
+            )
         saved = _usable_saved_state(source.dir, target, report)
         tmp = dst_root / f".{dst}.cloning.{os.getpid()}"
         try:

@@ -61,6 +61,14 @@ def create(name: str, tag: str, report: Report, root: Path | None = None) -> dic
                 f"the disk of {name!r} already has an internal snapshot {tag!r} (left by an interrupted snapshot?)",
                 hint=f"`torpor snapshot delete {name} --tag {tag}` removes it",
             )
+        from torpor.store import disks
+
+        if held := disks.held_by(inst.dir):
+            raise InstanceStateError(
+                f"instance {name!r} has additional disks ({', '.join(sorted(held))}): a snapshot with memory would "
+                "cover its own disk only, and the additional disks would move on under it",
+                hint=f"stop it without saving (`torpor stop --no-save {name}`) for a snapshot of its own disk",
+            )
         if inst.status is Status.RUNNING:
             report(f"taking snapshot {tag!r} of the running VM (memory and disk)")
             return dict(_agent(inst).call("POST", "/v1/snapshots", {"tag": tag}))

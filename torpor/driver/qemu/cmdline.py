@@ -68,6 +68,7 @@ class VMSpec:
     mount_sockets: tuple[Path, ...] = ()  # one virtio-serial channel per mount, in the order of ``mounts``
     ninep: tuple[NinePExport, ...] = ()  # mountType 9p: one export per mount, tagged torpor9p.N
     virtiofs: tuple[VirtiofsShare, ...] = ()  # mountType virtiofs: one device per mount, tagged torpor-vfs.N
+    data_disks: tuple[Path, ...] = ()  # additionalDisks, in order: serial dataN
 
 
 def machine(spec: VMSpec) -> list[str]:
@@ -124,6 +125,13 @@ def disk(spec: VMSpec) -> list[str]:
             f"file={opt(spec.cidata)},if=none,id=cidata,format=raw,readonly=on",
             "-device",
             "virtio-blk-pci,drive=cidata,serial=cidata",
+        ]
+    for i, path in enumerate(spec.data_disks):
+        args += [
+            "-drive",
+            f"file={opt(path)},if=none,id=data{i},format=qcow2,discard=unmap,cache=writeback",
+            "-device",
+            f"virtio-blk-pci,drive=data{i},serial=data{i}",
         ]
     return args
 

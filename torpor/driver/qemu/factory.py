@@ -20,7 +20,7 @@ from torpor.store import filenames, savedstate
 from torpor.store.cache import cache_root
 
 if TYPE_CHECKING:
-    from torpor.driver.qemu.cmdline import NinePExport, VirtiofsShare
+    from torpor.driver.qemu.cmdline import HostForward, NinePExport, VirtiofsShare
     from torpor.driver.qemu.driver import QemuDriver
 
 __all__ = ["EarlyLaunch", "QemuFactory", "create_disk", "early_restore", "find_qemu"]
@@ -49,10 +49,11 @@ class QemuFactory:
             ready_socket=inst_dir / filenames.READY_SOCK if plan.ready_channel else None,
             cidata=inst_dir / filenames.CIDATA,
             qga_socket=inst_dir / filenames.QGA_SOCK,
-            forwards=(cmdline.HostForward("127.0.0.1", plan.ssh_port, 22),),
+            forwards=(cmdline.HostForward("127.0.0.1", plan.ssh_port, 22), *udp_forwards(plan.config)),
             mount_sockets=_mount_sockets(inst_dir, plan.config),
             ninep=_ninep_exports(plan.config),
             virtiofs=_virtiofs_shares(inst_dir, plan.config),
+            data_disks=plan.data_disks,
         )
         return QemuDriver(qemu, spec, accel)
 
@@ -75,6 +76,21 @@ class QemuFactory:
     def restore_problems(self, saved: savedstate.Saved, inst_dir: Path) -> list[str]:
         qemu = find_qemu(Machine.of(saved.manifest["config"]).arch)
         return _problems(saved, inst_dir, qemu)
+
+
+def udp_forwards(config: dict[str, Any]) -> list[HostForward]:
+    """The ``proto: udp`` port forwards, which QEMU's user network forwards from the boot on (TCP ones follow the
+    guest's listening sockets over SSH instead)."""
+    from torpor.driver.qemu import cmdline
+
+    out = []
+    for rule in config["portForwards"]:
+        if rule.get("proto") != "udp" or rule.get("ignore"):
+            continue
+        low, high = rule["guestPortRange"] or (rule["guestPort"], rule["guestPort"])
+        host_low = (rule.get("hostPortRange") or [rule["hostPort"] or low])[0]
+        out += [cmdline.HostForward(rule["hostIP"], host_low + p - low, p, "udp") for p in range(low, high + 1)]
+    return out
 
 
 def _mount_sockets(inst_dir: Path, config: dict[str, Any]) -> tuple[Path, ...]:
