@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from torpor.config.schema import Mount
 from torpor.guest import cidata
 
@@ -55,3 +57,45 @@ def test_the_shell_maps_the_host_directory_through_the_deepest_mount_holding_it(
     assert guest_dir_for(mounts, "/home/me/src") == "/work"
     assert guest_dir_for(mounts, "/home/meadow") is None  # a prefix of the name is not a parent directory
     assert guest_dir_for(mounts, "/etc") is None
+
+
+def test_setup_files_for_lima_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torpor.config.schema import Provision
+    from torpor.guest.cidata import Setup, provision_files, proxy_env, resolve_hosts, setup_files
+
+    assert proxy_env({"http_proxy": "http://localhost:3128", "NO_PROXY": "localhost", "HOME": "/h"}) == {
+        "http_proxy": "http://10.0.2.2:3128",
+        "NO_PROXY": "localhost",
+    }
+    hosts = resolve_hosts({"a.internal": "10.0.0.5", "b.internal": "a.internal", "h": "host.lima.internal"})
+    assert hosts["b.internal"] == "10.0.0.5" and hosts["h"] == "10.0.2.2" and hosts["host.lima.internal"] == "10.0.2.2"
+    files = setup_files(Setup(env={"A": 'x "y" $z'}, dns=("1.1.1.1",), timezone="UTC", param={"P": "it's"}))
+    assert files["torpor/environment"] == b'A="x \\"y\\" $z"\n'
+    assert files["torpor/environment.sh"] == b"export A='x \"y\" $z'\n"
+    assert files["torpor/resolv.conf"] == b"nameserver 1.1.1.1\n"
+    assert files["torpor/timezone"] == b"UTC\n" and files["torpor/localtime"].startswith(b"TZif")
+    assert files["torpor/param.env"] == b"export PARAM_P='it'\"'\"'s'\n"
+    order = provision_files(
+        [
+            Provision(mode="user", script="u"),
+            Provision(mode="data", path="/etc/x", content="c", overwrite=False, permissions="600"),
+            Provision(mode="boot", script="b"),
+            Provision(mode="dependency", script="d"),
+        ]
+    )
+    assert sorted(order) == [
+        "torpor/provision/0-02-boot",
+        "torpor/provision/1-03-dependency",
+        "torpor/provision/2-01-data",
+        "torpor/provision/2-01-data.meta",
+        "torpor/provision/4-00-user",
+    ]
+    assert order["torpor/provision/2-01-data.meta"] == b"/etc/x\nroot:root\n600\nfalse\n"
+
+
+def test_unresolvable_host_is_a_config_error() -> None:
+    from torpor.errors import ConfigError
+    from torpor.guest.cidata import resolve_hosts
+
+    with pytest.raises(ConfigError, match="neither an IP address nor a name"):
+        resolve_hosts({"x": "nowhere.example"})

@@ -25,6 +25,10 @@ VERBS: dict[str, tuple[str, str | None]] = {
     "validate": ("torpor.cli.validate", "check YAML files (torpor's or Lima's) without creating anything"),
     "edit": ("torpor.cli.edit", "change a stopped or saved instance's YAML ($EDITOR, or the edit flags)"),
     "disk": ("torpor.cli.disk", "create, list, resize and delete additional disks (additionalDisks)"),
+    "rename": ("torpor.cli.rename", "rename a stopped or saved instance"),
+    "factory-reset": ("torpor.cli.factory_reset", "make a stopped instance new again: only its YAML kept"),
+    "completion": ("torpor.cli.completion", "print a bash or zsh completion script"),
+    "__complete": ("torpor.cli.completion", None),
     "protect": ("torpor.cli.protect", "refuse to delete an instance until unprotect"),
     "unprotect": ("torpor.cli.protect", "allow deleting a protected instance again"),
     "prune": ("torpor.cli.prune", "remove the image cache and the set-aside states of refused restores"),
@@ -114,6 +118,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 # start's edit flags (for a new instance from a file) are unset in a plain start.
 _NO_EDITS: dict[str, object] = {
     "new_name": None,
+    "timeout": None,
     "cpus": None,
     "memory": None,
     "disk": None,

@@ -19,11 +19,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cold", action="store_true", help="discard a saved state and boot afresh")
     p.add_argument("--name", dest="new_name", metavar="NAME", help="with a file or template: the instance's name")
+    p.add_argument("--timeout", type=duration, help="how long to wait for ready, such as 90s or 10m (Lima's)")
     edits.add_arguments(p)
 
 
 # (torpor.config.edits.FIELDS, not imported for a plain start)
 EDIT_FIELDS = ("cpus", "memory", "disk", "mount", "mount_type", "mount_none", "param", "set_expr")
+
+
+def duration(text: str) -> float:
+    """A duration as Lima's --timeout takes it: 90s, 10m, 1h30m, or seconds."""
+    import argparse
+    import re
+
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms]?)", text)
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 10m or 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[u] for n, u in parts)
 
 
 def is_template(arg: str) -> bool:
@@ -46,7 +58,8 @@ def run(args: argparse.Namespace | SimpleNamespace) -> int:
         )
     bar = Progress(args.tty)
     # With no one to answer, the agent restores and says what changed.
-    ready = start(args.name, bar.report, args.tty, cold=args.cold, ask=asker(args), progress=bar.line)
+    wait = getattr(args, "timeout", None)
+    ready = start(args.name, bar.report, args.tty, cold=args.cold, ask=asker(args), progress=bar.line, wait=wait)
     bar.end()
     if message := ready.fields.get("startMessage"):
         report(str(message).rstrip("\n"))

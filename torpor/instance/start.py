@@ -38,12 +38,14 @@ def start(
     ask: Ask | None = None,
     progress: Report | None = None,
     root: Path | None = None,
+    wait: float | None = None,
 ) -> events.Event:
     """Start ``name`` (creating it from the default template if it does not exist); return the ready event.
 
     A saved state is restored unless ``cold``.  If the configuration changed since the save, ``ask`` (given when
     someone can answer: cli.main decides) chooses between restoring now and discarding the state; without it the
-    host agent restores and warns which fields changed.
+    host agent restores and warns which fields changed.  ``wait``: seconds to wait for ready (Lima's
+    ``--timeout``; by default the configuration's bootTimeout and a margin); the instance goes on booting after.
     """
     root = root or home()
     _create_if_missing(name, root, report)
@@ -63,7 +65,7 @@ def start(
         clear_runtime_files(inst_dir)
         reader = events.EventReader(inst_dir / filenames.HA_STDOUT, 0)
         proc = spawn.spawn_hostagent(name, inst_dir, root)
-        timeout = boot_timeout + AGENT_MARGIN
+        timeout = wait if wait is not None else boot_timeout + AGENT_MARGIN
         last = spawn.follow(
             reader,
             alive=lambda: proc.poll() is None,
@@ -75,6 +77,11 @@ def start(
         return last
     if last is None and proc.poll() is None:
         reason = f"the instance did not become ready within {timeout:.0f} s"
+        if wait is not None:
+            raise HostAgentError(
+                f"instance {name!r} is not ready after {timeout:.0f} s (--timeout); it goes on starting",
+                hint=f"`torpor list {name}` shows when it is Running; `torpor stop {name}` stops it",
+            )
     else:
         reason = last.message if last is not None else f"the host agent exited with code {proc.poll()}"
     raise HostAgentError(
