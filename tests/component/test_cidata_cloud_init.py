@@ -62,8 +62,8 @@ def test_cloud_init_reads_the_seed(tmp_path: Path) -> None:
     # system and user entries are run by torpor's provision script from a per-boot script (every boot, as Lima)
     assert seen["runcmd"] is None
     assert seen["bootcmd"][0][-1] == cidata.CLOUD_SCRIPT
-    assert (seed / "torpor/provision/3-00-system").read_text() == "echo sys"
-    assert (seed / "torpor/provision/4-01-user").read_text() == "echo user"
+    assert (seed / "torpor/provision/4-00-system").read_text() == "echo sys"
+    assert (seed / "torpor/provision/5-01-user").read_text() == "echo user"
     assert (seed / "torpor/lib/provision").read_bytes() == (
         Path(cidata.__file__).parent / "rootfs/provision"
     ).read_bytes()

@@ -75,7 +75,7 @@ provision:
     assert (d / "provision.log").exists()
     log = (d / "provision.log").read_text()
     # in Lima's order: boot, system, user
-    assert log.index("=== 0-02-boot") < log.index("=== 3-00-system") < log.index("=== 4-01-user")
+    assert log.index("=== 0-02-boot") < log.index("=== 4-00-system") < log.index("=== 5-01-user")
 
     # copy both ways, recursively
     src = tmp_path / "tree"

@@ -37,7 +37,7 @@ def test_protect_rename_edit_and_factory_reset(torpor: Torpor, tmp_path: Path) -
     yaml_file = torpor.dir("v2") / "torpor.yaml"
     before = yaml_file.read_text()
     editor = tmp_path / "editor.py"
-    editor.write_text("import sys\nopen(sys.argv[1], 'a').write(sys.argv[2] + '\\n')\n")
+    editor.write_text("import sys\nopen(sys.argv[-1], 'a').write(sys.argv[1] + '\\n')\n")  # EDITOR TEXT FILE
     env = {"EDITOR": f"{sys.executable} {editor} 'cpus: 0'"}
     bad = torpor.run("edit", "v2", check=False, env=env)
     assert bad.returncode != 0 and "cpus" in bad.stderr

@@ -23,7 +23,6 @@ REFUSALS = [
     r"osOpts: is not supported: .*",
     r"vmType: 'wsl2' is not supported: .*",
     r"mountType: 'wsl2' is not supported: .*",
-    r"provision\[\d+\]\.mode: 'yq' is not supported: .*",
     r"base fedora-rawhide:_images/fedora-rawhide: cannot read .*",  # (that template's base is not a locator)
 ]
 
@@ -72,7 +71,6 @@ def test_lima_reference_default_yaml_nulls_are_defaults(tmp_path: Path) -> None:
 
 def test_docker_yaml_warnings_and_template_variables(tmp_path: Path) -> None:
     text = re.sub(r"template:_images/\S+", "template:_images/debian-12", (LIMA / "docker.yaml").read_text())
-    text = re.sub(r"- mode: yq\n(  .*\n)+", "", text)
     eff = load_effective(tmp_path, embed(text, "docker.yaml", LIMA), "docker.yaml", instance=("dk", tmp_path / "dk"))
     sock = next(p for p in eff.config.portForwards if p.guestSocket)
     assert sock.hostSocket == f"{tmp_path}/dk/sock/docker.sock"
@@ -196,3 +194,47 @@ def test_additional_disks_and_udp_forwards(tmp_path: Path) -> None:
     assert cfg.portForwards[0].proto == "udp"
     with pytest.raises(ConfigError, match="a UDP forward names its guestPort"):
         load_effective(tmp_path, "images: [{location: build:default}]\nportForwards: [{proto: udp}]\n", "i")
+
+
+def test_yq_provisioning_edits_json_in_the_guest_as_lima(tmp_path: Path) -> None:
+    """Lima's docker.yaml yq entry, its assignments read on the host and applied by the guest's yq.py."""
+    import json
+    import subprocess
+    import sys
+
+    from torpor.guest import cidata
+
+    text = re.sub(r"template:_images/\S+", "template:_images/debian-12", (LIMA / "docker.yaml").read_text())
+    cfg = load_effective(tmp_path, embed(text, "docker.yaml", LIMA), "docker.yaml", instance=("dk", tmp_path)).config
+    (entry,) = [p for p in cfg.provision if p.mode == "yq"]
+    assert entry.path is not None and entry.path.endswith("/.config/docker/daemon.json")
+    files = cidata.provision_files([entry])
+    spec = tmp_path / "spec"
+    spec.write_bytes(files["torpor/provision/3-00-yq"])
+    target = tmp_path / "daemon.json"
+    target.write_text('{"features": {"other": 1}}')
+    yq = Path(cidata.__file__).parent / "rootfs" / "yq.py"
+    subprocess.run([sys.executable, yq, spec, target], check=True)
+    assert json.loads(target.read_text()) == {"features": {"other": 1, "cdi": True, "containerd-snapshotter": True}}
+
+
+def test_yq_provisioning_edits_ini(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from torpor.config.schema import Provision
+    from torpor.guest import cidata
+
+    entry = Provision(mode="yq", path="/etc/x/override.conf", format="ini", expression='.Socket.SocketUser="dev"')
+    spec = tmp_path / "spec"
+    spec.write_bytes(cidata.provision_files([entry])["torpor/provision/3-00-yq"])
+    target = tmp_path / "override.conf"
+    target.write_text("[Socket]\nListenStream=/run/docker.sock\n")
+    subprocess.run([sys.executable, Path(cidata.__file__).parent / "rootfs" / "yq.py", spec, target], check=True)
+    assert target.read_text() == "[Socket]\nListenStream = /run/docker.sock\nSocketUser = dev\n\n"
+    with pytest.raises(ConfigError, match="sets .Section.key"):
+        load_effective(
+            tmp_path,
+            "images: [{location: build:default}]\nprovision: [{mode: yq, path: /a.ini, expression: '.a = 1'}]\n",
+            "i",
+        )

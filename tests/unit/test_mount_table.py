@@ -88,7 +88,7 @@ def test_setup_files_for_lima_fields(monkeypatch: pytest.MonkeyPatch) -> None:
         "torpor/provision/1-03-dependency",
         "torpor/provision/2-01-data",
         "torpor/provision/2-01-data.meta",
-        "torpor/provision/4-00-user",
+        "torpor/provision/5-00-user",
     ]
     assert order["torpor/provision/2-01-data.meta"] == b"/etc/x\nroot:root\n600\nfalse\n"
 

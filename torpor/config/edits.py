@@ -96,21 +96,32 @@ class _Flags:
 
 def set_expression(data: dict[str, Any], expr: str) -> None:
     """Apply a ``--set`` expression to ``data`` in place."""
+    for path, append, value in assignments(expr):
+        assign(data, path, value, append=append, expr=expr)
+
+
+Path_ = list[str | int]
+
+
+def assignments(expr: str, what: str = "--set") -> list[tuple[Path_, bool, Any]]:
+    """The assignments of a yq expression: (path, whether it appends, value), or a ConfigError naming ``what``."""
     import yaml
 
+    out = []
     for part in _split(expr):
         m = re.fullmatch(r"\s*(\.[^=+]*?)\s*(\+?=)\s*(.*?)\s*", part, re.S)
         if m is None:
             raise ConfigError(
-                f"--set {expr!r}: torpor understands assignments such as '.cpus = 4' and '.mounts += [{{...}}]' "
+                f"{what} {expr!r}: torpor understands assignments such as '.cpus = 4' and '.mounts += [{{...}}]' "
                 "joined with |"
             )
-        path, op, raw = _path(m.group(1), expr), m.group(2), m.group(3)
+        path, op, raw = _path(m.group(1), expr, what), m.group(2), m.group(3)
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
-            raise ConfigError(f"--set {expr!r}: {raw!r} is not a YAML value") from None
-        _assign(data, path, value, append=op == "+=", expr=expr)
+            raise ConfigError(f"{what} {expr!r}: {raw!r} is not a YAML value") from None
+        out.append((path, op == "+=", value))
+    return out
 
 
 def _split(expr: str) -> list[str]:
@@ -133,24 +144,24 @@ def _split(expr: str) -> list[str]:
     return [*parts, cur]
 
 
-def _path(text: str, expr: str) -> list[str | int]:
+def _path(text: str, expr: str, what: str = "--set") -> list[str | int]:
     steps: list[str | int] = []
     pos = 0
     while pos < len(text):
         m = _STEP.match(text, pos)
         if m is None:
-            raise ConfigError(f'--set {expr!r}: cannot read the path {text!r} (use .key, ."key" and [N])')
+            raise ConfigError(f'{what} {expr!r}: cannot read the path {text!r} (use .key, ."key" and [N])')
         if m.group(3) is not None:
             steps.append(int(m.group(3)))
         else:
             steps.append(m.group(2) if m.group(2) is not None else m.group(1).replace('\\"', '"'))
         pos = m.end()
     if not steps:
-        raise ConfigError(f"--set {expr!r}: an assignment needs a path such as .cpus")
+        raise ConfigError(f"{what} {expr!r}: an assignment needs a path such as .cpus")
     return steps
 
 
-def _assign(data: Any, path: list[str | int], value: Any, *, append: bool, expr: str) -> None:
+def assign(data: Any, path: list[str | int], value: Any, *, append: bool, expr: str) -> None:
     node = data
     for i, step in enumerate(path[:-1]):
         nxt = path[i + 1]

@@ -156,6 +156,7 @@ GUEST_TEMPLATES = (
     ("provision", "content"),
     ("provision", "path"),
     ("provision", "owner"),
+    ("provision", "expression"),
     ("probes", "script"),
     ("probes", "description"),
     ("probes", "hint"),

@@ -239,10 +239,8 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "osOpts": (_non_empty, "osOpts are for non-Linux guests; torpor runs Linux guests"),
     "arch": (lambda v: v not in ("x86_64", "default"), "torpor runs x86_64 guests (arch: x86_64)"),
     "provision[].mode": (
-        lambda v: v in ("ansible", "yq"),
-        "write the file with `mode: data`, or edit it in a "
-        "`mode: system` script (for ansible: run ansible-playbook from the host, `torpor show-ssh "
-        "NAME` gives the address)",
+        lambda v: v == "ansible",
+        "run ansible-playbook from the host (`torpor show-ssh NAME` gives the address), or a `mode: system` script",
     ),
     "provision[].playbook": (_non_empty, "run ansible-playbook from the host (`torpor show-ssh NAME`)"),
     "mountType": (lambda v: v == "wsl2", "wsl2 mounts are Windows-only; use reverse-sshfs, 9p or virtiofs"),

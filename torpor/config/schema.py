@@ -255,7 +255,7 @@ class Provision(Model):
     ``file`` (a path relative to the template) is read into ``script`` (``content`` for data) when the instance
     is created."""
 
-    mode: Literal["system", "user", "boot", "dependency", "data"] = "system"
+    mode: Literal["system", "user", "boot", "dependency", "data", "yq"] = "system"
     script: str | None = None
     skipDefaultDependencyResolution: bool = False  # (torpor's guests come with what torpor needs)
     # mode: data
@@ -264,6 +264,9 @@ class Provision(Model):
     owner: str = "root:root"
     permissions: str = "644"
     overwrite: bool = True
+    # mode: yq (assignments only, on a JSON, YAML or INI file; needs python3 in the guest)
+    expression: str | None = None
+    format: Literal["auto", "json", "yaml", "ini"] = "auto"
 
     @field_validator("permissions", mode="before")
     @classmethod
@@ -274,7 +277,20 @@ class Provision(Model):
 
     @model_validator(mode="after")
     def _what(self) -> Provision:
-        if self.mode == "data":
+        if self.mode == "yq":
+            from torpor.config.edits import assignments
+
+            if self.path is None or self.expression is None:
+                raise ValueError("mode: yq needs path and expression")
+            ops = assignments(self.expression, "expression")
+            fmt = yq_format(self.path, self.format)
+            if fmt not in ("json", "yaml", "ini"):
+                raise ValueError(
+                    f"mode: yq edits JSON, YAML and INI files; give format: json, yaml or ini for {self.path}"
+                )
+            if fmt == "ini" and any(len(path) != 2 or append for path, append, _ in ops):
+                raise ValueError("mode: yq on an INI file sets .Section.key = value")
+        elif self.mode == "data":
             if self.path is None or self.content is None:
                 raise ValueError("mode: data needs path and content")
             if not self.path.startswith(("/", "{{")):
@@ -284,6 +300,14 @@ class Provision(Model):
         elif self.script is None:
             raise ValueError(f"mode: {self.mode} needs a script")
         return self
+
+
+def yq_format(path: str, given: str) -> str:
+    """The format a ``mode: yq`` entry edits: as given, or by the file's extension (as yq's "auto")."""
+    if given != "auto":
+        return given
+    ext = path.rsplit(".", 1)[-1].lower()
+    return {"yml": "yaml", "yaml": "yaml", "json": "json", "ini": "ini"}.get(ext, ext)
 
 
 class Probe(Model):

@@ -302,7 +302,7 @@ def _pam_quote(v: str) -> str:
 
 
 # Lima's order within a boot, after the boot scripts: dependency, data, then system and user.
-MODE_ORDER = ("boot", "dependency", "data", "system", "user")
+MODE_ORDER = ("boot", "dependency", "data", "yq", "system", "user")
 
 
 def provision_files(provision: list[Provision]) -> dict[str, bytes]:
@@ -315,6 +315,16 @@ def provision_files(provision: list[Provision]) -> dict[str, bytes]:
             out[name] = (p.content or "").encode()
             meta = f"{p.path}\n{p.owner}\n{p.permissions}\n{'true' if p.overwrite else 'false'}\n"
             out[name + ".meta"] = meta.encode()
+        elif p.mode == "yq":
+            import json
+
+            from torpor.config.edits import assignments
+            from torpor.config.schema import yq_format
+
+            fmt = yq_format(p.path or "", p.format)
+            ops = [[path, append, value] for path, append, value in assignments(p.expression or "", "expression")]
+            out[name] = json.dumps({"format": fmt, "ops": ops}).encode()
+            out[name + ".meta"] = f"{p.path}\n{p.owner}\n{p.permissions}\ntrue\n".encode()
         else:
             out[name] = (p.script or "").encode()
     return out
@@ -394,6 +404,7 @@ def files(
         "torpor/authorized_keys": "".join(k.strip() + "\n" for k in pubkeys).encode(),
         "torpor/lib/setup": (rootfs / "setup").read_bytes(),
         "torpor/lib/provision": (rootfs / "provision").read_bytes(),
+        "torpor/lib/yq.py": (rootfs / "yq.py").read_bytes(),
         **setup_files(setup),
         **provision_files(provision),
     }
