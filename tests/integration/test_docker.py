@@ -157,6 +157,7 @@ def _create(torpor: Torpor, ro: Path, rw: Path) -> None:
                 "content": "x={{.Param.Word}}\n",
                 "owner": "{{.User}}",
             },
+            {"mode": "yq", "path": "{{.Home}}/.config/t/x.json", "expression": ".a.b = 1", "owner": "{{.User}}"},
             {
                 "mode": "system",
                 "script": '#!/bin/bash\nset -euo pipefail\necho "$BASH_VERSION $PARAM_Word" >> /root/sys.log\n',
@@ -179,6 +180,8 @@ def _lima_fields_applied(torpor: Torpor, name: str) -> None:
     assert torpor.sh(name, "stat -c %U /etc/torpor-test/data.conf").strip() == user
     assert torpor.sh(name, "sudo cat /root/sys.log").split()[-1] == "bash"  # run by bash, with PARAM_Word
     assert (torpor.dir(name) / "data.conf").read_text() == "x=bash\n"
+    assert json.loads(torpor.sh(name, "cat ~/.config/t/x.json")) == {"a": {"b": 1}}  # mode: yq
+    assert torpor.sh(name, "stat -c %U ~/.config ~/.config/t ~/.config/t/x.json").split() == [user] * 3
 
 
 def _mounts_work(torpor: Torpor, ro: Path, rw: Path) -> None:

@@ -232,7 +232,7 @@ def test_yq_provisioning_edits_ini(tmp_path: Path) -> None:
     target.write_text("[Socket]\nListenStream=/run/docker.sock\n")
     subprocess.run([sys.executable, Path(cidata.__file__).parent / "rootfs" / "yq.py", spec, target], check=True)
     assert target.read_text() == "[Socket]\nListenStream = /run/docker.sock\nSocketUser = dev\n\n"
-    with pytest.raises(ConfigError, match="sets .Section.key"):
+    with pytest.raises(ConfigError, match=r"sets \.Section\.key"):
         load_effective(
             tmp_path,
             "images: [{location: build:default}]\nprovision: [{mode: yq, path: /a.ini, expression: '.a = 1'}]\n",
