@@ -43,7 +43,7 @@ def test_protect_rename_edit_and_factory_reset(torpor: Torpor, tmp_path: Path) -
     assert bad.returncode != 0 and "cpus" in bad.stderr
     assert yaml_file.read_text() == before
     assert (torpor.dir("v2") / "torpor.yaml.rejected").read_text().endswith("cpus: 0\n")
-    torpor.run("edit", "v2", env={"EDITOR": f"{sys.executable} {editor} 'env: {{EDITED: yes}}'"})
+    torpor.run("edit", "v2", env={"EDITOR": f"{sys.executable} {editor} 'env: {{EDITED: done}}'"})
     assert "EDITED" in yaml_file.read_text()
 
     # factory-reset: refused while protected; then only the YAML is left, and the next start is a first boot
@@ -53,7 +53,7 @@ def test_protect_rename_edit_and_factory_reset(torpor: Torpor, tmp_path: Path) -
     assert sorted(p.name for p in torpor.dir("v2").iterdir() if p.name != "instance.lock") == ["torpor.yaml"]
     torpor.run("start", "v2")
     assert torpor.sh("v2", "cat /var/lib/torpor/boots") == "1\n"
-    assert torpor.sh("v2", ". /etc/profile; echo $EDITED") == "yes\n"
+    assert torpor.sh("v2", ". /etc/profile; echo $EDITED") == "done\n"
     torpor.run("stop", "v2")
     torpor.run("delete", "v2")
 
