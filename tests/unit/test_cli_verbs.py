@@ -123,3 +123,42 @@ def test_set_expressions_torpor_does_not_read_are_refused(expr: str) -> None:
 
     with pytest.raises(ConfigError, match="--set"):
         edits.set_expression({"cpus": 1, "mounts": []}, expr)
+
+
+def test_list_counts_set_aside_states_and_prune_removes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torpor.cli.main import main
+    from torpor.instance.listing import describe
+
+    home, cache = tmp_path / "home", tmp_path / "cache"
+    monkeypatch.setenv("TORPOR_HOME", str(home))
+    monkeypatch.setenv("TORPOR_CACHE", str(cache))
+    inst = home / "vm"
+    (inst / "saved.failed-20261207-1").mkdir(parents=True)
+    (inst / "torpor.yaml").write_text("images: [{location: build:default}]\n")
+    (inst / "saved.failed-20261207-1" / "state.bin").write_bytes(b"x" * 1_000_000)
+    (cache / "guests").mkdir(parents=True)
+    (cache / "guests" / "img").write_bytes(b"y" * 10_000)
+    row = describe("vm", home)
+    assert row["setAside"]["count"] == 1 and row["setAside"]["bytes"] >= 1_000_000
+    assert main(["list"]) == 0
+    assert "1 saved state(s) set aside" in capsys.readouterr().err
+    assert main(["prune", "--keep-cache"]) == 0
+    assert not (inst / "saved.failed-20261207-1").exists() and (cache / "guests" / "img").exists()
+    assert main(["prune"]) == 0
+    assert not cache.exists() and (inst / "torpor.yaml").exists()
+    assert main(["list", "-q"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "vm"
+
+
+def test_protect_refuses_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torpor.cli.main import main
+
+    monkeypatch.setenv("TORPOR_HOME", str(tmp_path))
+    (tmp_path / "vm").mkdir()
+    (tmp_path / "vm" / "torpor.yaml").write_text("images: [{location: build:default}]\n")
+    assert main(["protect", "vm"]) == 0
+    assert main(["delete", "vm"]) != 0 and (tmp_path / "vm").exists()
+    assert main(["unprotect", "vm"]) == 0
+    assert main(["delete", "vm"]) == 0 and not (tmp_path / "vm").exists()

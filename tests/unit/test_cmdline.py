@@ -203,3 +203,29 @@ def test_paths_with_commas_stay_whole_inside_option_strings() -> None:
     assert split_options(values["-qmp"])[0] == f"unix:{d}/qmp.sock"
     moved = cmdline.retarget(argv, p, cmdline.Placement(Path("/h/b,c"), "b", p.ssh))
     assert moved == cmdline.build("qemu-system-x86_64", placed(cmdline.Placement(Path("/h/b,c"), "b", p.ssh)))
+
+
+def test_cpu_type_additional_disks_and_udp_forwards() -> None:
+    assert cmdline.machine(spec(cpu_model="Haswell-v4"))[-1] == "Haswell-v4"
+    assert cmdline.machine(spec(cpu_model="host"))[-1] == "max"  # TCG has no host CPU
+    assert cmdline.machine(spec(accel="kvm", cpu_model="host"))[-1] == "host"
+    args = cmdline.disk(spec(data_disks=(D / "a,b" / "datadisk",)))
+    assert "file=/inst/a,,b/datadisk,if=none,id=data0,format=qcow2,discard=unmap,cache=writeback" in args
+    assert "virtio-blk-pci,drive=data0,serial=data0" in args
+    from torpor.driver.qemu.factory import udp_forwards
+
+    rule = {"proto": "udp", "ignore": False, "hostIP": "127.0.0.1", "hostPort": None, "guestPort": None}
+    fwds = udp_forwards({"portForwards": [{**rule, "guestPortRange": [53, 54], "hostPortRange": [1053, 1054]}]})
+    assert [cmdline.network(spec(forwards=tuple(fwds)))[1]] == [
+        "user,id=net0,hostfwd=udp:127.0.0.1:1053-:53,hostfwd=udp:127.0.0.1:1054-:54"
+    ]
+
+
+def test_minimum_qemu_version() -> None:
+    from torpor.driver.qemu import factory, host
+    from torpor.errors import ConfigError
+
+    qemu = host.Qemu("/usr/bin/qemu-system-x86_64", "7.2.19")
+    factory._check_minimum_version(qemu, {"vmOpts": {"qemu": {"minimumVersion": "7.2"}}})
+    with pytest.raises(ConfigError, match=r"needs QEMU 8\.0"):
+        factory._check_minimum_version(qemu, {"vmOpts": {"qemu": {"minimumVersion": "8.0"}}})

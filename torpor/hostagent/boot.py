@@ -90,6 +90,8 @@ async def _cold_boot(agent: HostAgent, effective: Effective) -> None:
     await asyncio.to_thread(sockets.check, sockets.from_config(agent.dir, config_json))
     image = config.image_for_arch()
     default_guest = image.location == images.DEFAULT_GUEST
+    if default_guest and config.upgradePackages:
+        agent.events.emit(events.NOTICE, "upgradePackages: the default guest has no package manager; nothing to do")
     ssh_port, user = await asyncio.to_thread(agent.guest.prepare_boot, config)
     from torpor.config.schema import format_size
     from torpor.driver.qemu.factory import grow_disk

@@ -69,6 +69,7 @@ class VMSpec:
     ninep: tuple[NinePExport, ...] = ()  # mountType 9p: one export per mount, tagged torpor9p.N
     virtiofs: tuple[VirtiofsShare, ...] = ()  # mountType virtiofs: one device per mount, tagged torpor-vfs.N
     data_disks: tuple[Path, ...] = ()  # additionalDisks, in order: serial dataN
+    cpu_model: str | None = None  # vmOpts.qemu.cpuType for the arch (default: host under KVM, max under TCG)
 
 
 def machine(spec: VMSpec) -> list[str]:
@@ -76,6 +77,8 @@ def machine(spec: VMSpec) -> list[str]:
         raise ValueError(f"unsupported arch {spec.arch}")
     # -cpu host fails under nested KVM ("failed to set MSR"), and TCG has no host CPU to pass through.
     cpu = "host" if spec.accel == "kvm" else "max"
+    if spec.cpu_model and not (spec.cpu_model == "host" and spec.accel != "kvm"):
+        cpu = spec.cpu_model  # (TCG has no host CPU: "host" stays "max" there)
     accel = "kvm" if spec.accel == "kvm" else "tcg,thread=multi"
     machine = "q35,memory-backend=ram0" if _ram_backend(spec) else "q35"
     return ["-machine", machine, "-accel", accel, "-cpu", cpu]

@@ -54,7 +54,9 @@ class QemuFactory:
             ninep=_ninep_exports(plan.config),
             virtiofs=_virtiofs_shares(inst_dir, plan.config),
             data_disks=plan.data_disks,
+            cpu_model=plan.config.get("vmOpts", {}).get("qemu", {}).get("cpuType", {}).get(machine.arch),
         )
+        _check_minimum_version(qemu, plan.config)
         return QemuDriver(qemu, spec, accel)
 
     def restore(self, inst_dir: Path, name: str, saved: savedstate.Saved, early: object | None) -> QemuDriver:
@@ -76,6 +78,24 @@ class QemuFactory:
     def restore_problems(self, saved: savedstate.Saved, inst_dir: Path) -> list[str]:
         qemu = find_qemu(Machine.of(saved.manifest["config"]).arch)
         return _problems(saved, inst_dir, qemu)
+
+
+def _check_minimum_version(qemu: host.Qemu, config: dict[str, Any]) -> None:
+    """vmOpts.qemu.minimumVersion: refuse an older QEMU, as Lima does."""
+    wanted = config.get("vmOpts", {}).get("qemu", {}).get("minimumVersion")
+    if not wanted:
+        return
+
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in v.split(".")) + (0,) * (3 - len(v.split(".")))
+
+    if key(qemu.version) < key(wanted):
+        from torpor.errors import ConfigError
+
+        raise ConfigError(
+            f"vmOpts.qemu.minimumVersion: this instance needs QEMU {wanted}; {qemu.binary} is {qemu.version}",
+            hint="install a newer QEMU, or set $TORPOR_QEMU to one",
+        )
 
 
 def udp_forwards(config: dict[str, Any]) -> list[HostForward]:
