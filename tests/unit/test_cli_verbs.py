@@ -1,9 +1,10 @@
-"""What `torpor start` and `torpor stop` make of what the library tells them (the library itself faked)."""
+"""What the verbs make of what the library tells them (the library faked where it would start VMs)."""
 
 from __future__ import annotations
 
 import builtins
 import io
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
