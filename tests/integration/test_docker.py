@@ -149,6 +149,7 @@ def _create(torpor: Torpor, ro: Path, rw: Path) -> None:
         timezone="Asia/Tokyo",
         hostResolver={"hosts": {"db.internal": "10.0.2.15"}},
         user={"comment": "Docker User"},
+        caCerts={"certs": [(Path(__file__).parent.parent / "data" / "test-ca.pem").read_text()]},
         param={"Word": "bash"},
         provision=[
             {
@@ -175,6 +176,9 @@ def _lima_fields_applied(torpor: Torpor, name: str) -> None:
         torpor.sh(name, ". /etc/environment; echo $LIMA_STYLE; cat /etc/timezone; date +%Z") == "yes\nAsia/Tokyo\nJST\n"
     )
     assert "10.0.2.15 db.internal" in torpor.sh(name, "cat /etc/hosts")
+    # caCerts: in the system's bundle (through update-ca-certificates where the guest has it)
+    pem = (Path(__file__).parent.parent / "data" / "test-ca.pem").read_text().strip()
+    assert pem in torpor.sh(name, "cat /etc/ssl/certs/ca-certificates.crt")
     user = torpor.sh(name, "id -un").strip()
     assert torpor.sh(name, f"getent passwd {user} | cut -d: -f5") == "Docker User\n"
     assert torpor.sh(name, "stat -c %U /etc/torpor-test/data.conf").strip() == user

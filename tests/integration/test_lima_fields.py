@@ -12,6 +12,8 @@ from tests.integration.conftest import Torpor
 
 pytestmark = pytest.mark.integration
 
+CA = Path(__file__).parent.parent / "data" / "test-ca.pem"  # a self-signed certificate, "CN=torpor test CA"
+
 BASE = """\
 images: [{location: build:default}]
 memory: 512MiB
@@ -37,6 +39,8 @@ hostResolver:
     db.internal: 10.0.2.15
     alias.internal: host.lima.internal
 mounts: []
+caCerts:
+  files: [CA_FILE]
 provision:
   - mode: boot
     script: echo boot >> /root/order
@@ -79,7 +83,7 @@ def test_lima_template_on_the_default_guest(torpor: Torpor, tmp_path: Path) -> N
     src = tmp_path / "lima"
     src.mkdir()
     (src / "base.yaml").write_text(BASE)
-    (src / "lf.yaml").write_text(TEMPLATE)
+    (src / "lf.yaml").write_text(TEMPLATE.replace("CA_FILE", str(CA)))
     assert torpor.run("validate", str(src / "lf.yaml")).stdout == f"{src / 'lf.yaml'}: ok\n"
     torpor.run("create", str(src / "lf.yaml"))
     d = torpor.dir("lf")
@@ -113,6 +117,8 @@ def test_lima_template_on_the_default_guest(torpor: Torpor, tmp_path: Path) -> N
     assert "10.0.2.2 host.lima.internal\n" in hosts
     assert sh("cat /etc/resolv.conf") == "nameserver 10.0.2.3\n"
     assert sh("cat $HOME/probes") == "probe\n"
+    # caCerts: in the guest's bundle (this guest has no update-ca-certificates)
+    assert CA.read_text().strip() in sh("cat /etc/ssl/certs/ca-certificates.crt")
 
     # save and restore: the guest as it was (no provisioning, no probes again); copyToHost again
     torpor.run("stop", "--save", "lf")
