@@ -133,9 +133,38 @@ def _configured_by_cloud_init(torpor: Torpor, name: str) -> None:
     assert torpor.sh(name, "systemctl is-active qemu-guest-agent ssh").split() == ["active", "active"]
 
 
+def _host_echo(path: Path) -> None:
+    """A service on the host's unix socket ``path`` that answers in upper case (for a reverse forward)."""
+    import threading
+
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+
+    def serve() -> None:
+        while True:
+            conn = server.accept()[0]
+            with conn:
+                conn.sendall(conn.recv(100).upper())
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+GUEST_CLIENT = (
+    "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/tmp/torpor-host/echo.sock'); "
+    "s.sendall(b'from the guest'); print(s.recv(100).decode())"
+)
+
+
+def _udp_and_reverse_forwards_answer(torpor: Torpor) -> None:
+    assert _udp_echo(b"udp") == b"UDP"
+    assert torpor.sh("docker", f"python3 -c {shlex.quote(GUEST_CLIENT)}") == "FROM THE GUEST\n"  # reverse
+    assert (torpor.home / "host-echo.sock").exists()  # the host's socket is the user's: never removed
+
+
 def _create(torpor: Torpor, ro: Path, rw: Path) -> None:
-    """Instance "docker" from template:docker, with two more mounts (one with a space in its name) and a socket
-    forward to the echo service."""
+    """Instance "docker" from template:docker, with two more mounts (one with a space in its name), a socket
+    forward to the echo service, a reverse one to a service of the host's, a UDP forward and Lima's fields."""
     torpor.run("create", "--name", "docker", "template:docker")
     path = torpor.dir("docker") / "torpor.yaml"
     config = yaml.safe_load(path.read_text())
@@ -143,6 +172,11 @@ def _create(torpor: Torpor, ro: Path, rw: Path) -> None:
     config["memory"] = "1GiB"  # (less to save and load than the template's 2 GiB)
     config["portForwards"].append({"guestSocket": "/run/echo.sock", "hostSocket": "sock/echo.sock"})
     config["portForwards"].append({"guestPort": UDP_PORT, "hostPort": UDP_HOST_PORT, "proto": "udp"})
+    host_sock = torpor.home / "host-echo.sock"
+    _host_echo(host_sock)
+    config["portForwards"].append(
+        {"guestSocket": "/tmp/torpor-host/echo.sock", "hostSocket": str(host_sock), "reverse": True}
+    )
     # Lima's fields through cloud-init's per-boot script (torpor's setup and provision scripts from the seed)
     config.update(
         env={"LIMA_STYLE": "yes"},
@@ -253,7 +287,7 @@ def test_docker_vm_keeps_its_containers_across_save_restore_and_snapshots(torpor
     _mounts_work(torpor, ro, rw)
     held = _echo_forwarded(torpor, echo_sock)
     torpor.sh("docker", f"sudo systemd-run --unit=udpecho python3 -c {shlex.quote(UDP_ECHO)}")
-    assert _udp_echo(b"udp") == b"UDP"
+    _udp_and_reverse_forwards_answer(torpor)
     before = _containers_up(torpor, sock)
     # A client of the forwarded Docker socket with a request open (an event stream) when the save comes.
     events = socket.socket(socket.AF_UNIX)
@@ -272,7 +306,7 @@ def test_docker_vm_keeps_its_containers_across_save_restore_and_snapshots(torpor
     assert "restored in" in started.stderr and "could not keep" not in started.stderr, started.stderr
     assert api(sock, "/_ping") == (200, b"OK")  # as soon as start returns
     assert _echo(echo_sock, b"again") == b"AGAIN"
-    assert _udp_echo(b"udp again") == b"UDP AGAIN"
+    _udp_and_reverse_forwards_answer(torpor)
     assert f"{echo_sock} -> guest /run/echo.sock" in torpor.info("docker")["forwards"]
     assert torpor.sh("docker", "cat $HOME/file").strip() == "kept"
     n = len((rw / "count.log").read_text().split())

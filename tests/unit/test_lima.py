@@ -238,3 +238,9 @@ def test_yq_provisioning_edits_ini(tmp_path: Path) -> None:
             "images: [{location: build:default}]\nprovision: [{mode: yq, path: /a.ini, expression: '.a = 1'}]\n",
             "i",
         )
+
+
+def test_lima_template_name_debian_12_is_torpors_debian() -> None:
+    from torpor.config.layering import load_template_text
+
+    assert load_template_text("template:debian-12")[0] == load_template_text("template:debian")[0]

@@ -232,10 +232,15 @@ def load_template(spec: str, problems: list[str] | None = None) -> tuple[str, st
     return embed(text, spec, None if builtin else Path(spec).resolve().parent, problems), name
 
 
+# Lima's template names for a guest torpor has under its own name.
+LIMA_TEMPLATE_NAMES = {"debian-12": "debian"}
+
+
 def load_template_text(spec: str) -> tuple[str, str]:
     """Read a template given as ``template:NAME`` or a path; return its text and the instance name it suggests."""
     if spec.startswith("template:") or spec.startswith("template://"):
         name = spec.split(":", 1)[1].lstrip("/")
+        name = LIMA_TEMPLATE_NAMES.get(name, name)
         if name not in template_names():
             raise ConfigError(f"no template named {name!r}", hint=f"available templates: {', '.join(template_names())}")
         text = (resources.files("torpor.config") / "templates" / f"{name}.yaml").read_text()

@@ -245,7 +245,6 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "provision[].playbook": (_non_empty, "run ansible-playbook from the host (`torpor show-ssh NAME`)"),
     "mountType": (lambda v: v == "wsl2", "wsl2 mounts are Windows-only; use reverse-sshfs, 9p or virtiofs"),
     "portForwards[].proto": (lambda v: v not in ("tcp", "udp", "any"), "proto is tcp, udp or any"),
-    "portForwards[].reverse": (_on, "torpor forwards guest sockets to the host only; remove reverse"),
 }
 
 # Lima fields torpor turns into its own before validating (see :func:`normalize`).

@@ -125,6 +125,7 @@ class PortForward(Model):
     proto: Literal["tcp", "udp"] = "tcp"  # udp: forwarded by QEMU from the boot on (guestPort or a range)
     ignore: bool = False
     static: bool = False  # Lima's: forwarded in plain mode too
+    reverse: bool = False  # a socket forward the other way: hostSocket (the host's) reached at guestSocket
     # A unix socket in the guest, forwarded to hostSocket on the host (relative: under the instance directory).
     guestSocket: str | None = None
     hostSocket: str | None = None
@@ -144,6 +145,12 @@ class PortForward(Model):
             raise ValueError(f"guestSocket {self.guestSocket!r} must be an absolute path in the guest")
         if self.guestPort is not None or self.guestPortRange is not None or self.hostPort is not None:
             raise ValueError("a socket forward (guestSocket, hostSocket) has no guestPort, guestPortRange, hostPort")
+        return self
+
+    @model_validator(mode="after")
+    def _reverse(self) -> PortForward:
+        if self.reverse and self.guestSocket is None:
+            raise ValueError("reverse forwards a host socket into the guest: it needs guestSocket and hostSocket")
         return self
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shlex
 import socket
 import subprocess
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GUEST_PROVISION_LOG = "/var/log/torpor/provision.log"
+# $1's directory made and a socket left at $1 removed, as the user, else as root
+CLEAR_GUEST_SOCKET = (
+    'd=$(dirname "$1"); { mkdir -p "$d" && rm -f "$1"; } 2>/dev/null || '
+    'sudo -n sh -c \'mkdir -p "$0" && rm -f "$1"\' "$d" "$1"'
+)
 CLOUD_INIT_TIMEOUT = 3600.0
 Emit = Callable[..., None]
 
@@ -296,7 +302,9 @@ class GuestLink:
         for fwd in forwards:
             if (why := await asyncio.to_thread(sockets.problem, fwd)) is None:
                 await asyncio.to_thread(sockets.prepare, fwd)
-                why = await self.ssh.forward(fwd.spec())
+                if fwd.reverse:  # the guest's end: its directory, and no socket left by a saved session
+                    await self.ssh.run(["sh", "-c", shlex.quote(CLEAR_GUEST_SOCKET), "_", shlex.quote(fwd.guest)])
+                why = await self.ssh.forward(fwd.spec(), fwd.reverse)
             if why is None:
                 self._sockets.append(fwd)
                 docker = f"; for docker on the host: export DOCKER_HOST=unix://{fwd.host}" if fwd.is_docker else ""

@@ -1,10 +1,12 @@
 """Unix socket forwards: Lima's ``portForwards`` entries with ``guestSocket`` and ``hostSocket``, a socket in the
-guest reached through one on the host, over the SSH control master (``ssh -O forward -L HOST:GUEST``) as in Lima.
+guest reached through one on the host, over the SSH control master (``ssh -O forward -L HOST:GUEST``) as in Lima;
+with ``reverse: true`` a socket of the host's reached through one in the guest (``-R GUEST:HOST``).
 
 The host socket is the master's: made 0600 (the master's StreamLocalBindMask) in a directory made 0700, in place
 of a socket left at its path (never of another file), and removed when the instance stops or is saved.  A save
 ends the master, so a client connected through a forward sees its connection closed rather than waiting; the
-restore forwards again before it reports ready.  The guest's SSH server must forward unix sockets (OpenSSH
+restore forwards again before it reports ready (a reverse forward's guest socket, left by the saved SSH session,
+is removed first).  The guest's SSH server must forward unix sockets (OpenSSH
 does; the default guest's dropbear does not).
 """
 
@@ -29,13 +31,14 @@ MAX_PATH = 107  # a unix socket's path: sun_path's 108 bytes, less the terminati
 class SocketForward:
     guest: str
     host: Path
+    reverse: bool = False  # Lima's reverse: the host's socket (the user's, never made or removed) in the guest
 
     def spec(self) -> str:
-        """The ``-L`` argument of ssh for this forward."""
-        return f"{self.host}:{self.guest}"
+        """The ``-L`` (``-R`` when reverse) argument of ssh for this forward."""
+        return f"{self.guest}:{self.host}" if self.reverse else f"{self.host}:{self.guest}"
 
     def __str__(self) -> str:
-        return f"{self.host} -> guest {self.guest}"
+        return f"guest {self.guest} -> {self.host}" if self.reverse else f"{self.host} -> guest {self.guest}"
 
     @property
     def is_docker(self) -> bool:
@@ -49,7 +52,8 @@ DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 def from_config(inst_dir: Path, config: dict[str, Any]) -> list[SocketForward]:
     """The socket forwards of a configuration's JSON; a relative ``hostSocket`` is under the instance directory."""
     return [
-        SocketForward(r["guestSocket"], inst_dir / r["hostSocket"])  # (an absolute hostSocket stays as it is)
+        # (an absolute hostSocket stays as it is)
+        SocketForward(r["guestSocket"], inst_dir / r["hostSocket"], bool(r.get("reverse")))
         for r in config["portForwards"]
         if r.get("guestSocket") is not None and not r["ignore"]
     ]
@@ -65,6 +69,8 @@ def problem(fwd: SocketForward) -> str | None:
         )
     if ":" in str(fwd.host):
         return f"hostSocket {fwd.host} has a ':' in it, which ssh's -L cannot take; use another path"
+    if fwd.reverse:
+        return None  # (the user's socket: it may appear later; ssh connects to it when the guest does)
     try:
         mode = fwd.host.lstat().st_mode
     except FileNotFoundError:
@@ -110,12 +116,17 @@ def check(forwards: list[SocketForward]) -> None:
 
 def prepare(fwd: SocketForward) -> None:
     """Make the host socket's directory (0700) and remove a socket left at its path."""
+    if fwd.reverse:
+        return
     fwd.host.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     remove(fwd)
 
 
 def remove(fwd: SocketForward) -> None:
-    """Remove the host socket (a socket only: another file that took its place is the user's)."""
+    """Remove the host socket (a socket only: another file that took its place is the user's; a reverse
+    forward's is the user's too)."""
+    if fwd.reverse:
+        return
     try:
         if stat.S_ISSOCK(fwd.host.lstat().st_mode):
             fwd.host.unlink()

@@ -68,9 +68,9 @@ class SSHAccess:
                 master.kill()
                 await asyncio.to_thread(master.wait)
 
-    async def forward(self, spec: str) -> str | None:
-        """Add ``-L spec`` to the master; return None on success, else ssh's complaint."""
-        code, out = await self._run(*self._argv("-O", "forward", "-L", spec))
+    async def forward(self, spec: str, reverse: bool = False) -> str | None:
+        """Add ``-L spec`` (``-R``) to the master; return None on success, else ssh's complaint."""
+        code, out = await self._run(*self._argv("-O", "forward", "-R" if reverse else "-L", spec))
         return None if code == 0 else (out or f"exit code {code}")
 
     async def cancel(self, spec: str) -> None:
