@@ -163,3 +163,11 @@ def test_protect_refuses_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert main(["delete", "vm"]) != 0 and (tmp_path / "vm").exists()
     assert main(["unprotect", "vm"]) == 0
     assert main(["delete", "vm"]) == 0 and not (tmp_path / "vm").exists()
+
+
+def test_start_knows_every_edit_flag() -> None:
+    from torpor.cli import start as start_cli
+    from torpor.config import edits
+
+    assert start_cli.EDIT_FIELDS == edits.FIELDS  # (start's copy keeps a plain start from importing edits)
+    assert start_cli.duration("1h30m") == 5400 and start_cli.duration("90") == 90

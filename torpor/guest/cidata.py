@@ -196,6 +196,7 @@ class Setup:
             remove_default_cas=config.caCerts.removeDefaults,
             upgrade_packages=config.upgradePackages,
             param=dict(config.param),
+            disks=tuple(config.additionalDisks),
         )
 
 

@@ -81,7 +81,11 @@ async def _usable_saved_state(agent: HostAgent) -> savedstate.Saved | None:
 
 
 async def _cold_boot(agent: HostAgent, effective: Effective) -> None:
-    from torpor.guest import images  # a restore does without it (urllib, the image builder: 20 ms on its path)
+    # (a restore does without these: urllib, the image builder: 20 ms on its path)
+    from torpor.config.schema import format_size
+    from torpor.driver.qemu.factory import grow_disk
+    from torpor.guest import images
+    from torpor.store import disks
 
     config = effective.config
     agent.save_on_stop = config.saveOnStop
@@ -92,20 +96,15 @@ async def _cold_boot(agent: HostAgent, effective: Effective) -> None:
     default_guest = image.location == images.DEFAULT_GUEST
     if default_guest and config.upgradePackages:
         agent.events.emit(events.NOTICE, "upgradePackages: the default guest has no package manager; nothing to do")
+    names = [d.name for d in config.additionalDisks]
+    data_disks = tuple(await asyncio.to_thread(disks.check_for_boot, agent.home, agent.name, names))
     ssh_port, user = await asyncio.to_thread(agent.guest.prepare_boot, config)
-    from torpor.config.schema import format_size
-    from torpor.driver.qemu.factory import grow_disk
-
     if (was := await asyncio.to_thread(grow_disk, agent.dir, config.disk)) is not None:
         agent.events.emit(
             events.NOTICE, f"disk grown from {format_size(was)} to {format_size(config.disk)}; the guest grows its root"
         )
     # A cold boot starts from fresh RAM; a RAM file left by an earlier (instant mode) run goes.
     (agent.dir / filenames.MEMORY_FILE).unlink(missing_ok=True)
-    from torpor.store import disks
-
-    names = [d.name for d in config.additionalDisks]
-    data_disks = tuple(await asyncio.to_thread(disks.check_for_boot, agent.home, agent.name, names))
     plan = BootPlan(config_json, images.kernel_cmdline(image), ssh_port, default_guest, data_disks)
     driver = agent.driver = await asyncio.to_thread(agent.factory.boot, agent.dir, agent.name, plan)
     if driver.accel.name != "kvm":

@@ -185,7 +185,7 @@ class GuestLink:
             provision=config.provision,
             mounts=config.mounts,
             mount_type=config.mountType,
-            setup=replace(cidata.Setup.of(config), disks=tuple(config.additionalDisks)),
+            setup=cidata.Setup.of(config),
         )
         port = config.ssh.localPort or guest_ssh.free_port(avoid=snapshots.held_ssh_ports(self.home))
         guest_ssh.write_config(self.dir, self.name, port, user.name, key)
