@@ -58,20 +58,29 @@ def read_base(locator: str, relative_to: Path | None) -> tuple[str, str, Path | 
                     hint="use template:_images/debian-12 (torpor's Debian 12), or images: with a cloud image's "
                     "location instead of the base",
                 )
-            raise ConfigError(f"base {locator}: torpor has no template {name!r}", hint="see `torpor create --list`")
+            from torpor.config.layering import template_names
+
+            raise ConfigError(
+                f"base {locator}: torpor has no template {name!r}",
+                hint=f"torpor's templates: {', '.join(template_names())}",
+            )
         return path.read_text(), locator, None
+    text, path = read_local(locator, relative_to, f"base {locator}")
+    return text, str(path), path.parent
+
+
+def read_local(locator: str, relative_to: Path | None, where: str) -> tuple[str, Path]:
+    """The text of a local file named by a path (relative to ``relative_to``) or a ``file://`` URL, and its path;
+    a ConfigError beginning with ``where`` for a download URL or a file that cannot be read."""
     if re.match(r"[a-z][a-z0-9+.-]*://", locator) and not locator.startswith("file://"):
-        raise ConfigError(
-            f"base {locator}: torpor reads base templates from files only",
-            hint="download it and name the local path",
-        )
+        raise ConfigError(f"{where}: torpor reads files only ({locator})", hint="download it and name the local path")
     path = Path(locator.removeprefix("file://")).expanduser()
     if not path.is_absolute():
         path = (relative_to or Path.cwd()) / path
     try:
-        return path.read_text(encoding="utf-8"), str(path), path.parent
+        return path.read_text(encoding="utf-8"), path
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"base {locator}: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+        raise ConfigError(f"{where}: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def embed_bases(
@@ -113,19 +122,7 @@ def embed_files(data: dict[str, Any], relative_to: Path | None) -> None:
             if not isinstance(entry, dict) or "file" not in entry:
                 continue
             where = f"{kind}[{i}].file"
-            locator = _locator(entry["file"], where)
-            if re.match(r"[a-z][a-z0-9+.-]*://", locator) and not locator.startswith("file://"):
-                raise ConfigError(
-                    f"{where}: torpor reads scripts from files only ({locator})",
-                    hint="download it and name the local path",
-                )
-            path = Path(locator.removeprefix("file://")).expanduser()
-            if not path.is_absolute():
-                path = (relative_to or Path.cwd()) / path
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise ConfigError(f"{where}: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+            text, _ = read_local(_locator(entry["file"], where), relative_to, where)
             target = "content" if entry.get("mode") == "data" else "script"
             if entry.get(target):
                 raise ConfigError(f"{kind}[{i}]: give either file or {target}, not both")

@@ -437,20 +437,13 @@ class Config(Model):
             return {k: _scalar_text(x) for k, x in v.items()}
         return v
 
-    @field_validator("env")
+    @field_validator("env", "param")
     @classmethod
-    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        # (env's are variables; param's become PARAM_<key> variables)
         for k in v:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
-                raise ValueError(f"{k!r} is not an environment variable name")
-        return v
-
-    @field_validator("param")
-    @classmethod
-    def _param_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
-                raise ValueError(f"param {k!r}: a name of letters, digits and _, not starting with a digit")
+                raise ValueError(f"{k!r}: a name of letters, digits and _, not starting with a digit")
         return v
 
     @field_validator("dns")

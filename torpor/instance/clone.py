@@ -101,16 +101,21 @@ def _copy_files(src: Path, dst: Path) -> None:
 def _copy_disk(src: Path, tmp: Path, target: Path, report: Report) -> None:
     disk = tmp / filenames.DISK
     _copy(src / filenames.DISK, disk)
-    info = json.loads(subp.run(["qemu-img", "info", "--output=json", disk]).stdout)
-    if info.get("backing-filename"):
-        # The disk reads its base from the instance directory it belongs to: the clone's, once it is in place.
-        base_format = info.get("backing-filename-format", "raw")
-        subp.run(["qemu-img", "rebase", "-u", "-F", base_format, "-b", target / filenames.BASE_DISK, disk])
+    rebase(disk, target)  # (the clone's directory, once it is in place)
     tags = sorted(disksnap.names(disk))
     for tag in tags:
         disksnap.delete(disk, tag)
     if tags:
         report(f"snapshots are not cloned (left out: {', '.join(tags)})")
+
+
+def rebase(disk: Path, inst_dir: Path) -> None:
+    """Point ``disk``'s backing file, if it has one, at the base image in ``inst_dir``: a disk reads its base
+    from the instance directory it belongs to."""
+    info = json.loads(subp.run(["qemu-img", "info", "--output=json", disk]).stdout)
+    if info.get("backing-filename"):
+        base_format = info.get("backing-filename-format", "raw")
+        subp.run(["qemu-img", "rebase", "-u", "-F", base_format, "-b", inst_dir / filenames.BASE_DISK, disk])
 
 
 def _copy_saved_state(saved: savedstate.Saved, src: Path, tmp: Path, target: Path, dst_root: Path) -> None:

@@ -4,13 +4,12 @@ line; each is moved to the new directory, so that a saved state still restores a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from torpor import subp
 from torpor.driver.qemu import cmdline
 from torpor.errors import InstanceExists, InstanceStateError
+from torpor.instance.clone import rebase
 from torpor.store import atomic, filenames, lock, savedstate, snapshots
 from torpor.store.instance import Status, home, inspect, instance_dir, validate_name
 
@@ -33,18 +32,21 @@ def rename(old: str, new: str, root: Path | None = None) -> Path:
             saved = savedstate.load(inst.dir)
         except savedstate.Unusable:
             saved = None  # (moved as it is; the next start says why it cannot be restored)
-        inst.dir.rename(target)
-    atomic.fsync_dir(root)
+        inst.dir.rename(target)  # (the lock, a file in it, moves along, held)
+        atomic.fsync_dir(root)
+        _move_records(inst.dir, old, target, new, saved)
+    return target
+
+
+def _move_records(src: Path, old: str, target: Path, new: str, saved: savedstate.Saved | None) -> None:
+    """The disk's backing file, a saved state's command line and memory snapshots' moved to ``target``."""
     disk = target / filenames.DISK
-    if disk.exists() and json.loads(subp.run(["qemu-img", "info", "--output=json", disk]).stdout).get(
-        "backing-filename"
-    ):
-        fmt = json.loads(subp.run(["qemu-img", "info", "--output=json", disk]).stdout)["backing-filename-format"]
-        subp.run(["qemu-img", "rebase", "-u", "-F", fmt, "-b", target / filenames.BASE_DISK, disk])
+    if disk.exists():
+        rebase(disk, target)
 
     def moved(argv: list[str], ssh_port: int) -> list[str]:
         ssh = cmdline.HostForward("127.0.0.1", ssh_port, 22)
-        return cmdline.retarget(argv, cmdline.Placement(inst.dir, old, ssh), cmdline.Placement(target, new, ssh))
+        return cmdline.retarget(argv, cmdline.Placement(src, old, ssh), cmdline.Placement(target, new, ssh))
 
     if saved is not None:
         manifest: dict[str, Any] = dict(saved.manifest)
@@ -56,4 +58,3 @@ def rename(old: str, new: str, root: Path | None = None) -> Path:
             meta = {k: v for k, v in snap.meta.items() if k != snapshots.META_DIGEST}
             meta["argv"] = moved(meta["argv"], meta["boot"]["sshPort"])
             snapshots.write_meta(snap.dir, meta)
-    return target
