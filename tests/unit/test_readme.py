@@ -47,12 +47,26 @@ def test_every_verb_is_in_the_readme_and_every_readme_verb_exists() -> None:
     assert set(readme_commands()) == set(documented_verbs())
 
 
+def edit_flags() -> set[str]:
+    """The edit flags, as README lists them once (its `torpor start ... --cpus N ...` row)."""
+    from torpor.config import edits
+
+    p = argparse.ArgumentParser()
+    edits.add_arguments(p)
+    listed = {f for row in readme_commands()["start"] for f in re.findall(r"(?<![\w-])--[a-z][\w-]*", row)}
+    flags = options(p)
+    assert flags <= listed, f"README's start rows do not list the edit flags {flags - listed}"
+    return flags
+
+
 def test_readme_flags_and_subcommands_are_the_clis() -> None:
     rows = readme_commands()
     for verb, parser in documented_verbs().items():
         # Flags: each one the README names exists, and each one the verb has is named (long or short form).
         named = {f for row in rows[verb] for f in re.findall(r"(?<![\w-])--?[a-z][\w-]*", row.split("  ")[0])}
         named |= {f for row in rows[verb] for f in re.findall(r"\(\w+: (--?[a-z][\w-]*)\)", row)}
+        if any("[EDIT FLAGS]" in row for row in rows[verb]):  # the edit flags, listed once under start
+            named |= edit_flags()
         have = options(parser)
         assert named <= have, f"README names flags {named - have} that `torpor {verb}` does not have"
         for action in [a for p in (parser, *subparsers(parser).values()) for a in p._actions]:
