@@ -171,3 +171,16 @@ def test_start_knows_every_edit_flag() -> None:
 
     assert start_cli.EDIT_FIELDS == edits.FIELDS  # (start's copy keeps a plain start from importing edits)
     assert start_cli.duration("1h30m") == 5400 and start_cli.duration("90") == 90
+
+
+def test_shell_forwards_the_agent_and_x11_as_the_boot_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from torpor.instance import access
+
+    (tmp_path / "boot.json").write_text(json.dumps({"config": {"ssh": {"forwardAgent": True, "forwardX11": True}}}))
+    monkeypatch.setattr(access, "_running_dir", lambda name: tmp_path)
+    argv = access.ssh_command("vm", tty=True, script="")
+    assert argv[:6] == ["ssh", "-F", str(tmp_path / "ssh.config"), "-t", "-A", "-X"]
+    (tmp_path / "boot.json").write_text(json.dumps({"config": {"ssh": {}}}))
+    assert "-A" not in access.ssh_command("vm", tty=True, script="")

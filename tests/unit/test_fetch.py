@@ -50,3 +50,12 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_unsupported_scheme(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="unsupported"):
         fetch.fetch("ftp://example.invalid/x", None, tmp_path)
+
+
+def test_sha512_digest_as_lima_lists_give(tmp_path: Path) -> None:
+    img = tmp_path / "img.raw"
+    img.write_bytes(b"debian")
+    good = "sha512:" + hashlib.sha512(b"debian").hexdigest()
+    assert fetch.fetch(str(img), good, tmp_path / "cache").read_bytes() == b"debian"
+    with pytest.raises(ImageError, match="digest mismatch"):
+        fetch.fetch(str(img), "sha512:" + "0" * 128, tmp_path / "cache2")

@@ -1,4 +1,4 @@
-"""Fetch images by location (local path, ``file://``, ``http(s)://``) into the cache, verifying sha256 digests.
+"""Fetch images by location (local path, ``file://``, ``http(s)://``) into the cache, verifying sha256 or sha512 digests.
 
 A download goes to a temporary file beside its final place and is renamed only once complete and verified, so a
 mismatched digest or an interrupted transfer leaves nothing that a later run could mistake for the image.
@@ -28,12 +28,17 @@ def cache_path(cache: Path, location: str) -> Path:
     return cache / "download" / "by-url-sha256" / key / "data"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def _algorithm(digest: str | None) -> str:
+    """The hash a digest is written in: sha256 (also without a digest) or sha512, as Lima's image lists give."""
+    return digest.split(":", 1)[0] if digest else "sha256"
+
+
+def _digest_file(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
     with path.open("rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    return f"{algorithm}:{h.hexdigest()}"
 
 
 def _open(location: str) -> tuple[BinaryIO, int | None]:
@@ -61,11 +66,12 @@ def _open(location: str) -> tuple[BinaryIO, int | None]:
 def fetch(location: str, digest: str | None, cache: Path, progress: Progress | None = None) -> Path:
     """Return the cached copy of ``location``, downloading (and verifying ``digest``) if needed."""
     dest = cache_path(cache, location)
-    if dest.exists() and (digest is None or _sha256_file(dest) == digest):
+    algorithm = _algorithm(digest)
+    if dest.exists() and (digest is None or _digest_file(dest, algorithm) == digest):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".data.tmp.{os.getpid()}")
-    h = hashlib.sha256()
+    h = hashlib.new(algorithm)
     src, total = _open(location)
     done = 0
     try:
@@ -78,7 +84,7 @@ def fetch(location: str, digest: str | None, cache: Path, progress: Progress | N
                     progress(done, total)
             out.flush()
             os.fsync(out.fileno())
-        got = "sha256:" + h.hexdigest()
+        got = f"{algorithm}:{h.hexdigest()}"
         if digest is not None and got != digest:
             raise ImageError(
                 f"digest mismatch for {location}: expected {digest}, got {got}",
