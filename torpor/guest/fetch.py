@@ -1,4 +1,4 @@
-"""Fetch images by location (local path, ``file://``, ``http(s)://``) into the cache, verifying sha256 or sha512 digests.
+"""Fetch images by location (local path, ``file://``, ``http(s)://``) into the cache, verifying their digests.
 
 A download goes to a temporary file beside its final place and is renamed only once complete and verified, so a
 mismatched digest or an interrupted transfer leaves nothing that a later run could mistake for the image.
