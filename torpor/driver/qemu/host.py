@@ -4,6 +4,8 @@ hands its free memory back to a hypervisor.
 The KVM probe boots the guest kernel under KVM with no root filesystem: a working KVM reaches the kernel's
 "unable to mount root" panic in about a second and QEMU exits (``-no-reboot``).  Where nested virtualisation is
 broken the kernel hangs, so the probe is bounded; its answer is cached per QEMU binary and version and host boot.
+A guest without a kernel of its own (a disk image its firmware boots) is probed with a boot sector instead, which
+the firmware runs: it writes a line to the serial port and exits QEMU through isa-debug-exit.
 """
 
 from __future__ import annotations
@@ -130,9 +132,12 @@ def probe_accel(qemu: Qemu, kernel: Path | None, cache_dir: Path) -> Accel:
         return Accel("tcg", "/dev/kvm does not exist")
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return Accel("tcg", "/dev/kvm is not accessible to this user (add yourself to the kvm group)")
-    if kernel is None:
-        return Accel("tcg", "KVM not probed yet (it is probed with the guest kernel at the first start)")
-    key = {"qemu": qemu.binary, "version": qemu.version, "bootId": _boot_id()}
+    key = {
+        "qemu": qemu.binary,
+        "version": qemu.version,
+        "bootId": _boot_id(),
+        "probe": "kernel" if kernel is not None else "firmware",
+    }
     cache = cache_dir / filenames.ACCEL_PROBE
     try:  # one answer per QEMU binary: alternating between two QEMUs does not probe each time
         probes = [
@@ -146,39 +151,58 @@ def probe_accel(qemu: Qemu, kernel: Path | None, cache_dir: Path) -> Accel:
         if cached["key"] == key:
             return Accel(cached["name"], cached["reason"])
     accel = _run_probe(qemu, kernel)
-    probes = [p for p in probes if p["key"]["qemu"] != qemu.binary] + [{"key": key, **accel._asdict()}]
+    probes = [p for p in probes if (p["key"]["qemu"], p["key"].get("probe")) != (qemu.binary, key["probe"])]
+    probes.append({"key": key, **accel._asdict()})
     cache_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(cache, json.dumps({"probes": probes}))
     return accel
 
 
-def _run_probe(qemu: Qemu, kernel: Path) -> Accel:
+# The firmware probe's boot sector (real mode, at 0x7c00): DS = 0; print MARKER to COM1 (0x3f8); write 0x21 to
+# isa-debug-exit at 0xf4 (QEMU exits with (0x21 << 1) | 1 = 67); halt.
+FIRMWARE_PROBE_MARKER = b"TORPOR-KVM-OK"
+FIRMWARE_PROBE_CODE = (
+    bytes.fromhex("31C08ED8BE1B7CBAF803AC84C07403EEEBF8BAF400B021EEF4EBFD") + FIRMWARE_PROBE_MARKER + b"\0"
+)
+FIRMWARE_PROBE_EXIT = 67
+
+
+def firmware_probe_disk(path: Path) -> None:
+    """A 1 MiB raw disk whose boot sector is the firmware probe (SeaBIOS does not boot a disk of one sector)."""
+    with path.open("wb") as f:
+        f.write(FIRMWARE_PROBE_CODE.ljust(510, b"\0") + b"\x55\xaa")
+        f.truncate(1 << 20)
+
+
+def probe_argv(qemu: Qemu, accel: str, kernel: Path | None, tmp: Path) -> list[str]:
+    """QEMU's command line for the probe: the guest kernel, or (None) the boot sector through the firmware."""
+    argv = [qemu.binary, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-machine", "q35"]
+    argv += ["-accel", accel, *(["-cpu", "host"] if accel == "kvm" else []), "-m", "256M" if kernel else "64M"]
+    if kernel is not None:
+        argv += ["-kernel", str(kernel), "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"]
+    else:
+        firmware_probe_disk(tmp / "probe.img")
+        argv += ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+        argv += ["-drive", f"file={tmp / 'probe.img'},format=raw,if=none,id=probe,readonly=on"]
+        argv += ["-device", "virtio-blk-pci,drive=probe,bootindex=1"]
+    return [*argv, "-serial", f"file:{tmp / 'serial.log'}"]
+
+
+def probe_ran(kernel: Path | None, serial_text: str) -> bool:
+    """Whether the probe's guest ran, from what it wrote to its serial port."""
+    if kernel is None:
+        return FIRMWARE_PROBE_MARKER.decode() in serial_text
+    return "Kernel panic" in serial_text or "Linux version" in serial_text
+
+
+def _run_probe(qemu: Qemu, kernel: Path | None, accel: str = "kvm") -> Accel:
+    """Boot the probe's guest under ``accel`` (kvm; the tests run the same guest under tcg): "kvm" if it ran."""
     import tempfile  # here: this module is on the restore path, the probe runs once per host boot
 
+    what = "guest kernel" if kernel is not None else "boot sector"
     with tempfile.TemporaryDirectory(prefix="torpor-kvm-probe-") as tmp:
         serial = Path(tmp) / "serial.log"
-        argv = [
-            qemu.binary,
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-machine",
-            "q35",
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host",
-            "-m",
-            "256M",
-            "-kernel",
-            str(kernel),
-            "-append",
-            "console=ttyS0 panic=-1 root=/dev/nonexistent",
-            "-serial",
-            f"file:{serial}",
-        ]
+        argv = probe_argv(qemu, accel, kernel, Path(tmp))
         started = time.monotonic()
         proc = subp.spawn(argv, stderr=subprocess.PIPE)
         try:
@@ -188,11 +212,11 @@ def _run_probe(qemu: Qemu, kernel: Path) -> Accel:
             proc.communicate()
             return Accel(
                 "tcg",
-                f"KVM is present but a guest kernel hung under it (probe timed out after "
+                f"KVM is present but a {what} hung under it (probe timed out after "
                 f"{PROBE_TIMEOUT:.0f} s; nested virtualisation?)",
             )
         text = serial.read_text(errors="replace") if serial.exists() else ""
-        if "Kernel panic" in text or "Linux version" in text:
-            return Accel("kvm", f"KVM works (probe kernel ran in {time.monotonic() - started:.1f} s)")
-        detail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output from the guest kernel"]
+        if probe_ran(kernel, text):
+            return Accel("kvm", f"KVM works (probe {what} ran in {time.monotonic() - started:.1f} s)")
+        detail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"no output from the {what}"]
         return Accel("tcg", f"KVM is present but unusable: {detail[0]}")
