@@ -24,7 +24,7 @@ if [ "$codename" = bookworm ]; then
 fi
 
 # mmdebstrap and e2fsprogs build template:debian's image; sftp-server serves the host's side of mounts.
-packages=(openssh-client openssh-sftp-server dpkg apt python3-venv mmdebstrap e2fsprogs)
+packages=(openssh-client openssh-sftp-server dpkg apt python3-venv mmdebstrap e2fsprogs zstd xz-utils)
 echo "torpor setup: installing system packages: qemu-system-x86 qemu-utils ${packages[*]}"
 $SUDO apt-get update -qq
 apt_install "${packages[@]}"

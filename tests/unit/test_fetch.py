@@ -1,4 +1,5 @@
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,79 @@ def test_sha512_digest_as_lima_lists_give(tmp_path: Path) -> None:
     assert fetch.fetch(str(img), good, tmp_path / "cache").read_bytes() == b"debian"
     with pytest.raises(ImageError, match="digest mismatch"):
         fetch.fetch(str(img), "sha512:" + "0" * 128, tmp_path / "cache2")
+
+
+@pytest.mark.parametrize("suffix", [".xz", ".gz", ".bz2", ".zst"])
+def test_compressed_raw_image_is_decompressed_and_converted_once(tmp_path: Path, suffix: str) -> None:
+    import bz2
+    import gzip
+    import json
+    import lzma
+    import shutil
+    import subprocess
+
+    raw = (b"boot" * 128).ljust(1 << 20, b"\0") + b"end of disk".ljust(1 << 20, b"\0")
+    src = tmp_path / f"disk.raw{suffix}"
+    if suffix == ".zst":
+        if shutil.which("zstd") is None:
+            pytest.skip("zstd is not installed")
+        (tmp_path / "disk.raw").write_bytes(raw)
+        subprocess.run(["zstd", "-q", str(tmp_path / "disk.raw"), "-o", str(src)], check=True)
+    else:
+        compress: dict[str, Callable[[bytes], bytes]] = {
+            ".xz": lzma.compress,
+            ".gz": gzip.compress,
+            ".bz2": bz2.compress,
+        }
+        src.write_bytes(compress[suffix](raw))
+    digest = "sha512:" + hashlib.sha512(src.read_bytes()).hexdigest()  # (of the file as fetched, as in Lima)
+    cache = tmp_path / "cache"
+    got = fetch.fetch_image(str(src), digest, cache)
+    info = json.loads(
+        subprocess.run(["qemu-img", "info", "--output=json", got], capture_output=True, check=True).stdout
+    )
+    assert info["format"] == "qcow2" and info["virtual-size"] == len(raw)
+    back = tmp_path / "back.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", got, back], check=True)
+    assert back.read_bytes() == raw
+    mtime = got.stat().st_mtime_ns
+    assert fetch.fetch_image(str(src), digest, cache) == got and got.stat().st_mtime_ns == mtime  # once
+
+
+def test_damaged_compressed_image_is_a_clear_error(tmp_path: Path) -> None:
+    src = tmp_path / "disk.img.xz"
+    src.write_bytes(b"not xz at all")
+    with pytest.raises(ImageError, match=r"cannot decompress .*disk\.img\.xz"):
+        fetch.fetch_image(str(src), None, tmp_path / "cache")
+
+
+def test_each_location_is_tried_in_order(tmp_path: Path) -> None:
+    from torpor.config.layering import load_effective
+    from torpor.guest import images
+
+    good = tmp_path / "good.qcow2"
+    import subprocess
+
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", good, "1M"], check=True)
+    text = (
+        f"images:\n  - {{location: {tmp_path}/missing.qcow2}}\n"
+        f"  - {{location: {good}, digest: 'sha256:{'0' * 64}'}}\n"
+        f"  - {{location: {good}, arch: aarch64}}\n"
+        f"  - {{location: {good}}}\n"
+    )
+    cfg = load_effective(tmp_path, text, "i.yaml").config
+    told: list[str] = []
+    inst = tmp_path / "inst"
+    inst.mkdir()
+    base = images.prepare(inst, cfg, tmp_path / "cache", told.append, show_progress=False)
+    assert base is not None and base.read_bytes() == good.read_bytes()
+    assert [t.split(":")[0] for t in told] == ["image 1 of 3 failed", "image 2 of 3 failed"]
+    assert "missing.qcow2" in told[0] and "digest mismatch" in told[1]
+    with pytest.raises(ImageError, match="none of the 2 images for x86_64"):
+        images.prepare(
+            inst,
+            load_effective(tmp_path, "\n".join(text.splitlines()[:3]), "i").config,
+            tmp_path / "cache",
+            told.append,
+            show_progress=False,
+        )

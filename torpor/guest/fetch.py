@@ -15,16 +15,19 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+from torpor import subp
 from torpor.errors import ImageError
 
 CHUNK = 1 << 20
 Progress = Callable[[int, int | None], None]
 
 
-def cache_path(cache: Path, location: str) -> Path:
-    key = hashlib.sha256(location.encode()).hexdigest()
+def cache_path(cache: Path, location: str, digest: str | None = None) -> Path:
+    """Where ``location`` is cached: one entry per location and digest (a location whose digest changed in the
+    YAML is another image)."""
+    key = hashlib.sha256(f"{location}\n{digest or ''}".encode()).hexdigest()
     return cache / "download" / "by-url-sha256" / key / "data"
 
 
@@ -65,7 +68,7 @@ def _open(location: str) -> tuple[BinaryIO, int | None]:
 
 def fetch(location: str, digest: str | None, cache: Path, progress: Progress | None = None) -> Path:
     """Return the cached copy of ``location``, downloading (and verifying ``digest``) if needed."""
-    dest = cache_path(cache, location)
+    dest = cache_path(cache, location, digest)
     algorithm = _algorithm(digest)
     if dest.exists() and (digest is None or _digest_file(dest, algorithm) == digest):
         return dest
@@ -95,6 +98,67 @@ def fetch(location: str, digest: str | None, cache: Path, progress: Progress | N
     finally:
         tmp.unlink(missing_ok=True)
     return dest
+
+
+# Compressed images, decompressed once into the cache: by the location's suffix, as Lima reads them.
+COMPRESSED = (".xz", ".gz", ".bz2", ".zst")
+
+
+def fetch_image(location: str, digest: str | None, cache: Path, progress: Progress | None = None) -> Path:
+    """A disk image ready to be a base disk: fetched (``digest`` checks what was fetched, compressed or not),
+    decompressed once where the location ends in .xz, .gz, .bz2 or .zst, and a raw image converted to qcow2 once
+    (the instance's disk is a qcow2 overlay over it).  Each step's result is cached beside the download."""
+    data = fetch(location, digest, cache, progress)
+    suffix = next((s for s in COMPRESSED if urllib.parse.urlparse(location).path.endswith(s)), None)
+    if suffix is not None:
+        data = _once(data.with_name("decompressed"), lambda tmp: _decompress(data, tmp, suffix, location))
+    if _format(data) == "raw":
+        data = _once(data.with_name("image.qcow2"), lambda tmp: _to_qcow2(data, tmp))
+    return data
+
+
+def _once(dest: Path, make: Callable[[Path], None]) -> Path:
+    """``dest``, made by ``make`` into a temporary file and renamed into place unless it exists already."""
+    if dest.exists():
+        return dest
+    tmp = dest.with_name(f".{dest.name}.tmp.{os.getpid()}")
+    try:
+        make(tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _decompress(src: Path, dest: Path, suffix: str, location: str) -> None:
+    if suffix == ".zst":
+        if shutil.which("zstd") is None:
+            raise ImageError(f"{location} is zstd-compressed and zstd is not installed", hint="apt install zstd")
+        subp.run(["zstd", "-q", "-d", "-f", "-o", str(dest), str(src)])
+        return
+    import bz2
+    import gzip
+    import lzma
+
+    module: Any = {".xz": lzma, ".gz": gzip, ".bz2": bz2}[suffix]  # (each has open(path, "rb"))
+    try:
+        with module.open(src, "rb") as f, dest.open("wb") as out:
+            while chunk := f.read(CHUNK):
+                out.write(chunk)
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise ImageError(
+            f"cannot decompress {location}: {e}", hint="the download is damaged or not compressed"
+        ) from None
+
+
+def _format(path: Path) -> str:
+    import json
+
+    return str(json.loads(subp.run(["qemu-img", "info", "--output=json", str(path)]).stdout).get("format", "raw"))
+
+
+def _to_qcow2(src: Path, dest: Path) -> None:
+    subp.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(src), str(dest)])
 
 
 class ProgressBar:

@@ -43,8 +43,28 @@ def kernel_cmdline(image: Image) -> str:
 def prepare(
     inst_dir: Path, config: Config, cache: Path, report: Callable[[str], None], show_progress: bool
 ) -> Path | None:
-    """Put the image's boot files into ``inst_dir``; return the base disk to create the instance disk over."""
-    image = config.image_for_arch()
+    """Put the boot files of the first of the arch's images that can be had into ``inst_dir``, as Lima tries
+    each location in order; return the base disk to create the instance disk over."""
+    candidates = [img for img in config.images if img.arch == config.arch]
+    failed: list[str] = []
+    for i, image in enumerate(candidates):
+        try:
+            return _prepare_one(inst_dir, image, cache, report, show_progress)
+        except ImageError as e:
+            failed.append(f"{image.location or (image.kernel and image.kernel.location)}: {e.message}")
+            if i + 1 < len(candidates):
+                report(f"image {i + 1} of {len(candidates)} failed: {failed[-1]}; trying the next")
+    if len(failed) == 1:
+        raise ImageError(failed[0], hint="check the image's location and digest in the YAML")
+    raise ImageError(
+        f"none of the {len(failed)} images for {config.arch} could be had:\n  " + "\n  ".join(failed),
+        hint="check the images' locations and digests in the YAML",
+    )
+
+
+def _prepare_one(
+    inst_dir: Path, image: Image, cache: Path, report: Callable[[str], None], show_progress: bool
+) -> Path | None:
     if image.location == DEFAULT_GUEST:
         built = builder.build_default(cache, report)
         _link_or_copy(pvh.boot_kernel(built.kernel), inst_dir / filenames.KERNEL)
@@ -69,13 +89,13 @@ def prepare(
     if image.location is None:
         return None
     base = inst_dir / filenames.BASE_DISK
-    _copy(_get(image.location, image.digest, cache, show_progress), base)
+    _copy(_get(image.location, image.digest, cache, show_progress, disk=True), base)
     return base
 
 
-def _get(location: str, digest: str | None, cache: Path, show_progress: bool) -> Path:
+def _get(location: str, digest: str | None, cache: Path, show_progress: bool, disk: bool = False) -> Path:
     bar = fetch.ProgressBar(f"fetching {location.rsplit('/', 1)[-1]}", enabled=None if show_progress else False)
-    return fetch.fetch(location, digest, cache, bar)
+    return (fetch.fetch_image if disk else fetch.fetch)(location, digest, cache, bar)
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
