@@ -23,7 +23,8 @@ if [ "$codename" = bookworm ]; then
     qemu_from=(-t bookworm-backports)
 fi
 
-# mmdebstrap and e2fsprogs build template:debian's image; sftp-server serves the host's side of mounts.
+# mmdebstrap and e2fsprogs build template:debian's image; sftp-server serves the host's side of mounts; zstd and
+# xz-utils decompress cloud images.
 packages=(openssh-client openssh-sftp-server dpkg apt python3-venv mmdebstrap e2fsprogs zstd xz-utils)
 echo "torpor setup: installing system packages: qemu-system-x86 qemu-utils ${packages[*]}"
 $SUDO apt-get update -qq
