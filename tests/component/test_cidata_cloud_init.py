@@ -61,9 +61,20 @@ def test_cloud_init_reads_the_seed(tmp_path: Path) -> None:
     assert u["name"] == "dev" and u["ssh_authorized_keys"] == [key] and u["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
     # system and user entries are run by torpor's provision script from a per-boot script (every boot, as Lima)
     assert seen["runcmd"] is None
-    assert seen["bootcmd"][0][-1] == cidata.CLOUD_SCRIPT
+    assert seen["bootcmd"][0][-2:] == [cidata.CLOUD_SCRIPT, cidata.PER_BOOT_SETUP]
     assert (seed / "torpor/provision/4-00-system").read_text() == "echo sys"
     assert (seed / "torpor/provision/5-01-user").read_text() == "echo user"
     assert (seed / "torpor/lib/provision").read_bytes() == (
         Path(cidata.__file__).parent / "rootfs/provision"
     ).read_bytes()
+
+
+def test_the_per_boot_script_fails_without_the_seed(tmp_path: Path) -> None:
+    """The bootcmd writes the per-boot script even when the seed cannot be mounted, and that script then fails."""
+    target = tmp_path / "per-boot" / "torpor-setup"
+    argv = cidata._setup_bootcmd()
+    # (run as an unprivileged-looking command: mount fails or is absent here, the script is written regardless)
+    script = argv[2].replace("/run/cidata", str(tmp_path / "cidata"))
+    subprocess.run(["sh", "-c", script, str(target), argv[4]], check=False, capture_output=True)
+    out = subprocess.run([str(target)], capture_output=True, text=True, check=False)
+    assert out.returncode == 1 and "cidata seed is not mounted" in out.stderr

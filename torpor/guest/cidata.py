@@ -334,17 +334,26 @@ def provision_files(provision: list[Provision]) -> dict[str, bytes]:
 CLOUD_SCRIPT = "/var/lib/cloud/scripts/per-boot/torpor-setup"
 
 
+# The per-boot script of a cloud-init guest: torpor's setup and provisioning from the seed; a seed that is not
+# there fails it, so that cloud-init (and `start`) report the boot as failed rather than skip them unseen.
+PER_BOOT_SETUP = """#!/bin/sh
+[ -f /run/cidata/torpor/lib/setup ] || { echo "torpor: the cidata seed is not mounted at /run/cidata" >&2; exit 1; }
+sh /run/cidata/torpor/lib/setup || exit 1
+r=$(sh /run/cidata/torpor/lib/provision)
+echo "torpor provisioning: $r"
+case "$r" in failed:*) exit 1 ;; esac
+"""
+
+
 def _setup_bootcmd() -> list[str]:
-    """cloud-init's boot command that mounts the seed at /run/cidata and writes a per-boot script that runs
+    """cloud-init's boot command that mounts the seed at /run/cidata and writes the per-boot script that runs
     torpor's ``setup`` and ``provision`` scripts from it (the default guest's, carried in the seed)."""
     script = (
-        'mkdir -p /run/cidata "${0%/*}" && { mountpoint -q /run/cidata || '
-        "mount -o ro /dev/disk/by-label/cidata /run/cidata; } && "
-        "printf '#!/bin/sh\\nsh /run/cidata/torpor/lib/setup || exit 1\\n"
-        'r=$(sh /run/cidata/torpor/lib/provision)\\necho "torpor provisioning: $r"\\n'
-        'case "$r" in failed:*) exit 1;; esac\\n\' > "$0" && chmod 755 "$0"'
+        'mkdir -p /run/cidata "${0%/*}"; mountpoint -q /run/cidata || '
+        "mount -o ro /dev/disk/by-label/cidata /run/cidata; "
+        'printf %s "$1" > "$0" && chmod 755 "$0"'
     )
-    return ["sh", "-c", script, CLOUD_SCRIPT]
+    return ["sh", "-c", script, CLOUD_SCRIPT, PER_BOOT_SETUP]
 
 
 def files(
