@@ -50,7 +50,8 @@ IMAGE = (
 )
 # One line per 0.2 s, each fsynced: numbers with no gap and no repeat, whatever a save does in between.
 WRITER = "i=0; while true; do i=$((i+1)); echo $i >> /data/log; sync; sleep 0.2; done"
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done"
+# (written whole and renamed: a reader must never see the file truncated and not yet written)
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.2; done"
 
 
 class _UnixHTTP(http.client.HTTPConnection):
