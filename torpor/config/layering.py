@@ -168,7 +168,7 @@ GUEST_TEMPLATES = (
 
 def expand_templates(data: dict[str, Any], name: str, inst_dir: Path) -> list[str]:
     """Expand Lima's template variables in ``data`` in place; the problems found (each naming its field)."""
-    from torpor.guest.cidata import GuestUser
+    from torpor.config.guestuser import GuestUser
 
     param = {k: str(v) for k, v in data.get("param", {}).items()} if isinstance(data.get("param"), dict) else {}
     user_fields = data.get("user")

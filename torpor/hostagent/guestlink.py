@@ -269,8 +269,7 @@ class GuestLink:
                     emit("notice", f"copyToHost: cannot read {e['guest']} in the guest: {err}")
                 continue
             try:
-                host.parent.mkdir(parents=True, exist_ok=True)
-                atomic.write_bytes(host, data, 0o600)
+                await asyncio.to_thread(_write_copy, host, data)  # (fsynced: off the event loop)
             except OSError as err:
                 emit("notice", f"copyToHost: cannot write {host}: {err.strerror}")
                 continue
@@ -340,6 +339,11 @@ class GuestLink:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _write_copy(host: Path, data: bytes) -> None:
+    host.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(host, data, 0o600)
 
 
 async def _read_ready(reader: asyncio.StreamReader, ready: asyncio.Future[str]) -> None:
