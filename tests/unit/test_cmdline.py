@@ -52,8 +52,21 @@ def test_boot_with_kernel_initrd_and_cmdline() -> None:
     assert cmdline.boot(spec()) == ["-kernel", "/inst/kernel", "-initrd", "/inst/initrd", "-append", "console=ttyS0"]
 
 
-def test_boot_without_kernel_is_empty() -> None:
-    assert cmdline.boot(spec(kernel=None, initrd=None)) == []
+def test_a_disk_image_boots_from_its_root_disk_through_seabios() -> None:
+    s = spec(kernel=None, initrd=None)
+    assert cmdline.boot(s) == []  # (QEMU's SeaBIOS)
+    assert ("-device", "virtio-blk-pci,drive=disk0,serial=root,bootindex=0") in pairs(cmdline.disk(s))
+
+
+def test_uefi_maps_its_code_read_only_and_the_instance_s_variables() -> None:
+    s = spec(kernel=None, initrd=None, uefi=(Path("/fw/CODE.fd"), D / "efi-vars.fd"))
+    assert cmdline.boot(s) == [
+        "-drive",
+        "if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd",
+        "-drive",
+        "if=pflash,format=raw,unit=1,file=/inst/efi-vars.fd",
+    ]
+    assert ("-device", "virtio-blk-pci,drive=disk0,serial=root,bootindex=0") in pairs(cmdline.disk(s))
 
 
 def test_disk_is_virtio_qcow2() -> None:

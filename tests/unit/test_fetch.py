@@ -71,7 +71,7 @@ def test_compressed_raw_image_is_decompressed_and_converted_once(tmp_path: Path,
     import shutil
     import subprocess
 
-    raw = (b"boot" * 128).ljust(1 << 20, b"\0") + b"end of disk".ljust(1 << 20, b"\0")
+    raw = (b"boot" * 128).ljust(1 << 20, b"\0") + bytes(1 << 20) + b"end of disk".ljust(1 << 20, b"\0")
     src = tmp_path / f"disk.raw{suffix}"
     if suffix == ".zst":
         if shutil.which("zstd") is None:
@@ -97,6 +97,9 @@ def test_compressed_raw_image_is_decompressed_and_converted_once(tmp_path: Path,
     assert back.read_bytes() == raw
     mtime = got.stat().st_mtime_ns
     assert fetch.fetch_image(str(src), digest, cache) == got and got.stat().st_mtime_ns == mtime  # once
+    decompressed = got.with_name("decompressed")
+    assert decompressed.stat().st_size == len(raw)
+    assert decompressed.stat().st_blocks * 512 < len(raw) // 2  # its unwritten blocks holes
 
 
 def test_damaged_compressed_image_is_a_clear_error(tmp_path: Path) -> None:

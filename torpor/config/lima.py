@@ -217,9 +217,9 @@ IGNORED: dict[str, tuple[Callable[[Any], bool], str]] = {
         "forwards); no socket_vmnet or vzNAT network is added",
     ),
     "mountInotify": (_on, "host file changes are not sent to the guest as inotify events"),
-    "firmware": (
-        lambda v: isinstance(v, dict) and (_on(v.get("legacyBIOS")) or bool(v.get("images"))),
-        "torpor boots its guests' kernels directly; there is no firmware to choose",
+    "firmware.images": (
+        _non_empty,
+        "torpor's UEFI is the firmware QEMU's descriptors name (/usr/share/qemu/firmware; Debian's ovmf)",
     ),
     "ssh.overVsock": (_on, "torpor reaches SSH through QEMU's user network, not vsock"),
     "nestedVirtualization": (_on, "nested virtualization is not offered to torpor's guests"),

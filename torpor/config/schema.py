@@ -112,6 +112,12 @@ class SSH(Model):
     forwardX11Trusted: bool = False
 
 
+class Firmware(Model):
+    # A disk image's firmware: BIOS (true) or UEFI (false); unset, what the image holds decides (BIOS where it has
+    # a BIOS boot loader).  A guest booted from its own kernel file chooses none.
+    legacyBIOS: bool | None = None
+
+
 class PortForward(Model):
     guestPort: int | None = Field(None, ge=1, le=65535)
     guestPortRange: tuple[int, int] | None = None
@@ -397,6 +403,7 @@ class Config(Model):
     memory: Size = Field(parse_size("1GiB"), ge=parse_size("64MiB"))
     disk: Size = Field(parse_size("10GiB"), ge=parse_size("256MiB"))
     images: list[Image] = Field(default_factory=list, validate_default=True)
+    firmware: Firmware = Firmware()
     ssh: SSH = SSH()
     portForwards: list[PortForward] = Field(default_factory=list)
     provision: list[Provision] = Field(default_factory=list)

@@ -144,11 +144,28 @@ def _decompress(src: Path, dest: Path, suffix: str, location: str) -> None:
     try:
         with module.open(src, "rb") as f, dest.open("wb") as out:
             while chunk := f.read(CHUNK):
-                out.write(chunk)
+                _write_sparse(out, chunk)
+            out.truncate()
     except (OSError, EOFError, lzma.LZMAError) as e:
         raise ImageError(
             f"cannot decompress {location}: {e}", hint="the download is damaged or not compressed"
         ) from None
+
+
+HOLE = 64 << 10
+ZEROS = bytes(HOLE)
+
+
+def _write_sparse(out: BinaryIO, data: bytes) -> None:
+    """``data`` written at ``out``'s position, its all-zero 64 KiB blocks left as holes (a disk image is mostly
+    unwritten; the caller truncates the file to its end)."""
+    view = memoryview(data)
+    for i in range(0, len(data), HOLE):
+        block = view[i : i + HOLE]
+        if block == ZEROS[: len(block)]:
+            out.seek(len(block), os.SEEK_CUR)
+        else:
+            out.write(block)
 
 
 def _format(path: Path) -> str:

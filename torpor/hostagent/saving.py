@@ -152,7 +152,7 @@ def state_record(
     state's manifest and a snapshot's record both start from this.
     """
     st = state.stat()
-    return {
+    record: MachineState = {
         "createdAt": time.time(),
         "qemu": machine["qemu"],
         "machine": machine["machine"],
@@ -166,6 +166,9 @@ def state_record(
         "qemuStats": {k: stats.get(k) for k in ("total-time", "downtime") if k in stats},
         "mounts": mounts,
     }
+    if machine.get("firmware"):
+        record["firmware"] = machine["firmware"]
+    return record
 
 
 class _StateDigest:

@@ -96,6 +96,8 @@ def _copy_files(src: Path, dst: Path) -> None:
                 os.link(src / name, dst / name)
             except OSError:
                 shutil.copyfile(src / name, dst / name)
+    if (src / filenames.EFI_VARS).exists():  # a UEFI guest's variables: its own, the guest writes them
+        _copy(src / filenames.EFI_VARS, dst / filenames.EFI_VARS)
 
 
 def _copy_disk(src: Path, tmp: Path, target: Path, report: Report) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from torpor.config import machine
-from torpor.driver.qemu import disksnap
+from torpor.driver.qemu import disksnap, firmware
 from torpor.driver.qemu.mechanisms import SHARED_RAM
 from torpor.errors import InstanceStateError, TorporError
 from torpor.hostagent.client import HostAgentClient
@@ -104,6 +104,7 @@ def _create_offline(inst: Instance, tag: str, report: Report) -> dict[str, Any]:
             _link_or_copy(saved.state, work / filenames.STATE_FILE)
             shutil.copyfile(inst.dir / filenames.CIDATA, work / filenames.CIDATA)
             meta = {**records.machine_state(dict(saved.manifest)), "memory": True, "fromSavedState": True}
+            firmware.copy_vars(meta.get("firmware"), inst.dir, work)
             if saved.mechanism == SHARED_RAM:  # instant mode: the RAM lives in its own file, which will change
                 savedstate.sparse_copy(inst.dir / filenames.MEMORY_FILE, work / filenames.MEMORY_FILE)
                 meta["ram"] = snapshots.ram_record(work / filenames.MEMORY_FILE)
@@ -191,6 +192,7 @@ def _apply_problems(inst: Instance, snap: snapshots.Snapshot, root: Path) -> lis
             out.append(f"the machine changed since ({', '.join(changes)}); change it back to apply this snapshot")
     except TorporError as e:
         out.append(f"the instance's configuration is invalid: {e}")
+    out += firmware.problems(snap.meta.get("firmware"), snap.dir)
     if not (snap.dir / filenames.CIDATA).exists() or not snap.state.exists():
         out.append("its memory state is missing")
     elif not savedstate.digest_matches(snap.state, (snap.meta.get("state") or {}).get("digest")):
@@ -208,6 +210,7 @@ def _materialize(inst_dir: Path, snap: snapshots.Snapshot) -> None:
     sdir.mkdir(mode=0o700, exist_ok=True)
     _link_or_copy(snap.state, sdir / filenames.STATE_FILE)
     atomic.write_bytes(inst_dir / filenames.CIDATA, (snap.dir / filenames.CIDATA).read_bytes())
+    firmware.copy_vars(snap.meta.get("firmware"), snap.dir, inst_dir)
     ram_file = None
     if snap.ram is not None:  # instant mode: the guest's RAM file goes back to the snapshot's copy
         ram = inst_dir / filenames.MEMORY_FILE

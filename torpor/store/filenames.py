@@ -28,6 +28,7 @@ MOUNT_SOCK_GLOB = "mount*.sock"  # mount N's virtio-serial channel (mount_sock) 
 MIGRATION_SOCK = "mig.sock"  # the multifd mechanism's channels between QEMU and the host agent's relay
 INSTANCE_ID = "instance-id"  # the guest's cloud-init instance-id, made once, never changed
 CIDATA = "cidata.iso"  # the NoCloud seed for the current boot
+EFI_VARS = "efi-vars.fd"  # a UEFI guest's variables (its NVRAM), made from the firmware's template at its first boot
 SSH_CONFIG = "ssh.config"  # `ssh -F ssh.config torpor-NAME` reaches the guest
 SSH_CONTROL = "ssh.sock"  # the SSH control master that shells, copies and port forwards share
 PROVISION_LOG = "provision.log"  # the guest's provisioning output, copied out after each boot

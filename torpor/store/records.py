@@ -67,6 +67,7 @@ if TYPE_CHECKING:
         state: StateFile
         qemuStats: dict[str, Any]
         mounts: list[dict[str, Any]]  # each mount's session as the VM left it (hostagent.mounts.Relay.export)
+        firmware: NotRequired[dict[str, Any]]  # a disk image's firmware as driver.qemu.firmware.record pins it
 
     class Manifest(MachineState):
         disk: FileIdentity  # the disk the state matches
@@ -109,9 +110,12 @@ MACHINE_STATE = (
 BOOT_RECORD = ("config", "configDigest", "configSources", "sshPort", "user", "defaultGuest", "accel")
 
 
+OPTIONAL_MACHINE_STATE = ("firmware",)  # (absent from the records of kernel-booted guests)
+
+
 def machine_state(record: dict[str, Any]) -> dict[str, Any]:
     """The MachineState part of a manifest or a snapshot record."""
-    return {k: record[k] for k in MACHINE_STATE}
+    return {k: record[k] for k in (*MACHINE_STATE, *OPTIONAL_MACHINE_STATE) if k in record}
 
 
 def missing(record: object, keys: tuple[str, ...]) -> list[str]:

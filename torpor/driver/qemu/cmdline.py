@@ -70,6 +70,7 @@ class VMSpec:
     virtiofs: tuple[VirtiofsShare, ...] = ()  # mountType virtiofs: one device per mount, tagged torpor-vfs.N
     data_disks: tuple[Path, ...] = ()  # additionalDisks, in order: serial dataN
     cpu_model: str | None = None  # vmOpts.qemu.cpuType for the arch (default: host under KVM, max under TCG)
+    uefi: tuple[Path, Path] | None = None  # UEFI's code (read-only) and the instance's variables (else SeaBIOS)
 
 
 def machine(spec: VMSpec) -> list[str]:
@@ -102,13 +103,26 @@ def _ram_backend(spec: VMSpec) -> bool:
 
 def boot(spec: VMSpec) -> list[str]:
     if spec.kernel is None:
-        return []
+        return firmware(spec)
     args = ["-kernel", str(spec.kernel)]
     if spec.initrd is not None:
         args += ["-initrd", str(spec.initrd)]
     if spec.kernel_cmdline:
         args += ["-append", spec.kernel_cmdline]
     return args
+
+
+def firmware(spec: VMSpec) -> list[str]:
+    """UEFI's flash: the code read-only, the variables the guest writes (without it QEMU runs SeaBIOS)."""
+    if spec.uefi is None:
+        return []
+    code, variables = spec.uefi
+    return [
+        "-drive",
+        f"if=pflash,format=raw,unit=0,readonly=on,file={opt(code)}",
+        "-drive",
+        f"if=pflash,format=raw,unit=1,file={opt(variables)}",
+    ]
 
 
 DISK_ID = "disk0"  # the root disk's drive id, which QMP block commands name
@@ -120,7 +134,7 @@ def disk(spec: VMSpec) -> list[str]:
         "-drive",
         f"file={opt(spec.disk)},if=none,id={DISK_ID},format=qcow2,discard=unmap,cache=writeback",
         "-device",
-        f"virtio-blk-pci,drive={DISK_ID},serial=root",
+        f"virtio-blk-pci,drive={DISK_ID},serial=root" + ("" if spec.kernel else ",bootindex=0"),
     ]
     if spec.cidata is not None:
         args += [

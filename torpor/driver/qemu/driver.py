@@ -7,6 +7,7 @@ import collections
 import contextlib
 import logging
 import os
+import shutil
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 from torpor import subp
 from torpor.config.machine import Machine
 from torpor.driver.base import Accel, BeforeRun, Driver, Features, StopOutcome, VMState
-from torpor.driver.qemu import cmdline, mechanisms, migration, process, virtiofsd
+from torpor.driver.qemu import cmdline, firmware, mechanisms, migration, process, virtiofsd
 from torpor.driver.qemu.host import Qemu
 from torpor.driver.qemu.qmp import QMPSession
 from torpor.errors import DriverError, QMPCommandError
@@ -101,7 +102,15 @@ class QemuDriver:
         return list(self._argv) if self._argv is not None else cmdline.build(self.qemu.binary, self.spec)
 
     def machine_record(self) -> dict[str, Any]:
-        return {"qemu": {"binary": self.qemu.binary, "version": self.qemu.version}, "machine": "q35", "argv": self.argv}
+        record: dict[str, Any] = {
+            "qemu": {"binary": self.qemu.binary, "version": self.qemu.version},
+            "machine": "q35",
+            "argv": self.argv,
+        }
+        fw = firmware.of_spec(self.spec.kernel, self.spec.uefi)
+        if fw is not None:
+            record["firmware"] = firmware.record(fw)
+        return record
 
     @property
     def pid(self) -> int | None:
@@ -196,7 +205,8 @@ class QemuDriver:
     ) -> tuple[str, dict[str, object]]:
         """Capture disk, RAM and devices: the disk as internal qcow2 snapshot ``tag``, devices (and RAM) in
         ``state``; with RAM in a shared file (instant mode), the RAM as a sparse copy of that file in ``ram_copy``
-        (copying only its allocated extents is much cheaper than migrating every page of it).
+        (copying only its allocated extents is much cheaper than migrating every page of it); a UEFI guest's
+        variables file beside ``state``.
 
         The VM is paused for the disk snapshot and the copies and resumed at once; the caller fsyncs and names
         the files.
@@ -213,6 +223,9 @@ class QemuDriver:
             if self.ram_file is not None:
                 # Paused, the guest's RAM is what the file's pages (in the page cache) hold.
                 await asyncio.to_thread(savedstate.sparse_copy, self.ram_file, ram_copy)
+            if self.spec.uefi is not None:  # UEFI's variables, as the paused guest left them, beside the state
+                variables = self.spec.uefi[1]
+                await asyncio.to_thread(shutil.copyfile, variables, state.parent / variables.name)
             if while_paused is not None:
                 await while_paused()
         except (DriverError, OSError):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from torpor import subp
 from torpor.config.machine import Machine
-from torpor.driver.qemu import early, host, mechanisms
+from torpor.driver.qemu import early, firmware, host, mechanisms
 from torpor.driver.qemu.early import EarlyLaunch
 from torpor.driver.values import Accel, BootPlan
 from torpor.store import filenames, savedstate
@@ -44,6 +44,10 @@ class QemuFactory:
         qemu = find_qemu(machine.arch)
         kernel = inst_dir / filenames.KERNEL
         accel = host.probe_accel(qemu, kernel if kernel.exists() else None, cache_root())
+        uefi = None
+        if not kernel.exists():  # a disk image, booted by its firmware
+            fw = firmware.prepare(inst_dir, firmware.choose(plan.config, inst_dir / filenames.DISK), machine.arch)
+            uefi = fw.files
         spec = replace(
             vm_spec(inst_dir, name, machine, accel, plan.kernel_cmdline),
             ready_socket=inst_dir / filenames.READY_SOCK if plan.ready_channel else None,
@@ -55,6 +59,7 @@ class QemuFactory:
             virtiofs=_virtiofs_shares(inst_dir, plan.config),
             data_disks=plan.data_disks,
             cpu_model=plan.config.get("vmOpts", {}).get("qemu", {}).get("cpuType", {}).get(machine.arch),
+            uefi=uefi,
         )
         _check_minimum_version(qemu, plan.config)
         return QemuDriver(qemu, spec, accel)
@@ -72,7 +77,11 @@ class QemuFactory:
         if isinstance(early, EarlyLaunch):
             launched = Launched(early.popen, early.state_fd, early.running, early.position)
         incoming = Incoming(saved.state, saved.mechanism, launched)
-        spec = replace(vm_spec(inst_dir, name, machine, accel, ""), virtiofs=_virtiofs_shares(inst_dir, boot["config"]))
+        spec = replace(
+            vm_spec(inst_dir, name, machine, accel, ""),
+            virtiofs=_virtiofs_shares(inst_dir, boot["config"]),
+            uefi=firmware.pinned_files(saved.manifest.get("firmware"), inst_dir),
+        )
         return QemuDriver(qemu, spec, accel, argv=saved.manifest["argv"], incoming=incoming)
 
     def restore_problems(self, saved: savedstate.Saved, inst_dir: Path) -> list[str]:
@@ -143,7 +152,10 @@ def _virtiofs_shares(inst_dir: Path, config: dict[str, Any]) -> tuple[VirtiofsSh
 def _problems(saved: savedstate.Saved, inst_dir: Path, qemu: host.Qemu) -> list[str]:
     if saved.mechanism not in mechanisms.ALL:
         return [f"it was saved with a mechanism this torpor does not know ({saved.mechanism})"]
-    return savedstate.problems(saved, inst_dir, qemu.version, verify_state=False)
+    return [
+        *savedstate.problems(saved, inst_dir, qemu.version, verify_state=False),
+        *firmware.problems(saved.manifest.get("firmware"), inst_dir),
+    ]
 
 
 def early_restore(
