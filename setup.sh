@@ -24,8 +24,8 @@ if [ "$codename" = bookworm ]; then
 fi
 
 # mmdebstrap and e2fsprogs build template:debian's image; sftp-server serves the host's side of mounts; zstd and
-# xz-utils decompress cloud images.
-packages=(openssh-client openssh-sftp-server dpkg apt python3-venv mmdebstrap e2fsprogs zstd xz-utils)
+# xz-utils decompress cloud images; ovmf is the UEFI firmware of the cloud images that want it.
+packages=(openssh-client openssh-sftp-server dpkg apt python3-venv mmdebstrap e2fsprogs zstd xz-utils ovmf)
 echo "torpor setup: installing system packages: qemu-system-x86 qemu-utils ${packages[*]}"
 $SUDO apt-get update -qq
 apt_install "${packages[@]}"

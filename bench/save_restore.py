@@ -5,7 +5,8 @@
 
 A configuration is saveMode:memory[:qemu[:guest]], qemu being "installed" (default) or "debian12" (Debian 12's own
 QEMU 7.2, unpacked beside the installed one as the tests do), guest "default" (torpor's small guest) or "debian"
-(template:debian: systemd, cloud-init).  For each configuration and round: a cold `torpor start` (to ready: SSH
+(template:debian: systemd, cloud-init), "cloud-bios" or "cloud-uefi" (the Debian cloud images of tests/cloudimage.py,
+booted by SeaBIOS and GRUB, or OVMF and GRUB).  For each configuration and round: a cold `torpor start` (to ready: SSH
 answers), TOUCH MiB of random data written into guest RAM (/dev/shm), `torpor stop --save`; then `torpor start`
 (restore, to ready); then `torpor snapshot create` and `torpor snapshot apply` of the running guest; then `torpor
 stop --save`, a pause of IDLE seconds, `torpor start` (the idle restore), the same again with the host's free page
@@ -136,9 +137,14 @@ def prepare(env: dict[str, str], home: Path, config: tuple[str, ...]) -> str:
     measured); return its name."""
     mode, memory, qemu, guest = config
     name = f"b-{guest}-{mode}-{memory.lower()}-{qemu}"
+    image = f"{{location: 'build:{guest}'}}"
+    if guest.startswith("cloud-"):  # a cloud image booted by its firmware (tests/cloudimage.py builds it)
+        from tests import cloudimage
+
+        path = cloudimage.build()[guest.removeprefix("cloud-")]
+        image = f"{{location: '{path}', digest: '{cloudimage.sha512(path)}'}}"
     (home / f"{name}.yaml").write_text(
-        f"images: [{{location: 'build:{guest}'}}]\nmemory: {memory}\ncpus: 2\nsaveMode: {mode}\n"
-        "bootTimeout: 900\ndisk: 8GiB\n"
+        f"images: [{image}]\nmemory: {memory}\ncpus: 2\nsaveMode: {mode}\nbootTimeout: 900\ndisk: 8GiB\n"
     )
     torpor(env, "create", "--name", name, str(home / f"{name}.yaml"))
     torpor(env, "start", name)
@@ -215,7 +221,8 @@ def measure(
 
 
 def parse_config(text: str) -> tuple[str, str, str, str]:
-    """saveMode:memory[:qemu[:guest]] -> (mode, memory, qemu, guest); qemu installed|debian12, guest default|debian."""
+    """saveMode:memory[:qemu[:guest]] -> (mode, memory, qemu, guest); qemu installed|debian12, guest default,
+    debian, cloud-bios or cloud-uefi."""
     mode, memory, qemu, guest = (*text.split(":"), "", "")[:4]
     return mode, memory, qemu or "installed", guest or "default"
 
@@ -228,7 +235,7 @@ def main() -> int:
     ap.add_argument(
         "--configs",
         default="copy:1GiB,copy:4GiB,copy:1GiB:debian12,copy:4GiB:debian12,instant:1GiB,instant:4GiB,"
-        "copy:2GiB::debian,instant:2GiB::debian",
+        "copy:2GiB::debian,instant:2GiB::debian,copy:2GiB::cloud-bios,copy:2GiB::cloud-uefi",
     )
     results_md.add_markdown_option(ap)
     args = ap.parse_args()
