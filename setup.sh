@@ -26,10 +26,13 @@ fi
 # mmdebstrap and e2fsprogs build template:debian's image; sftp-server serves the host's side of mounts; zstd and
 # xz-utils decompress cloud images; ovmf is the UEFI firmware of the cloud images that want it.
 packages=(openssh-client openssh-sftp-server dpkg apt python3-venv mmdebstrap e2fsprogs zstd xz-utils ovmf)
-echo "torpor setup: installing system packages: qemu-system-x86 qemu-utils ${packages[*]}"
+# Both architectures' QEMU and UEFI firmware: x86_64 and aarch64 guests run on either host (the other one emulated).
+qemus=(qemu-system-x86 qemu-system-arm qemu-utils)
+packages+=(qemu-efi-aarch64)
+echo "torpor setup: installing system packages: ${qemus[*]} ${packages[*]}"
 $SUDO apt-get update -qq
 apt_install "${packages[@]}"
-apt_install "${qemu_from[@]}" qemu-system-x86 qemu-utils
+apt_install "${qemu_from[@]}" "${qemus[@]}"
 echo "torpor setup: $(qemu-system-x86_64 --version | head -n 1)"
 
 PY=${PYTHON:-python3}

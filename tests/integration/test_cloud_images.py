@@ -3,7 +3,7 @@ partition for UEFI, each made offline by tests/cloudimage.py and given to torpor
 image (a Lima-style ``images`` list with a sha512 digest, compressed with xz, after an entry that does not exist).
 cloud-init in the image makes the user, installs the key, names the host and grows the root partition to the
 instance's disk; a process keeps running across `stop --save` / `start`, and the UEFI guest's firmware files are
-pinned by the saved state and travel with a memory snapshot."""
+pinned by the saved state and travel with a memory snapshot.  An aarch64 image runs emulated (TCG) the same way."""
 
 from __future__ import annotations
 
@@ -31,32 +31,35 @@ def cloud_images(image_cache: Path) -> dict[str, Path]:
     return cloudimage.build(image_cache)
 
 
-def template(torpor: Torpor, image: Path) -> Path:
+def template(torpor: Torpor, image: Path, arch: str = "x86_64") -> Path:
     path = torpor.home / "cloud.yaml"
     path.write_text(
+        f"arch: {arch}\n"
         "images:\n"
         f"  - location: {torpor.home}/no-such-image.qcow2\n"
-        "    arch: x86_64\n"
+        f"    arch: {arch}\n"
         f"  - location: {image}\n"
-        "    arch: x86_64\n"
+        f"    arch: {arch}\n"
         f"    digest: {cloudimage.sha512(image)}\n"
         "memory: 1GiB\n"
         "disk: 5GiB\n"
         "mounts: []\n"
         "user: {name: cloud}\n"
+        "bootTimeout: 600\n"  # (an emulated aarch64 guest boots slowly under TCG)
     )
     return path
 
 
-def boot_and_check(torpor: Torpor, name: str, image: Path, kind: str) -> str:
+def boot_and_check(torpor: Torpor, name: str, image: Path, kind: str, arch: str = "x86_64") -> str:
     """Start ``name`` from ``image``; check what cloud-init made of it; return the pid of a process left running."""
-    out = torpor.run("start", "--name", name, str(template(torpor, image)), timeout=600)
+    out = torpor.run("start", "--name", name, str(template(torpor, image, arch)), timeout=900)
     assert "image 1 of 2 failed" in out.stderr and "no-such-image.qcow2" in out.stderr, out.stderr
     facts = torpor.sh(
         name,
         "id -un; hostname; df -B1 --output=size / | tail -n 1; cat ~/.ssh/authorized_keys; "
-        "test -d /sys/firmware/efi && echo efi || echo no-efi",
+        "test -d /sys/firmware/efi && echo efi || echo no-efi; uname -m",
     ).splitlines()
+    assert facts.pop() == arch
     assert facts[0] == "cloud"
     assert facts[1] == f"torpor-{name}"
     assert int(facts[2]) > 4.5 * 2**30, "the root partition was not grown to the instance's disk"
@@ -117,3 +120,16 @@ def test_a_uefi_cloud_image_restores_and_its_firmware_is_pinned(torpor: Torpor, 
     assert "restored in" in out.stderr, out.stderr
     assert (d / "efi-vars.fd").read_bytes() == variables
     still_running(torpor, "cu", pid)
+
+
+def test_an_aarch64_cloud_image_runs_emulated_and_restores(torpor: Torpor, image_cache: Path) -> None:
+    image = cloudimage.build_aarch64(image_cache)
+    pid = boot_and_check(torpor, "ca", image, "uefi", arch="aarch64")
+    argv = json.loads((torpor.dir("ca") / "boot.json").read_text())["argv"]
+    assert argv[0].endswith("qemu-system-aarch64") and "virt,gic-version=max" in argv
+    torpor.run("stop", "--save", "ca")
+    saved = savedstate.load(torpor.dir("ca"))
+    assert saved is not None and saved.manifest["boot"]["config"]["arch"] == "aarch64"
+    out = torpor.run("start", "ca", timeout=300)
+    assert "restored in" in out.stderr, out.stderr
+    still_running(torpor, "ca", pid)

@@ -11,9 +11,10 @@ from torpor.driver.base import Accel
 from torpor.driver.qemu import host
 from torpor.store import filenames
 
-pytestmark = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="probed only with /dev/kvm")
+needs_kvm = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="probed only with /dev/kvm")
 
 
+@needs_kvm
 def test_two_qemus_are_probed_once_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     probed: list[str] = []
 
@@ -32,9 +33,20 @@ def test_two_qemus_are_probed_once_each(tmp_path: Path, monkeypatch: pytest.Monk
     assert probed == [new.binary, old.binary, new.binary]
 
 
+@needs_kvm
 @pytest.mark.parametrize("content", ["", "{", '{"key": {"qemu": "q"}, "name": "kvm"}', '{"probes": [1, {}]}'])
 def test_unreadable_cache_probes_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str) -> None:
     monkeypatch.setattr(host, "_run_probe", lambda qemu, kernel: Accel("tcg", "probed"))
     (tmp_path / filenames.ACCEL_PROBE).write_text(content)
     assert host.probe_accel(host.Qemu("q", "1"), tmp_path / "vmlinuz", tmp_path).reason == "probed"
     assert host.probe_accel(host.Qemu("q", "1"), tmp_path / "vmlinuz", tmp_path).reason == "probed"
+
+
+def test_a_guest_of_another_arch_runs_under_tcg_unprobed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_probe(qemu: host.Qemu, kernel: Path | None) -> Accel:
+        raise AssertionError("KVM does not run another architecture: nothing to probe")
+
+    monkeypatch.setattr(host, "_run_probe", no_probe)
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    accel = host.probe_accel(host.Qemu("qemu-system-aarch64", "10.0.2"), None, tmp_path, "aarch64")
+    assert accel == ("tcg", "an aarch64 guest on this x86_64 host is emulated")

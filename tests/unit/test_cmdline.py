@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,11 @@ def test_minimum_qemu_version() -> None:
     factory._check_minimum_version(qemu, {"vmOpts": {"qemu": {"minimumVersion": "7.2"}}})
     with pytest.raises(ConfigError, match=r"needs QEMU 8\.0"):
         factory._check_minimum_version(qemu, {"vmOpts": {"qemu": {"minimumVersion": "8.0"}}})
+
+
+def test_an_aarch64_guest_is_a_virt_machine_with_the_newest_gic_under_tcg() -> None:
+    s = spec(arch="aarch64", kernel=None, initrd=None, uefi=(Path("/fw/AAVMF_CODE.fd"), D / "efi-vars.fd"))
+    assert cmdline.machine(s) == ["-machine", "virt,gic-version=max", "-accel", "tcg,thread=multi", "-cpu", "max"]
+    assert cmdline.machine(replace(s, accel="kvm"))[:2] == ["-machine", "virt,gic-version=host"]
+    assert "if=pflash,format=raw,unit=0,readonly=on,file=/fw/AAVMF_CODE.fd" in cmdline.boot(s)
+    assert cmdline.machine(replace(s, memory_file=D / "memory.ram"))[1] == "virt,gic-version=max,memory-backend=ram0"

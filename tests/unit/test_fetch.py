@@ -139,3 +139,13 @@ def test_each_location_is_tried_in_order(tmp_path: Path) -> None:
             told.append,
             show_progress=False,
         )
+
+
+def test_torpor_s_built_guests_are_x86_64_only(tmp_path: Path) -> None:
+    from torpor.config.layering import load_effective
+    from torpor.guest import images
+
+    cfg = load_effective(tmp_path, "arch: aarch64\nimages: [{location: 'build:default'}]\n", "i.yaml").config
+    with pytest.raises(ImageError, match="for x86_64 only, not aarch64") as e:
+        images.prepare(tmp_path, cfg, tmp_path / "cache", lambda _m: None, show_progress=False)
+    assert "cloud image for aarch64" in (e.value.hint or "")

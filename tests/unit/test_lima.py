@@ -11,6 +11,7 @@ import pytest
 from torpor.cli import validate
 from torpor.config import lima
 from torpor.config.layering import embed, load_effective, parse_yaml
+from torpor.config.schema import Config
 from torpor.errors import ConfigError
 
 LIMA = Path(__file__).parent.parent / "data" / "lima"
@@ -93,7 +94,7 @@ def test_ignored_fields_warn_only_when_they_would_do_something(tmp_path: Path) -
 
 def test_refused_fields_name_what_to_use_instead(tmp_path: Path) -> None:
     text = (
-        "images: [{location: build:default}]\narch: aarch64\nportForwards: [{guestPort: 53, proto: sctp}]\n"
+        "images: [{location: build:default}]\narch: riscv64\nportForwards: [{guestPort: 53, proto: sctp}]\n"
         "provision: [{mode: ansible, playbook: p.yml}]\n"
     )
     with pytest.raises(ConfigError) as e:
@@ -244,3 +245,17 @@ def test_lima_template_name_debian_12_is_torpors_debian() -> None:
     from torpor.config.layering import load_template_text
 
     assert load_template_text("template:debian-12")[0] == load_template_text("template:debian")[0]
+
+
+def test_arch_default_is_the_host_s_and_images_without_arch_are_the_instance_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def load(text: str, home: Path = Path("/nonexistent")) -> Config:
+        return load_effective(home, text, "lima.yaml").config
+
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    cfg = load("arch: default\nimages: [{location: /img/arm64.qcow2}, {location: /img/amd64.qcow2, arch: x86_64}]\n")
+    assert cfg.arch == "aarch64" and [i.arch for i in cfg.images] == ["aarch64", "x86_64"]
+    assert cfg.image_for_arch().location == "/img/arm64.qcow2"
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    assert load("images: [{location: /img/amd64.qcow2}]\n").arch == "x86_64"

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from torpor.config.machine import host_arch
 from torpor.errors import ConfigError
 
 # The Lima release whose lima.yaml fields this torpor version follows.
@@ -234,7 +235,7 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "vmType": (lambda v: v not in ("qemu", "vz", "krunkit"), "torpor runs QEMU (vmType: qemu)"),
     "os": (lambda v: str(v).lower() != "linux", "torpor runs Linux guests (os: Linux)"),
     "osOpts": (_non_empty, "osOpts are for non-Linux guests; torpor runs Linux guests"),
-    "arch": (lambda v: v not in ("x86_64", "default"), "torpor runs x86_64 guests (arch: x86_64)"),
+    "arch": (lambda v: v not in ("x86_64", "aarch64", "default"), "torpor runs x86_64 and aarch64 guests"),
     "provision[].mode": (
         lambda v: v == "ansible",
         "run ansible-playbook from the host (`torpor show-ssh NAME` gives the address), or a `mode: system` script",
@@ -313,7 +314,7 @@ def _translate(data: dict[str, Any], reading: Reading) -> None:
         reading.warnings.append(f"vmType {vm_type} is macOS-only: torpor uses qemu")
     data.pop("os", None)
     if data.get("arch") == "default":
-        data["arch"] = "x86_64"
+        data["arch"] = host_arch()
     # Lima's deprecated top-level cpuType is vmOpts.qemu.cpuType
     if "cpuType" in data:
         cpu = data.pop("cpuType")

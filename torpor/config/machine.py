@@ -6,11 +6,21 @@ restore path builds its driver from it without importing the schema.
 
 from __future__ import annotations
 
+import platform
 from typing import Any, NamedTuple
 
 # The configuration fields the machine is made of: a saved state or memory snapshot taken with other values no
 # longer fits the machine QEMU would build.
 FIELDS = ("arch", "cpus", "memory", "saveMode")
+
+
+ARCHES = ("x86_64", "aarch64")  # the guest architectures torpor runs (each with its QEMU, qemu-system-ARCH)
+
+
+def host_arch() -> str:
+    """The host's architecture in Lima's names (``arm64`` is ``aarch64``): the default ``arch``."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 class Machine(NamedTuple):  # records on the restore path are not dataclasses (a 5 ms import)

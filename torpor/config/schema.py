@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from torpor.config import machine
+
 _UNITS = {
     "": 1,
     "b": 1,
@@ -84,7 +86,7 @@ class Image(Model):
     """
 
     location: str | None = None
-    arch: str = "x86_64"
+    arch: str = ""  # default: the instance's arch, as in Lima
     digest: str | None = None
     kernel: Kernel | None = None
     initrd: File | None = None
@@ -394,11 +396,19 @@ class VMOpts(Model):
     qemu: QemuOpts = QemuOpts()
 
 
+Arch = Literal["x86_64", "aarch64"]
+
+
+def default_arch() -> Arch:
+    """The host's architecture where torpor runs it natively, else x86_64 (emulated)."""
+    return "aarch64" if machine.host_arch() == "aarch64" else "x86_64"
+
+
 class Config(Model):
     """The effective configuration of an instance (after layering)."""
 
     vmType: Literal["qemu"] = "qemu"
-    arch: Literal["x86_64"] = "x86_64"
+    arch: Arch = Field(default_factory=default_arch)
     cpus: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1, le=255)
     memory: Size = Field(parse_size("1GiB"), ge=parse_size("64MiB"))
     disk: Size = Field(parse_size("10GiB"), ge=parse_size("256MiB"))
@@ -481,6 +491,18 @@ class Config(Model):
                 "(torpor's small guest) or [{location: 'build:debian'}]"
             )
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _images_default_to_the_arch(cls, data: object) -> object:
+        """An image without an ``arch`` is for the instance's (Lima's default)."""
+        if isinstance(data, dict) and isinstance(data.get("images"), list):
+            arch = data.get("arch") or default_arch()
+            images = [
+                dict(img, arch=img.get("arch") or arch) if isinstance(img, dict) else img for img in data["images"]
+            ]
+            data = {**data, "images": images}
+        return data
 
     @model_validator(mode="after")
     def _image_for_arch(self) -> Config:

@@ -47,15 +47,17 @@ def prepare(
     each location in order; return the base disk to create the instance disk over."""
     candidates = [img for img in config.images if img.arch == config.arch]
     failed: list[str] = []
+    hints: list[str] = []
     for i, image in enumerate(candidates):
         try:
             return _prepare_one(inst_dir, image, cache, report, show_progress)
         except ImageError as e:
             failed.append(f"{image.location or (image.kernel and image.kernel.location)}: {e.message}")
+            hints.append(e.hint or "")
             if i + 1 < len(candidates):
                 report(f"image {i + 1} of {len(candidates)} failed: {failed[-1]}; trying the next")
     if len(failed) == 1:
-        raise ImageError(failed[0], hint="check the image's location and digest in the YAML")
+        raise ImageError(failed[0], hint=hints[0] or "check the image's location and digest in the YAML")
     raise ImageError(
         f"none of the {len(failed)} images for {config.arch} could be had:\n  " + "\n  ".join(failed),
         hint="check the images' locations and digests in the YAML",
@@ -65,6 +67,11 @@ def prepare(
 def _prepare_one(
     inst_dir: Path, image: Image, cache: Path, report: Callable[[str], None], show_progress: bool
 ) -> Path | None:
+    if image.location and image.location.startswith(BUILD_SCHEME) and image.arch != "x86_64":
+        raise ImageError(
+            f"torpor builds its own guests ({image.location}) for x86_64 only, not {image.arch}",
+            hint=f'list a cloud image for {image.arch} under images: (README, "Cloud images")',
+        )
     if image.location == DEFAULT_GUEST:
         built = builder.build_default(cache, report)
         _link_or_copy(pvh.boot_kernel(built.kernel), inst_dir / filenames.KERNEL)

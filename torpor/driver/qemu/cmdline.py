@@ -73,15 +73,24 @@ class VMSpec:
     uefi: tuple[Path, Path] | None = None  # UEFI's code (read-only) and the instance's variables (else SeaBIOS)
 
 
-def machine(spec: VMSpec) -> list[str]:
-    if spec.arch != "x86_64":
+MACHINES = {"x86_64": "q35", "aarch64": "virt"}  # QEMU's machine type per guest arch
+
+
+def machine_type(spec: VMSpec) -> str:
+    if spec.arch not in MACHINES:
         raise ValueError(f"unsupported arch {spec.arch}")
+    if spec.arch == "aarch64":  # the interrupt controller: the host's under KVM, the newest TCG emulates
+        return f"virt,gic-version={'host' if spec.accel == 'kvm' else 'max'}"
+    return "q35"
+
+
+def machine(spec: VMSpec) -> list[str]:
     # -cpu host fails under nested KVM ("failed to set MSR"), and TCG has no host CPU to pass through.
     cpu = "host" if spec.accel == "kvm" else "max"
     if spec.cpu_model and not (spec.cpu_model == "host" and spec.accel != "kvm"):
         cpu = spec.cpu_model  # (TCG has no host CPU: "host" stays "max" there)
     accel = "kvm" if spec.accel == "kvm" else "tcg,thread=multi"
-    machine = "q35,memory-backend=ram0" if _ram_backend(spec) else "q35"
+    machine = machine_type(spec) + (",memory-backend=ram0" if _ram_backend(spec) else "")
     return ["-machine", machine, "-accel", accel, "-cpu", cpu]
 
 

@@ -104,7 +104,7 @@ class QemuDriver:
     def machine_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {
             "qemu": {"binary": self.qemu.binary, "version": self.qemu.version},
-            "machine": "q35",
+            "machine": cmdline.MACHINES[self.spec.arch],
             "argv": self.argv,
         }
         fw = firmware.of_spec(self.spec.kernel, self.spec.uefi)

@@ -43,7 +43,7 @@ class QemuFactory:
         machine = Machine.of(plan.config)
         qemu = find_qemu(machine.arch)
         kernel = inst_dir / filenames.KERNEL
-        accel = host.probe_accel(qemu, kernel if kernel.exists() else None, cache_root())
+        accel = host.probe_accel(qemu, kernel if kernel.exists() else None, cache_root(), machine.arch)
         uefi = None
         if not kernel.exists():  # a disk image, booted by its firmware
             fw = firmware.prepare(inst_dir, firmware.choose(plan.config, inst_dir / filenames.DISK), machine.arch)

@@ -126,8 +126,15 @@ def hands_back_free_memory(sysfs: Path = Path("/sys")) -> bool:
     return False
 
 
-def probe_accel(qemu: Qemu, kernel: Path | None, cache_dir: Path) -> Accel:
-    """KVM if it is usable and really runs a guest kernel, else TCG; the answer is cached."""
+def probe_accel(qemu: Qemu, kernel: Path | None, cache_dir: Path, arch: str = "x86_64") -> Accel:
+    """KVM if it is usable and really runs a guest kernel, else TCG; the answer is cached.  A guest of another
+    architecture than the host's runs under TCG (KVM runs the host's own)."""
+    from torpor.config.machine import host_arch
+
+    if arch != host_arch():
+        return Accel("tcg", f"an {arch} guest on this {host_arch()} host is emulated")
+    if kernel is None and arch != "x86_64":  # (the firmware probe is an x86 boot sector)
+        return Accel("kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg", "not probed: no guest kernel")
     if not os.path.exists("/dev/kvm"):
         return Accel("tcg", "/dev/kvm does not exist")
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
