@@ -149,3 +149,47 @@ def test_torpor_s_built_guests_are_x86_64_only(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="for x86_64 only, not aarch64") as e:
         images.prepare(tmp_path, cfg, tmp_path / "cache", lambda _m: None, show_progress=False)
     assert "cloud image for aarch64" in (e.value.hint or "")
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    payload = bytes(range(256)) * 8192  # 2 MiB
+    digest = "sha512:" + hashlib.sha512(payload).hexdigest()
+    ranges: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            asked = self.headers.get("Range")
+            ranges.append(asked)
+            start = int(asked.removeprefix("bytes=").rstrip("-")) if asked else 0
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(payload) - start))
+            self.end_headers()
+            if len(ranges) == 1:  # the first transfer drops half-way
+                self.wfile.write(payload[: len(payload) // 2 + 123])
+                self.wfile.flush()
+                self.connection.shutdown(2)
+                return
+            self.wfile.write(payload[start:])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/disk.img"
+    try:
+        with pytest.raises(ImageError, match="stopped after") as e:
+            fetch.fetch(url, digest, tmp_path)
+        assert "resumes" in (e.value.hint or "")
+        seen: list[tuple[int, int | None]] = []
+        got = fetch.fetch(url, digest, tmp_path, lambda done, total: seen.append((done, total)))
+    finally:
+        server.shutdown()
+    assert got.read_bytes() == payload
+    kept = len(payload) // 2 + 123
+    assert ranges == [None, f"bytes={kept}-"]
+    assert seen[-1] == (len(payload), len(payload))
+    assert not got.with_name(fetch.PARTIAL).exists()

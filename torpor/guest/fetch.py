@@ -1,7 +1,8 @@
 """Fetch images by location (local path, ``file://``, ``http(s)://``) into the cache, verifying their digests.
 
-A download goes to a temporary file beside its final place and is renamed only once complete and verified, so a
-mismatched digest or an interrupted transfer leaves nothing that a later run could mistake for the image.
+A download goes to a partial file beside its final place and is renamed only once complete and verified, so a
+mismatched digest or an interrupted transfer leaves nothing that a later run could mistake for the image; an
+interrupted download is resumed from where it stopped.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import shutil
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -44,18 +46,29 @@ def _digest_file(path: Path, algorithm: str) -> str:
     return f"{algorithm}:{h.hexdigest()}"
 
 
-def _open(location: str) -> tuple[BinaryIO, int | None]:
-    parsed = urllib.parse.urlparse(location)
-    if parsed.scheme in ("http", "https"):
+def _is_http(location: str) -> bool:
+    return urllib.parse.urlparse(location).scheme in ("http", "https")
+
+
+def _open(location: str, offset: int = 0) -> tuple[BinaryIO, int | None, int]:
+    """``location`` opened for reading from ``offset`` where the server can resume there (HTTP Range), else from
+    the start; its total size if known, and the offset it reads from."""
+    if _is_http(location):
+        request = urllib.request.Request(location, headers={"Range": f"bytes={offset}-"} if offset else {})
         try:
-            resp = urllib.request.urlopen(location, timeout=60)
+            resp = urllib.request.urlopen(request, timeout=60)
+        except urllib.error.HTTPError as e:
+            if offset and e.code == 416:  # (the partial download is not a prefix of what is there now)
+                return _open(location)
+            raise ImageError(f"cannot download {location}: {e}") from None
         except OSError as e:
             raise ImageError(f"cannot download {location}: {e}") from None
         length = resp.headers.get("Content-Length")
-        return resp, int(length) if length else None
-    if parsed.scheme == "file":
-        path = Path(urllib.parse.unquote(parsed.path))
-    elif parsed.scheme == "":
+        start = offset if offset and resp.status == 206 else 0
+        return resp, start + int(length) if length else None, start
+    if urllib.parse.urlparse(location).scheme == "file":
+        path = Path(urllib.parse.unquote(urllib.parse.urlparse(location).path))
+    elif urllib.parse.urlparse(location).scheme == "":
         path = Path(location).expanduser()
     else:
         raise ImageError(f"unsupported image location {location!r}", hint="use a path, file:// or http(s)://")
@@ -63,40 +76,73 @@ def _open(location: str) -> tuple[BinaryIO, int | None]:
         f = path.open("rb")
     except OSError as e:
         raise ImageError(f"cannot read image {path}: {e.strerror}") from None
-    return f, path.stat().st_size
+    return f, path.stat().st_size, 0
+
+
+PARTIAL = "data.partial"  # an interrupted download, resumed by the next fetch of the same location and digest
 
 
 def fetch(location: str, digest: str | None, cache: Path, progress: Progress | None = None) -> Path:
-    """Return the cached copy of ``location``, downloading (and verifying ``digest``) if needed."""
+    """Return the cached copy of ``location``, downloading (and verifying ``digest``) if needed.
+
+    A download goes to ``data.partial`` beside its place; one that stops half-way (a dropped connection, Ctrl-C)
+    is resumed from where it stopped by the next fetch, where the server honours HTTP Range requests.
+    """
+    import fcntl
+    import http.client
+
     dest = cache_path(cache, location, digest)
     algorithm = _algorithm(digest)
     if dest.exists() and (digest is None or _digest_file(dest, algorithm) == digest):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".data.tmp.{os.getpid()}")
-    h = hashlib.new(algorithm)
-    src, total = _open(location)
-    done = 0
+    lock = os.open(dest.parent, os.O_RDONLY)  # (the entry's directory is the lock: nothing left behind)
     try:
-        with src, tmp.open("wb") as out:
-            while chunk := src.read(CHUNK):
-                out.write(chunk)
-                h.update(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-            out.flush()
-            os.fsync(out.fileno())
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one fetch of an entry at a time; a second waits, then finds it
+        if dest.exists() and (digest is None or _digest_file(dest, algorithm) == digest):
+            return dest
+        partial = dest.with_name(PARTIAL)
+        kept = partial.stat().st_size if partial.exists() and _is_http(location) else 0
+        src, total, done = _open(location, kept)
+        h = hashlib.new(algorithm)
+        if done:
+            with partial.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+        try:
+            with src, partial.open("ab" if done else "wb") as out:
+                while chunk := src.read(CHUNK):
+                    out.write(chunk)
+                    h.update(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+                out.flush()
+                os.fsync(out.fileno())
+        except (OSError, http.client.HTTPException) as e:
+            if not _is_http(location):
+                partial.unlink(missing_ok=True)
+                raise ImageError(f"cannot read image {location}: {e}") from None
+            raise ImageError(
+                f"the download of {location} stopped after {done} bytes ({e or type(e).__name__})",
+                hint="start again: the download resumes where it stopped",
+            ) from None
+        if total is not None and done != total:
+            raise ImageError(
+                f"the download of {location} stopped after {done} of {total} bytes",
+                hint="start again: the download resumes where it stopped",
+            )
         got = f"{algorithm}:{h.hexdigest()}"
         if digest is not None and got != digest:
+            partial.unlink(missing_ok=True)
             raise ImageError(
                 f"digest mismatch for {location}: expected {digest}, got {got}",
                 hint="the image changed or is corrupt; check the location and the digest in the YAML",
             )
-        os.replace(tmp, dest)
+        os.replace(partial, dest)
         (dest.parent / "url").write_text(location + "\n")
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(lock)
     return dest
 
 
