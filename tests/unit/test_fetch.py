@@ -160,7 +160,7 @@ def test_an_interrupted_download_resumes_where_it_stopped(tmp_path: Path) -> Non
     ranges: list[str | None] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             asked = self.headers.get("Range")
             ranges.append(asked)
             start = int(asked.removeprefix("bytes=").rstrip("-")) if asked else 0
