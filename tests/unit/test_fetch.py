@@ -193,3 +193,18 @@ def test_an_interrupted_download_resumes_where_it_stopped(tmp_path: Path) -> Non
     assert ranges == [None, f"bytes={kept}-"]
     assert seen[-1] == (len(payload), len(payload))
     assert not got.with_name(fetch.PARTIAL).exists()
+
+
+def test_an_image_that_is_an_overlay_of_a_host_file_is_refused(tmp_path: Path) -> None:
+    import subprocess
+
+    secret = tmp_path / "host-secret"
+    secret.write_bytes(b"not for the guest")
+    overlay = tmp_path / "image.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", secret, "-F", "raw", overlay], check=True)
+    with pytest.raises(ImageError, match="qcow2 overlay of .*host-secret"):
+        fetch.fetch_image(str(overlay), None, tmp_path / "cache")
+    vmdk = tmp_path / "image.vmdk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", vmdk, "1M"], check=True)
+    with pytest.raises(ImageError, match="is a vmdk image"):
+        fetch.fetch_image(str(vmdk), None, tmp_path / "cache")

@@ -158,7 +158,17 @@ def fetch_image(location: str, digest: str | None, cache: Path, progress: Progre
     suffix = next((s for s in COMPRESSED if urllib.parse.urlparse(location).path.endswith(s)), None)
     if suffix is not None:
         data = _once(data.with_name("decompressed"), lambda tmp: _decompress(data, tmp, suffix, location))
-    if _format(data) == "raw":
+    info = _info(data)
+    if info.get("backing-filename"):
+        # (a qcow2 header naming a host file would have QEMU read that file as the guest's disk)
+        raise ImageError(
+            f"{location} is a qcow2 overlay of {info['backing-filename']!r}, not an image of its own",
+            hint="use a standalone image (`qemu-img convert -O qcow2 IMAGE OUT` makes one)",
+        )
+    fmt = str(info.get("format", "raw"))
+    if fmt not in ("raw", "qcow2"):
+        raise ImageError(f"{location} is a {fmt} image", hint="torpor takes qcow2 and raw images, as Lima does")
+    if fmt == "raw":
         data = _once(data.with_name("image.qcow2"), lambda tmp: _to_qcow2(data, tmp))
     return data
 
@@ -214,10 +224,11 @@ def _write_sparse(out: BinaryIO, data: bytes) -> None:
             out.write(block)
 
 
-def _format(path: Path) -> str:
+def _info(path: Path) -> dict[str, Any]:
     import json
 
-    return str(json.loads(subp.run(["qemu-img", "info", "--output=json", str(path)]).stdout).get("format", "raw"))
+    info: dict[str, Any] = json.loads(subp.run(["qemu-img", "info", "--output=json", str(path)]).stdout)
+    return info
 
 
 def _to_qcow2(src: Path, dest: Path) -> None:
