@@ -202,7 +202,7 @@ def test_an_image_that_is_an_overlay_of_a_host_file_is_refused(tmp_path: Path) -
     secret.write_bytes(b"not for the guest")
     overlay = tmp_path / "image.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", secret, "-F", "raw", overlay], check=True)
-    with pytest.raises(ImageError, match="qcow2 overlay of .*host-secret"):
+    with pytest.raises(ImageError, match=r"qcow2 overlay of .*host-secret"):
         fetch.fetch_image(str(overlay), None, tmp_path / "cache")
     vmdk = tmp_path / "image.vmdk"
     subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", vmdk, "1M"], check=True)
