@@ -32,7 +32,8 @@ The restore is broken down with the host agent's event timestamps: CLI and host 
 first event, QEMU and the guest until ready, and the CLI noticing it.
 
 With --markdown the tables are also written, with the date, machine, versions and command, into their section of
-the results file (bench/RESULTS.md by default), replacing the section of the last such run.
+the results file (bench/RESULTS.md by default), replacing the section of the last such run; with --section NAME
+into a section of that name instead (a run of some configurations, beside the full run's).
 """
 
 from __future__ import annotations
@@ -238,6 +239,11 @@ def main() -> int:
         "copy:2GiB::debian,instant:2GiB::debian,copy:2GiB::cloud-bios,copy:2GiB::cloud-uefi",
     )
     results_md.add_markdown_option(ap)
+    ap.add_argument(
+        "--section",
+        default="",
+        help="write the tables into a section of their own, SECTION, beside the full run's (a run of some guests)",
+    )
     args = ap.parse_args()
     configs = [parse_config(c) for c in args.configs.split(",")]
     # torpor's bytecode up to date, as installed: with PYTHONDONTWRITEBYTECODE set, a module edited since it was
@@ -284,7 +290,10 @@ def main() -> int:
     sections = report(results, versions, args.touch_mib, args.rounds, args.idle)
     if args.markdown is not None:
         body = results_md.label(versions, sys.argv) + "\n" + "\n".join(sections)
-        results_md.write_section(args.markdown, "save_restore", "Save and restore (bench/save_restore.py)", body)
+        key, title = "save_restore", "Save and restore (bench/save_restore.py)"
+        if args.section:
+            key, title = f"save_restore-{args.section}", f"Save and restore: {args.section} (bench/save_restore.py)"
+        results_md.write_section(args.markdown, key, title, body)
     return 0
 
 
