@@ -70,7 +70,8 @@ def _prepare_one(
     if image.location and image.location.startswith(BUILD_SCHEME) and image.arch != "x86_64":
         raise ImageError(
             f"torpor builds its own guests ({image.location}) for x86_64 only, not {image.arch}",
-            hint=f'list a cloud image for {image.arch} under images: (README, "Cloud images")',
+            hint=f'list a cloud image for {image.arch} under images: (README, "Cloud images"), or set arch: x86_64 '
+            "to run torpor's guest emulated",
         )
     if image.location == DEFAULT_GUEST:
         built = builder.build_default(cache, report)
