@@ -201,13 +201,13 @@ def record(firmware: Firmware | None) -> dict[str, Any] | None:
     """What a saved state pins of the firmware: the code file's identity, the variables' digest."""
     if firmware is None or firmware.kind == BIOS:
         return None if firmware is None else {"kind": BIOS}
-    from torpor.store.savedstate import sha256_file
+    from torpor.store.savedstate import state_digest
 
     assert firmware.code is not None and firmware.vars is not None
-    return {
+    return {  # (the state's digest: AAVMF's variables are 64 MiB, which sha256 would take 0.2 s over)
         "kind": firmware.kind,
         "code": identity(firmware.code),
-        "vars": {"file": firmware.vars.name, "sha256": sha256_file(firmware.vars)},
+        "vars": {"file": firmware.vars.name, "digest": state_digest(firmware.vars)},
     }
 
 
@@ -230,7 +230,7 @@ def problems(pinned: dict[str, Any] | None, vars_dir: Path) -> list[str]:
     variables file in ``vars_dir`` (the instance's, or a snapshot's copy)."""
     if not pinned or pinned.get("kind") != UEFI:
         return []
-    from torpor.store.savedstate import sha256_file
+    from torpor.store.savedstate import digest_matches
 
     out = []
     code = pinned["code"]
@@ -243,6 +243,6 @@ def problems(pinned: dict[str, Any] | None, vars_dir: Path) -> list[str]:
     variables = vars_dir / pinned["vars"]["file"]
     if not variables.exists():
         out.append(f"the UEFI variables file {variables.name} is missing")
-    elif sha256_file(variables) != pinned["vars"]["sha256"]:
+    elif not digest_matches(variables, pinned["vars"]["digest"]):
         out.append(f"the UEFI variables file {variables.name} changed since the save")
     return out
