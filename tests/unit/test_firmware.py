@@ -188,3 +188,15 @@ def test_a_snapshot_takes_the_variables_and_gives_them_back(tmp_path: Path, monk
     firmware.copy_vars(pinned, snap, inst)
     assert firmware.problems(pinned, inst) == []
     firmware.copy_vars({"kind": "bios"}, inst, snap)  # nothing to copy
+
+
+@pytest.mark.parametrize(
+    "pinned",
+    [
+        {"kind": "uefi"},
+        {"kind": "uefi", "code": "x", "vars": {}},
+        {"kind": "uefi", "code": {"path": "/x"}, "vars": {"file": "efi-vars.fd", "sha256": "sha256:00"}},
+    ],
+)
+def test_a_firmware_record_it_cannot_read_refuses_the_restore(tmp_path: Path, pinned: dict[str, object]) -> None:
+    assert firmware.problems(pinned, tmp_path) == ["its firmware record is not one this torpor reads"]

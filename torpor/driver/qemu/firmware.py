@@ -232,17 +232,21 @@ def problems(pinned: dict[str, Any] | None, vars_dir: Path) -> list[str]:
         return []
     from torpor.store.savedstate import digest_matches
 
-    out = []
-    code = pinned["code"]
     try:
-        now = identity(Path(code["path"]))
+        code, name, digest = pinned["code"], pinned["vars"]["file"], pinned["vars"]["digest"]
+        code_path = Path(code["path"])
+    except (KeyError, TypeError):
+        return ["its firmware record is not one this torpor reads"]
+    out = []
+    try:
+        now: dict[str, Any] | None = identity(code_path)
     except OSError:
         now = None
     if now != code:
-        out.append(f"the UEFI firmware {code['path']} changed since the save (it was updated or removed)")
-    variables = vars_dir / pinned["vars"]["file"]
+        out.append(f"the UEFI firmware {code_path} changed since the save (it was updated or removed)")
+    variables = vars_dir / str(name)
     if not variables.exists():
         out.append(f"the UEFI variables file {variables.name} is missing")
-    elif not digest_matches(variables, pinned["vars"]["digest"]):
+    elif not digest_matches(variables, digest):
         out.append(f"the UEFI variables file {variables.name} changed since the save")
     return out
