@@ -193,8 +193,10 @@ def of_spec(kernel: Path | None, uefi: tuple[Path, Path] | None) -> Firmware | N
 
 
 def identity(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    return {"path": str(path), "size": st.st_size, "mtimeNs": st.st_mtime_ns, "inode": st.st_ino}
+    """A firmware file's path and what changes when a package update replaces it (the disk's identity)."""
+    from torpor.store.savedstate import file_identity
+
+    return {"path": str(path), **file_identity(path)}
 
 
 def record(firmware: Firmware | None) -> dict[str, Any] | None:
