@@ -86,10 +86,12 @@ def test_snapshot_apply_asks_once_and_takes_ctrl_d_for_no(
     ],
 )
 def test_stop_fails_when_the_stop_was_not_what_was_asked(
-    monkeypatch: pytest.MonkeyPatch, fields: dict[str, Any], code: int
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fields: dict[str, Any], code: int
 ) -> None:
     monkeypatch.setattr(stop_lib, "stop", lambda *a, **kw: events.Event(events.EXITING, "stopped", 0.0, fields))
     assert stop_cli.run(SimpleNamespace(names=["vm"], tty=False, force=False, save=None)) == code
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert ("NOT saved" in last) == ("saveFailed" in fields), last  # the last line says so, not only an earlier one
 
 
 def test_edit_flags_edit_the_yaml() -> None:

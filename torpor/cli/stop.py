@@ -56,6 +56,9 @@ def _stop_one(args: argparse.Namespace | SimpleNamespace) -> int:
     bar = Progress(args.tty)
     ev = stop.stop(args.name, bar.report, save=args.save, progress=bar.line)
     bar.end()
-    report(f"instance {args.name!r} stopped: {ev.message}")
+    line = f"instance {args.name!r} stopped: {ev.message}"
+    if ev.fields.get("saveFailed"):  # (the reason was on an earlier line; the last one must not read as success)
+        line += "; the VM state was NOT saved (the next start cold boots)"
+    report(line)
     # Stopped either way, but not as asked (a save that failed) or not cleanly (the agent failed): scripts must see.
     return 1 if ev.fields.get("saveFailed") or ev.fields.get("ok") is False else 0
