@@ -105,6 +105,8 @@ def test_a_uefi_cloud_image_restores_and_its_firmware_is_pinned(torpor: Torpor, 
     assert "the UEFI variables file efi-vars.fd changed since the save" in factory.QemuFactory().restore_problems(
         saved, d
     )
+    (d / "efi-vars.fd").unlink()
+    assert "the UEFI variables file efi-vars.fd is missing" in factory.QemuFactory().restore_problems(saved, d)
     (d / "efi-vars.fd").write_bytes(variables)
     assert factory.QemuFactory().restore_problems(saved, d) == []
 
