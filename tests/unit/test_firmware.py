@@ -187,7 +187,9 @@ def test_a_snapshot_takes_the_variables_and_gives_them_back(tmp_path: Path, monk
     assert firmware.problems(pinned, snap) == []  # the snapshot's copy is as pinned
     firmware.copy_vars(pinned, snap, inst)
     assert firmware.problems(pinned, inst) == []
+    before = sorted(p.name for p in snap.iterdir())
     firmware.copy_vars({"kind": "bios"}, inst, snap)  # nothing to copy
+    assert sorted(p.name for p in snap.iterdir()) == before
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,6 @@ from typing import Any, NamedTuple
 FIELDS = ("arch", "cpus", "memory", "saveMode")
 
 
-ARCHES = ("x86_64", "aarch64")  # the guest architectures torpor runs (each with its QEMU, qemu-system-ARCH)
-
-
 def host_arch() -> str:
     """The host's architecture in Lima's names (``arm64`` is ``aarch64``): the default ``arch``."""
     machine = platform.machine().lower()

@@ -66,9 +66,10 @@ def _open(location: str, offset: int = 0) -> tuple[BinaryIO, int | None, int]:
         length = resp.headers.get("Content-Length")
         start = offset if offset and resp.status == 206 else 0
         return resp, start + int(length) if length else None, start
-    if urllib.parse.urlparse(location).scheme == "file":
-        path = Path(urllib.parse.unquote(urllib.parse.urlparse(location).path))
-    elif urllib.parse.urlparse(location).scheme == "":
+    parsed = urllib.parse.urlparse(location)
+    if parsed.scheme == "file":
+        path = Path(urllib.parse.unquote(parsed.path))
+    elif parsed.scheme == "":
         path = Path(location).expanduser()
     else:
         raise ImageError(f"unsupported image location {location!r}", hint="use a path, file:// or http(s)://")
@@ -93,13 +94,17 @@ def fetch(location: str, digest: str | None, cache: Path, progress: Progress | N
 
     dest = cache_path(cache, location, digest)
     algorithm = _algorithm(digest)
-    if dest.exists() and (digest is None or _digest_file(dest, algorithm) == digest):
+
+    def cached() -> bool:
+        return dest.exists() and (digest is None or _digest_file(dest, algorithm) == digest)
+
+    if cached():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     lock = os.open(dest.parent, os.O_RDONLY)  # (the entry's directory is the lock: nothing left behind)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one fetch of an entry at a time; a second waits, then finds it
-        if dest.exists() and (digest is None or _digest_file(dest, algorithm) == digest):
+        if cached():
             return dest
         partial = dest.with_name(PARTIAL)
         kept = partial.stat().st_size if partial.exists() and _is_http(location) else 0

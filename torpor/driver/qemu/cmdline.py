@@ -80,8 +80,8 @@ def machine_type(spec: VMSpec) -> str:
     if spec.arch not in MACHINES:
         raise ValueError(f"unsupported arch {spec.arch}")
     if spec.arch == "aarch64":  # the interrupt controller: the host's under KVM, the newest TCG emulates
-        return f"virt,gic-version={'host' if spec.accel == 'kvm' else 'max'}"
-    return "q35"
+        return f"{MACHINES[spec.arch]},gic-version={'host' if spec.accel == 'kvm' else 'max'}"
+    return MACHINES[spec.arch]
 
 
 def machine(spec: VMSpec) -> list[str]:

@@ -7,7 +7,6 @@ import collections
 import contextlib
 import logging
 import os
-import shutil
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -225,7 +224,7 @@ class QemuDriver:
                 await asyncio.to_thread(savedstate.sparse_copy, self.ram_file, ram_copy)
             if self.spec.uefi is not None:  # UEFI's variables, as the paused guest left them, beside the state
                 variables = self.spec.uefi[1]
-                await asyncio.to_thread(shutil.copyfile, variables, state.parent / variables.name)
+                await asyncio.to_thread(firmware.private_copy, variables, state.parent / variables.name)
             if while_paused is not None:
                 await while_paused()
         except (DriverError, OSError):

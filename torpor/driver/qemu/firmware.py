@@ -1,11 +1,11 @@
 """The firmware a disk image boots with: SeaBIOS (QEMU's default) or UEFI (OVMF), and what a restore pins of it.
 
-A guest with a kernel file of its own boots that kernel directly and chooses no firmware.  A disk image boots
-through its firmware, chosen by ``firmware.legacyBIOS`` (true: BIOS, false: UEFI) or, unset, by what the image
-holds: boot code in its MBR is a BIOS boot loader (BIOS: the quicker of the two to start), an EFI system
-partition without one wants UEFI.  UEFI's code is QEMU's firmware descriptor's (``/usr/share/qemu/firmware``, as
-libvirt reads them; the variant without Secure Boot), mapped read-only; its variables live in a per-instance copy
-of the descriptor's template, ``efi-vars.fd``, which the guest writes like a machine's NVRAM.
+A guest with a kernel file of its own boots that kernel directly and chooses no firmware. A disk image boots through
+its firmware, chosen by ``firmware.legacyBIOS`` (true: BIOS, false: UEFI) or, unset, by what the image holds: boot
+code in its MBR is a BIOS boot loader (BIOS, which needs no firmware package and no variables file), an EFI system
+partition without one wants UEFI. UEFI's code is QEMU's firmware descriptor's (``/usr/share/qemu/firmware``, as
+libvirt reads them; the variant without Secure Boot), mapped read-only; its variables live in a per-instance copy of
+the descriptor's template, ``efi-vars.fd``, which the guest writes like a machine's NVRAM.
 
 A saved state holds the firmware in RAM as it ran and the variables as the guest left them: :func:`record` pins
 the code file by identity and the variables by digest, and :func:`problems` says what changed since.
@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from torpor import subp
 from torpor.errors import ConfigError, DriverError
-from torpor.store import filenames
+from torpor.store import filenames, savedstate
 
 BIOS = "bios"
 UEFI = "uefi"
@@ -67,11 +67,10 @@ def boot_kinds(head: bytes) -> set[str]:
     """What the first sectors of a disk show it can boot with: ``bios`` for boot code in the MBR, ``uefi`` for
     an EFI system partition (in a GPT, or an MBR partition of type 0xEF)."""
     kinds = set()
-    if len(head) >= SECTOR and head[510:512] == b"\x55\xaa" and any(head[:440]):
-        kinds.add(BIOS)
-    if len(head) >= SECTOR and head[510:512] == b"\x55\xaa":
-        types = [head[446 + 16 * i + 4] for i in range(4)]
-        if ESP_MBR_TYPE in types:
+    if head[510:512] == b"\x55\xaa":  # an MBR (or a GPT's protective one)
+        if any(head[:440]):
+            kinds.add(BIOS)
+        if ESP_MBR_TYPE in (head[446 + 16 * i + 4] for i in range(4)):
             kinds.add(UEFI)
     if head[SECTOR : SECTOR + 8] == b"EFI PART":
         entries_lba = int.from_bytes(head[SECTOR + 72 : SECTOR + 80], "little")
@@ -164,18 +163,23 @@ def _descriptor_files(path: Path, arch: str) -> tuple[Path, Path] | None:
 def prepare(inst_dir: Path, kind: str, arch: str) -> Firmware:
     """The firmware for a cold boot: for UEFI, the instance's variables file made from the template the first
     time (a guest's variables outlive its boots, as a machine's NVRAM does)."""
-    import shutil
-
     if kind == BIOS:
         return Firmware(BIOS)
     code, template = find_uefi(arch)
     variables = inst_dir / filenames.EFI_VARS
     if not variables.exists():
-        tmp = variables.with_name(f".{variables.name}.tmp")
-        shutil.copyfile(template, tmp)
-        os.chmod(tmp, 0o600)
-        tmp.rename(variables)
+        private_copy(template, variables)
     return Firmware(UEFI, code, variables)
+
+
+def private_copy(src: Path, dest: Path) -> None:
+    """``src`` copied to ``dest`` (0600, the user's only), renamed into place once whole."""
+    import shutil
+
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, 0o600)
+    tmp.rename(dest)
 
 
 def pinned_files(pinned: dict[str, Any] | None, inst_dir: Path) -> tuple[Path, Path] | None:
@@ -194,37 +198,26 @@ def of_spec(kernel: Path | None, uefi: tuple[Path, Path] | None) -> Firmware | N
 
 def identity(path: Path) -> dict[str, Any]:
     """A firmware file's path and what changes when a package update replaces it (the disk's identity)."""
-    from torpor.store.savedstate import file_identity
-
-    return {"path": str(path), **file_identity(path)}
+    return {"path": str(path), **savedstate.file_identity(path)}
 
 
 def record(firmware: Firmware | None) -> dict[str, Any] | None:
     """What a saved state pins of the firmware: the code file's identity, the variables' digest."""
-    if firmware is None or firmware.kind == BIOS:
+    if firmware is None or firmware.files is None:
         return None if firmware is None else {"kind": BIOS}
-    from torpor.store.savedstate import state_digest
-
-    assert firmware.code is not None and firmware.vars is not None
+    code, variables = firmware.files
     return {  # (the state's digest: AAVMF's variables are 64 MiB, which sha256 would take 0.2 s over)
         "kind": firmware.kind,
-        "code": identity(firmware.code),
-        "vars": {"file": firmware.vars.name, "digest": state_digest(firmware.vars)},
+        "code": identity(code),
+        "vars": {"file": variables.name, "digest": savedstate.state_digest(variables)},
     }
 
 
 def copy_vars(pinned: dict[str, Any] | None, src_dir: Path, dest_dir: Path) -> None:
     """The variables file a record pins, copied from ``src_dir`` to ``dest_dir`` (a snapshot takes them with the
     memory state, and gives them back when it is applied); nothing for a guest without them."""
-    import shutil
-
-    if not pinned or pinned.get("kind") != UEFI:
-        return
-    name = pinned["vars"]["file"]
-    tmp = dest_dir / f".{name}.tmp"
-    shutil.copyfile(src_dir / name, tmp)
-    os.chmod(tmp, 0o600)
-    tmp.rename(dest_dir / name)
+    if pinned and pinned.get("kind") == UEFI:
+        private_copy(src_dir / pinned["vars"]["file"], dest_dir / pinned["vars"]["file"])
 
 
 def problems(pinned: dict[str, Any] | None, vars_dir: Path) -> list[str]:
@@ -232,8 +225,6 @@ def problems(pinned: dict[str, Any] | None, vars_dir: Path) -> list[str]:
     variables file in ``vars_dir`` (the instance's, or a snapshot's copy)."""
     if not pinned or pinned.get("kind") != UEFI:
         return []
-    from torpor.store.savedstate import digest_matches
-
     try:
         code, name, digest = pinned["code"], pinned["vars"]["file"], pinned["vars"]["digest"]
         code_path = Path(code["path"])
@@ -249,6 +240,6 @@ def problems(pinned: dict[str, Any] | None, vars_dir: Path) -> list[str]:
     variables = vars_dir / str(name)
     if not variables.exists():
         out.append(f"the UEFI variables file {variables.name} is missing")
-    elif not digest_matches(variables, digest):
+    elif not savedstate.digest_matches(variables, digest):
         out.append(f"the UEFI variables file {variables.name} changed since the save")
     return out
